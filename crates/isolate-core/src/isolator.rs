@@ -1,0 +1,112 @@
+//! The [`Isolator`] trait both boundaries implement, and the [`Running`]
+//! handle of a spawned workload.
+
+use std::fs::File;
+
+use crate::error::Result;
+use crate::outcome::{Outcome, Stats};
+use crate::workload::{Limits, Workload};
+
+/// The two isolation boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// A KVM microVM with its own guest kernel.
+    Vm,
+    /// Host processes in namespaces and cgroups.
+    Container,
+}
+
+impl Mode {
+    /// Both modes, VM first.
+    pub const ALL: [Mode; 2] = [Mode::Vm, Mode::Container];
+
+    /// `vm` or `container`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Vm => "vm",
+            Mode::Container => "container",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "vm" => Ok(Mode::Vm),
+            "container" => Ok(Mode::Container),
+            other => Err(crate::Error::invalid(
+                "mode",
+                format!("{other:?} is not a mode; use vm or container"),
+            )),
+        }
+    }
+}
+
+/// An isolation boundary that can run a [`Workload`].
+///
+/// Implementations validate nothing the core already validated
+/// ([`Workload::validate`]) and never exit the calling process.
+pub trait Isolator: Send + Sync {
+    /// Which boundary this is.
+    fn mode(&self) -> Mode;
+
+    /// Whether this host can run the boundary at all; the error says why
+    /// not and what to do ([`crate::Error::Unavailable`]).
+    fn check_host(&self) -> Result<()>;
+
+    /// Starts the workload and returns a handle to it.
+    fn spawn(&self, workload: &Workload) -> Result<Box<dyn Running>>;
+
+    /// Runs the workload to its end.
+    fn run(&self, workload: &Workload) -> Result<Outcome> {
+        self.spawn(workload)?.wait()
+    }
+}
+
+/// A workload that was spawned and may still run.
+///
+/// Every method takes `&self`, so a handle can be shared (e.g. in an `Arc`)
+/// between a thread that waits and one that forwards signals or updates
+/// limits. Dropping a handle whose workload still runs kills it and
+/// releases everything it held.
+pub trait Running: Send + Sync {
+    /// An id unique among running workloads (the name, if one was given).
+    fn id(&self) -> &str;
+
+    /// The write end of the workload's stdin, if it was [`Stdio::Piped`](crate::Stdio::Piped)
+    /// (once). Drop it to send end-of-file.
+    fn take_stdin(&self) -> Option<File>;
+
+    /// The read end of the workload's stdout, if piped (once).
+    fn take_stdout(&self) -> Option<File>;
+
+    /// The read end of the workload's stderr, if piped (once).
+    fn take_stderr(&self) -> Option<File>;
+
+    /// Waits for the end and returns the outcome. Called more than once,
+    /// later calls return the same outcome.
+    fn wait(&self) -> Result<Outcome>;
+
+    /// Sends a signal to the workload's main process.
+    fn signal(&self, signo: i32) -> Result<()>;
+
+    /// Kills the workload (SIGKILL, or the VM's end).
+    fn kill(&self) -> Result<()> {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Current resource use.
+    fn stats(&self) -> Result<Stats>;
+
+    /// Changes limits while the workload runs; `None` fields stay as they are.
+    fn update(&self, limits: &Limits) -> Result<()>;
+}

@@ -1,0 +1,170 @@
+//! The host ↔ guest protocol of VM mode, shared by the VMM and the guest
+//! init (see docs/ARCHITECTURE.md, "Host ↔ guest protocol").
+//!
+//! The VMM hands the guest a [`GuestSpec`] as `/isolate/spec.json` in a cpio
+//! archive appended to the initrd; the two then talk on the control port
+//! (`/dev/hvc2`) in [`ControlMessage`]s, one JSON object per line.
+
+use std::time::Duration;
+
+use crate::outcome::Status;
+use crate::ExecFailure;
+
+/// Path of the spec inside the guest's initramfs.
+pub const SPEC_PATH: &str = "/isolate/spec.json";
+/// Guest device of stdin (host→guest) and stdout (guest→host).
+pub const STDIO_PORT: &str = "/dev/hvc0";
+/// Guest device of stderr.
+pub const STDERR_PORT: &str = "/dev/hvc1";
+/// Guest device of the control channel.
+pub const CONTROL_PORT: &str = "/dev/hvc2";
+/// Prefix of control lines written to `/dev/console` when there is no
+/// control port (a reference VMM booted the guest).
+pub const CONSOLE_PREFIX: &str = "ISOLATE-CONTROL ";
+
+/// Where the guest's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestRoot {
+    /// The initramfs itself is the root.
+    Initramfs,
+    /// A read-only block device (erofs or ext4) with a tmpfs overlay.
+    Block {
+        /// Guest device, e.g. `/dev/vda`.
+        device: String,
+        /// `erofs` or `ext4`.
+        fstype: String,
+    },
+}
+
+/// A volume attached as a block device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestVolume {
+    /// Guest device, e.g. `/dev/vdb`.
+    pub device: String,
+    /// Mount point inside the workload's root.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// File system (`ext4`).
+    pub fstype: String,
+}
+
+/// Everything the guest init needs to run the workload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestSpec {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Full environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: String,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Hostname.
+    pub hostname: String,
+    /// Root source.
+    pub root: GuestRoot,
+    /// Root read-only (no overlay upper layer; /tmp stays a tmpfs).
+    pub read_only: bool,
+    /// Volumes.
+    pub volumes: Vec<GuestVolume>,
+    /// memory.max of the workload's guest cgroup, bytes.
+    pub memory_limit: Option<u64>,
+    /// pids.max of the workload's guest cgroup.
+    pub pids_limit: Option<u64>,
+    /// Bring loopback up.
+    pub loopback: bool,
+    /// Whether the host feeds stdin (otherwise stdin is /dev/null).
+    pub stdin: bool,
+}
+
+/// One line on the control channel.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// Guest→host: the workload has exec'd.
+    Started {
+        /// Guest uptime at that moment, nanoseconds.
+        uptime_ns: u64,
+    },
+    /// Guest→host: the workload has ended.
+    Exit {
+        /// How.
+        status: Status,
+        /// Peak memory of the workload's guest cgroup, bytes.
+        peak_memory: Option<u64>,
+        /// CPU time of the workload's guest cgroup, nanoseconds.
+        cpu_time_ns: Option<u64>,
+    },
+    /// Guest→host: the workload could not be started.
+    Error {
+        /// `not_found`, `not_executable`, or `None` for a setup failure.
+        exec: Option<ExecFailure>,
+        /// What went wrong.
+        message: String,
+    },
+    /// Host→guest: stdin reached end-of-file.
+    StdinEof,
+    /// Host→guest: deliver this signal to the workload.
+    Signal {
+        /// Signal number.
+        signo: i32,
+    },
+}
+
+impl ControlMessage {
+    /// The message as one line, with its newline.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("control message serializes");
+        s.push('\n');
+        s
+    }
+
+    /// Parses one line (surrounding whitespace and `\r` ignored).
+    pub fn from_line(line: &str) -> Option<Self> {
+        serde_json::from_str(line.trim()).ok()
+    }
+
+    /// CPU time of an `Exit` message.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        match self {
+            ControlMessage::Exit { cpu_time_ns, .. } => cpu_time_ns.map(Duration::from_nanos),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_round_trip_as_lines() {
+        let msgs = [
+            ControlMessage::Started { uptime_ns: 5 },
+            ControlMessage::Exit {
+                status: Status::Signaled(9),
+                peak_memory: Some(1),
+                cpu_time_ns: None,
+            },
+            ControlMessage::Error {
+                exec: Some(ExecFailure::NotFound),
+                message: "x".into(),
+            },
+            ControlMessage::StdinEof,
+            ControlMessage::Signal { signo: 15 },
+        ];
+        for m in msgs {
+            let line = m.to_line();
+            assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+            assert_eq!(ControlMessage::from_line(&format!("{line}\r")), Some(m));
+        }
+        assert_eq!(
+            ControlMessage::StdinEof.to_line(),
+            "{\"t\":\"stdin_eof\"}\n"
+        );
+    }
+}

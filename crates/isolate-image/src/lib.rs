@@ -1,0 +1,1 @@
+//! isolate-image (being written).

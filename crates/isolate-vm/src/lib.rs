@@ -1,0 +1,1 @@
+//! isolate-vm (being written).
