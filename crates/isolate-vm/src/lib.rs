@@ -1,1 +1,2 @@
-//! isolate-vm (being written).
+//! VM mode (being written).
+pub mod devices;
