@@ -1,0 +1,198 @@
+//! The command line, as users type it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  isolate --mode container /bin/sh -c 'echo hello from $(hostname)'
+  isolate --mode vm --memory 256m --vcpus 2 /bin/uname -a
+  echo data | isolate --mode container -v cache:/cache cat
+  isolate --mode container --name job1 --cpus 0.5 --timeout 60s /bin/sh -c 'sleep 30' &
+  isolate update job1 --cpus 1.5 && isolate stats job1 && isolate kill job1
+  isolate compare --runs 10 -- /bin/sh -c 'echo hi'
+
+Exit status: the workload's own code; 125 if isolate itself fails; 126 if the
+command cannot be executed; 127 if it is not found; 128+N if killed by signal N
+(137 for an OOM kill); 124 on --timeout.";
+
+/// Run one workload behind a KVM microVM or a namespaces+cgroups container.
+#[derive(Debug, Parser)]
+#[command(
+    name = "isolate",
+    version,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    /// Subcommands (without one, isolate runs the workload).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Running a workload.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The boundary, as typed.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// A KVM microVM with its own guest kernel.
+    Vm,
+    /// Host processes in namespaces and cgroups.
+    Container,
+}
+
+/// Network policy, as typed.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NetworkArg {
+    /// No network at all.
+    None,
+    /// Loopback only.
+    Loopback,
+}
+
+/// `isolate [--mode vm|container] [OPTIONS] <APP> [ARGS]...`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Isolation boundary: vm (own kernel, hard boundary) or container
+    /// (shared kernel, fast start).
+    #[arg(long, value_enum, env = "ISOLATE_MODE")]
+    pub mode: Option<ModeArg>,
+    #[command(flatten)]
+    pub opts: WorkloadOpts,
+    /// The program to run and its arguments.
+    #[arg(value_name = "APP", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Options that describe the workload (shared by run and compare).
+#[derive(Debug, Args, Clone)]
+pub struct WorkloadOpts {
+    /// Root filesystem directory [default: the project's busybox rootfs].
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Memory limit, e.g. 256m or 1g (VM mode: the guest's RAM is sized from it).
+    #[arg(short = 'm', long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPUs, fractional, e.g. 1.5 (a CPU quota; in VM mode also the vCPU count).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes.
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<u64>,
+    /// Block-IO weight, 10..=1000.
+    #[arg(long, value_name = "N")]
+    pub io_weight: Option<u16>,
+    /// Volume: a host directory (/src:/dst[:ro], container mode) or a named
+    /// volume (name:/dst[:ro], both modes; kept under ISOLATE_HOME/volumes).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volumes: Vec<String>,
+    /// Environment variable KEY=VAL (KEY alone copies isolate's own value).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory inside the workload.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Hostname inside the workload.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Read-only root (no writable layer; /tmp stays writable).
+    #[arg(long)]
+    pub read_only: bool,
+    /// User and group inside, numeric: UID[:GID].
+    #[arg(short = 'u', long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Kill the workload after this long, e.g. 30s, 500ms, 2m (exit 124).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Name the workload, for `isolate ps/stats/update/kill`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Network: none, or loopback only.
+    #[arg(long, value_enum, default_value = "loopback")]
+    pub network: NetworkArg,
+    /// Add a capability to the default set (container mode), e.g. NET_ADMIN.
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability from the default set (container mode); ALL drops all.
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// VM mode: guest kernel (ELF vmlinux or bzImage) [default: the project's].
+    #[arg(long, value_name = "PATH", env = "ISOLATE_KERNEL")]
+    pub kernel: Option<PathBuf>,
+    /// VM mode: number of vCPUs [default: --cpus rounded up, or 1].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+    /// VM mode: copy the guest kernel's console to stderr.
+    #[arg(long)]
+    pub console_log: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workload (the same as without a subcommand).
+    Run(RunArgs),
+    /// Run the same workload under both modes and compare what each costs.
+    Compare(CompareArgs),
+    /// List named workloads that are running.
+    Ps {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a named workload's resource use.
+    Stats {
+        /// The workload's --name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a running named workload's limits.
+    Update {
+        /// The workload's --name.
+        name: String,
+        /// New memory limit (container mode).
+        #[arg(short = 'm', long, value_name = "SIZE")]
+        memory: Option<String>,
+        /// New CPU quota (both modes).
+        #[arg(long, value_name = "N")]
+        cpus: Option<f64>,
+        /// New process limit (container mode).
+        #[arg(long, value_name = "N")]
+        pids_limit: Option<u64>,
+    },
+    /// Send a signal to a running named workload.
+    Kill {
+        /// The workload's --name.
+        name: String,
+        /// Signal name or number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+}
+
+/// `isolate compare [--runs N] [OPTIONS] <APP> [ARGS]...`
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Measured runs per mode (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Only these modes (default: both).
+    #[arg(long, value_enum)]
+    pub mode: Vec<ModeArg>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw the distributions to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub opts: WorkloadOpts,
+    /// The program to run and its arguments.
+    #[arg(value_name = "APP", required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,306 @@
+//! The `isolate` command: parses the line, builds the [`Workload`], runs it
+//! or a subcommand, and turns the result into docker's exit codes.
+
+pub mod args;
+mod compare_view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use isolate::{named, parse, Capabilities, Error, Limits, Mode, Network, Result, VmOptions, Workload};
+
+use args::{Cli, Command, ModeArg, NetworkArg, RunArgs, WorkloadOpts};
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Vm => Mode::Vm,
+            ModeArg::Container => Mode::Container,
+        }
+    }
+}
+
+/// Builds the workload from the options and the command.
+pub fn workload(opts: &WorkloadOpts, command: &[String]) -> Result<Workload> {
+    let mut w = Workload::default();
+    w.argv = command.to_vec();
+    if let Some(r) = &opts.rootfs {
+        let abs = std::path::absolute(r).map_err(|e| Error::io("cannot resolve", r, e))?;
+        w.rootfs(abs);
+    }
+    w.limits = Limits {
+        memory: opts.memory.as_deref().map(parse::size).transpose().map_err(|e| rename(e, "memory"))?,
+        cpus: opts.cpus,
+        pids: opts.pids_limit,
+        io_weight: opts.io_weight,
+    };
+    for v in &opts.volumes {
+        w.volume(parse::volume(v)?);
+    }
+    for e in &opts.env {
+        let (k, v) = parse::env(e)?;
+        w.env(k, v);
+    }
+    w.cwd = opts.workdir.clone();
+    w.hostname = opts.hostname.clone();
+    w.read_only = opts.read_only;
+    if let Some(u) = &opts.user {
+        let u = parse::user(u)?;
+        w.user(u.uid, u.gid);
+    }
+    if let Some(t) = &opts.timeout {
+        w.timeout(parse::duration(t).map_err(|e| rename(e, "timeout"))?);
+    }
+    w.name = opts.name.clone();
+    w.network(match opts.network {
+        NetworkArg::None => Network::None,
+        NetworkArg::Loopback => Network::Loopback,
+    });
+    w.capabilities = Capabilities {
+        add: opts.cap_add.clone(),
+        drop: opts.cap_drop.clone(),
+    };
+    w.vm = VmOptions {
+        kernel: opts.kernel.clone(),
+        vcpus: opts.vcpus,
+        console_log: opts.console_log,
+    };
+    w.validate()?;
+    Ok(w)
+}
+
+/// A parse error of a generic field, renamed to the option the user typed.
+fn rename(e: Error, field: &str) -> Error {
+    match e {
+        Error::Invalid { reason, .. } => Error::Invalid {
+            field: field.to_string(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main(cli: Cli) -> i32 {
+    let result = match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(args)) => run(args),
+        Some(Command::Compare(args)) => compare_view::compare(args),
+        Some(Command::Ps { json }) => ps(json),
+        Some(Command::Stats { name, json }) => stats(&name, json),
+        Some(Command::Update {
+            name,
+            memory,
+            cpus,
+            pids_limit,
+        }) => update(&name, memory.as_deref(), cpus, pids_limit),
+        Some(Command::Kill { name, signal }) => kill(&name, &signal),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("isolate: {}", e.chain());
+            e.exit_code()
+        }
+    }
+}
+
+/// Signals isolate forwards to the workload.
+const FORWARDED: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+fn run(args: RunArgs) -> Result<i32> {
+    let Some(mode) = args.mode else {
+        return Err(Error::invalid(
+            "mode",
+            "choose the boundary with --mode vm (own kernel) or --mode container (shared kernel); see isolate --help",
+        ));
+    };
+    if args.command.is_empty() {
+        return Err(Error::invalid("command", "no command given: isolate --mode <vm|container> [OPTIONS] <APP> [ARGS]..."));
+    }
+    let w = workload(&args.opts, &args.command)?;
+    let backend = isolate::isolator(mode.into())?;
+    backend.check_host()?;
+    let running: Arc<dyn isolate::Running> = Arc::from(backend.spawn(&w)?);
+    let mut signals = signal_hook::iterator::Signals::new(FORWARDED)
+        .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))?;
+    let handle = signals.handle();
+    let target = Arc::clone(&running);
+    let forwarder = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let _ = target.signal(sig);
+        }
+    });
+    let outcome = running.wait();
+    handle.close();
+    let _ = forwarder.join();
+    let outcome = outcome?;
+    match outcome.status {
+        isolate::Status::TimedOut => eprintln!(
+            "isolate: the workload ran past its timeout of {} and was killed",
+            fmt_duration(w.timeout.unwrap_or_default())
+        ),
+        isolate::Status::OomKilled => eprintln!("isolate: the workload was killed at its memory limit (OOM)"),
+        _ => {}
+    }
+    Ok(outcome.exit_code())
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.as_secs() > 0 && d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn ps(json: bool) -> Result<i32> {
+    let list = named::list()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list).expect("records serialize"));
+        return Ok(0);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!("{:<20} {:<10} {:>8} {:>10}  COMMAND", "NAME", "MODE", "PID", "UP");
+    for r in list {
+        println!(
+            "{:<20} {:<10} {:>8} {:>9}s  {}",
+            r.name,
+            r.mode,
+            r.pid,
+            now.saturating_sub(r.started),
+            r.argv.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+fn stats(name: &str, json: bool) -> Result<i32> {
+    let s = named::stats(name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).expect("stats serialize"));
+        return Ok(0);
+    }
+    println!("name          {name}");
+    println!("cpu time      {}", s.cpu_time.map_or("-".into(), |d| format!("{:.3} s", d.as_secs_f64())));
+    println!("memory        {} (peak {}, limit {})", mib(s.memory_current), mib(s.memory_peak), mib(s.memory_limit));
+    println!(
+        "pids          {} (limit {})",
+        s.pids_current.map_or("-".into(), |p| p.to_string()),
+        s.pids_limit.map_or("none".into(), |p| p.to_string())
+    );
+    println!("cpus limit    {}", s.cpus_limit.map_or("none".into(), |c| format!("{c}")));
+    Ok(0)
+}
+
+fn update(name: &str, memory: Option<&str>, cpus: Option<f64>, pids: Option<u64>) -> Result<i32> {
+    let limits = Limits {
+        memory: memory.map(parse::size).transpose().map_err(|e| rename(e, "memory"))?,
+        cpus,
+        pids,
+        io_weight: None,
+    };
+    if limits == Limits::default() {
+        return Err(Error::invalid("update", "nothing to change: give --memory, --cpus or --pids-limit"));
+    }
+    named::update(name, &limits)?;
+    Ok(0)
+}
+
+fn signal_number(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    let n = match name.as_str() {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        _ => return Err(Error::invalid("signal", format!("{s:?} is not a signal; use e.g. TERM, KILL, 9"))),
+    };
+    Ok(n)
+}
+
+fn kill(name: &str, signal: &str) -> Result<i32> {
+    named::kill(name, signal_number(signal)?)?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(line: &[&str]) -> Cli {
+        Cli::try_parse_from(line).unwrap()
+    }
+
+    #[test]
+    fn run_line_keeps_app_flags_for_the_app() {
+        let cli = parse(&["isolate", "--mode", "container", "-m", "64m", "/bin/ls", "-l", "--all"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.command, ["/bin/ls", "-l", "--all"]);
+        let w = workload(&cli.run.opts, &cli.run.command).unwrap();
+        assert_eq!(w.limits.memory, Some(64 << 20));
+    }
+
+    #[test]
+    fn app_named_like_a_subcommand_runs_as_app() {
+        let cli = parse(&["isolate", "--mode", "container", "ps", "aux"]);
+        assert!(cli.command.is_none(), "{cli:?}");
+        assert_eq!(cli.run.command, ["ps", "aux"]);
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = parse(&["isolate", "update", "job", "--cpus", "2"]);
+        assert!(matches!(cli.command, Some(Command::Update { cpus: Some(c), .. }) if c == 2.0));
+        let cli = parse(&["isolate", "compare", "--runs", "3", "--", "/bin/sh", "-c", "echo hi"]);
+        match cli.command {
+            Some(Command::Compare(c)) => {
+                assert_eq!(c.runs, 3);
+                assert_eq!(c.command, ["/bin/sh", "-c", "echo hi"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let cli = parse(&["isolate", "--mode", "container", "--memory", "0", "/bin/true"]);
+        let e = workload(&cli.run.opts, &cli.run.command).unwrap_err();
+        assert!(e.to_string().starts_with("invalid memory"), "{e}");
+        let cli = parse(&["isolate", "--mode", "container", "--timeout", "soon", "/bin/true"]);
+        let e = workload(&cli.run.opts, &cli.run.command).unwrap_err();
+        assert!(e.to_string().starts_with("invalid timeout"), "{e}");
+    }
+
+    #[test]
+    fn signal_names_and_numbers() {
+        assert_eq!(signal_number("TERM").unwrap(), libc::SIGTERM);
+        assert_eq!(signal_number("SIGKILL").unwrap(), libc::SIGKILL);
+        assert_eq!(signal_number("9").unwrap(), 9);
+        assert!(signal_number("NOPE").is_err());
+    }
+}

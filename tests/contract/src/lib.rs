@@ -1,0 +1,1 @@
+//! The contract suite lives in tests/contract.rs; see README.md.

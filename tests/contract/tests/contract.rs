@@ -1,0 +1,439 @@
+//! The contract suite: one table of behaviours, run against the `isolate`
+//! binary for each mode. See ../README.md.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a case expects of one `isolate` invocation.
+struct Expect {
+    code: i32,
+    stdout: Option<&'static str>,
+    stdout_has: Option<&'static str>,
+    stderr_has: Option<&'static str>,
+    stdout_lacks: Option<&'static str>,
+}
+
+const OK: Expect = Expect {
+    code: 0,
+    stdout: None,
+    stdout_has: None,
+    stderr_has: None,
+    stdout_lacks: None,
+};
+
+/// One behaviour: the isolate arguments (before the command), the command,
+/// what to feed on stdin, and what to expect.
+struct Case {
+    name: &'static str,
+    args: Vec<String>,
+    stdin: Option<&'static str>,
+    expect: Expect,
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn case(name: &'static str, args: &[&str], expect: Expect) -> Case {
+    Case {
+        name,
+        args: s(args),
+        stdin: None,
+        expect,
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+struct Suite {
+    bin: PathBuf,
+    per_case: Duration,
+    passed: usize,
+    failed: Vec<String>,
+    skipped: usize,
+}
+
+impl Suite {
+    fn isolate(&self, args: &[String], stdin: Option<&str>) -> Run {
+        let start = Instant::now();
+        let mut child = Command::new(&self.bin)
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.bin.display()));
+        if let Some(input) = stdin {
+            let mut w = child.stdin.take().unwrap();
+            let input = input.to_string();
+            std::thread::spawn(move || {
+                let _ = w.write_all(input.as_bytes());
+            });
+        }
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let o = std::thread::spawn(move || {
+            let mut b = String::new();
+            let _ = out.read_to_string(&mut b);
+            b
+        });
+        let e = std::thread::spawn(move || {
+            let mut b = String::new();
+            let _ = err.read_to_string(&mut b);
+            b
+        });
+        let code = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st.code().unwrap_or(-1);
+            }
+            if start.elapsed() > self.per_case {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -2;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        Run {
+            code,
+            stdout: o.join().unwrap(),
+            stderr: e.join().unwrap(),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    fn check(&mut self, label: &str, run: &Run, x: &Expect) {
+        let mut why = Vec::new();
+        if run.code == -2 {
+            why.push(format!("isolate did not end within {:?}", self.per_case));
+        } else if run.code != x.code {
+            why.push(format!("exit code {} (want {})", run.code, x.code));
+        }
+        if let Some(want) = x.stdout {
+            if run.stdout != want {
+                why.push(format!("stdout {:?} (want {want:?})", run.stdout));
+            }
+        }
+        if let Some(want) = x.stdout_has {
+            if !run.stdout.contains(want) {
+                why.push(format!("stdout {:?} lacks {want:?}", run.stdout));
+            }
+        }
+        if let Some(bad) = x.stdout_lacks {
+            if run.stdout.contains(bad) {
+                why.push(format!("stdout {:?} has {bad:?}", run.stdout));
+            }
+        }
+        if let Some(want) = x.stderr_has {
+            if !run.stderr.contains(want) {
+                why.push(format!("stderr lacks {want:?}"));
+            }
+        }
+        if why.is_empty() {
+            println!("PASS {label} ({} ms)", run.elapsed.as_millis());
+            self.passed += 1;
+        } else {
+            println!("FAIL {label}: {}", why.join("; "));
+            for line in run.stderr.lines().take(12) {
+                println!("     stderr: {line}");
+            }
+            self.failed.push(label.to_string());
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("tests/contract sits two levels below the workspace")
+        .to_path_buf()
+}
+
+fn find_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ISOLATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = workspace_root();
+    for p in ["target/release/isolate", "target/debug/isolate"] {
+        let c = root.join(p);
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!("no isolate binary: build it (cargo build --release -p isolate) or set ISOLATE_BIN");
+}
+
+/// The table, for one mode. `tag` makes names (volumes, markers) unique.
+fn cases(tag: &str) -> Vec<Case> {
+    let vol = format!("contract-{tag}:/data");
+    let marker_write = format!("echo x > /isolate-contract-{tag}");
+    let marker_test = format!("test ! -e /isolate-contract-{tag}");
+    let mut v = vec![
+        case("exit_code_zero", &["/bin/true"], OK),
+        case("exit_code_mirrored", &["/bin/sh", "-c", "exit 3"], Expect { code: 3, ..OK }),
+        case(
+            "signal_is_128_plus_n",
+            &["/bin/sh", "-c", "kill -TERM $$; sleep 5"],
+            Expect { code: 143, ..OK },
+        ),
+        case(
+            "command_not_found_is_127",
+            &["/no/such/program"],
+            Expect { code: 127, ..OK },
+        ),
+        case(
+            "not_executable_is_126",
+            &["/etc/passwd"],
+            Expect { code: 126, ..OK },
+        ),
+        case(
+            "stdout_and_stderr_kept_apart",
+            &["/bin/sh", "-c", "echo out; echo err >&2"],
+            Expect {
+                stdout: Some("out\n"),
+                stderr_has: Some("err"),
+                ..OK
+            },
+        ),
+        Case {
+            name: "stdin_passes_through",
+            args: s(&["/bin/cat"]),
+            stdin: Some("line one\nline two\n"),
+            expect: Expect {
+                stdout: Some("line one\nline two\n"),
+                ..OK
+            },
+        },
+        case(
+            "env_is_set",
+            &["-e", "GREETING=hello world", "/bin/sh", "-c", "echo \"$GREETING\""],
+            Expect {
+                stdout: Some("hello world\n"),
+                ..OK
+            },
+        ),
+        case(
+            "workdir_is_set",
+            &["-w", "/tmp", "/bin/pwd"],
+            Expect {
+                stdout: Some("/tmp\n"),
+                ..OK
+            },
+        ),
+        case(
+            "hostname_is_own",
+            &["--hostname", "sandbox-1", "/bin/hostname"],
+            Expect {
+                stdout: Some("sandbox-1\n"),
+                ..OK
+            },
+        ),
+        case(
+            "user_is_set",
+            &["-u", "1000:1001", "/bin/sh", "-c", "echo $(id -u):$(id -g)"],
+            Expect {
+                stdout: Some("1000:1001\n"),
+                ..OK
+            },
+        ),
+        case(
+            "private_process_table",
+            // Process 1 is the workload or isolate's init, never the host's,
+            // and the workload's own pid is small.
+            &["/bin/sh", "-c", "test $$ -lt 200 && cat /proc/1/cmdline | tr '\\0' ' '; echo"],
+            Expect {
+                stdout_lacks: Some("systemd"),
+                ..OK
+            },
+        ),
+        case(
+            "memory_limit_enforced_and_reported",
+            &[
+                "-m",
+                "24m",
+                "/bin/sh",
+                "-c",
+                "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived ${#x}",
+            ],
+            Expect {
+                code: 137,
+                stderr_has: Some("memory limit"),
+                stdout_lacks: Some("survived"),
+                ..OK
+            },
+        ),
+        case(
+            "pids_limit_enforced",
+            &[
+                "--pids-limit",
+                "6",
+                "/bin/sh",
+                "-c",
+                "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 2 & done; wait",
+            ],
+            Expect {
+                stderr_has: Some("fork"),
+                ..OK
+            },
+        ),
+        case(
+            "timeout_kills_and_reports",
+            &["--timeout", "2s", "/bin/sleep", "60"],
+            Expect {
+                code: 124,
+                stderr_has: Some("timeout"),
+                ..OK
+            },
+        ),
+        case(
+            "read_only_root_refuses_writes",
+            &["--read-only", "/bin/sh", "-c", "echo x > /file-on-root"],
+            Expect {
+                code: 1,
+                stderr_has: Some("Read-only"),
+                ..OK
+            },
+        ),
+        case(
+            "read_only_root_keeps_tmp_writable",
+            &["--read-only", "/bin/sh", "-c", "echo ok > /tmp/f && cat /tmp/f"],
+            Expect {
+                stdout: Some("ok\n"),
+                ..OK
+            },
+        ),
+        case(
+            "bad_input_is_125_and_named",
+            &["--memory", "0", "/bin/true"],
+            Expect {
+                code: 125,
+                stderr_has: Some("memory"),
+                ..OK
+            },
+        ),
+        case(
+            "missing_rootfs_is_125",
+            &["--rootfs", "/no/such/rootfs", "/bin/true"],
+            Expect {
+                code: 125,
+                stderr_has: Some("rootfs"),
+                ..OK
+            },
+        ),
+    ];
+    // Sequences: the first run writes, the second checks.
+    v.push(case(
+        "volume_write",
+        &["-v", &vol, "/bin/sh", "-c", "echo persisted > /data/f && sync"],
+        OK,
+    ));
+    v.push(case(
+        "volume_persists_into_next_run",
+        &["-v", &vol, "/bin/cat", "/data/f"],
+        Expect {
+            stdout: Some("persisted\n"),
+            ..OK
+        },
+    ));
+    v.push(case("root_write", &["/bin/sh", "-c", &marker_write], OK));
+    v.push(case(
+        "root_write_vanished_in_next_run",
+        &["/bin/sh", "-c", &marker_test],
+        OK,
+    ));
+    v
+}
+
+/// Whether `mode` can run here: `Err(reason)` if isolate says it cannot.
+fn probe(suite: &Suite, mode: &str) -> Result<(), String> {
+    let run = suite.isolate(&s(&["--mode", mode, "/bin/true"]), None);
+    if run.code == 0 {
+        return Ok(());
+    }
+    let reason = run.stderr.lines().next().unwrap_or("").to_string();
+    if run.code == 125
+        && (reason.contains("not available on this host")
+            || reason.contains("not found: looked in")
+            || reason.contains("has no"))
+    {
+        return Err(reason);
+    }
+    // Any other failure is a real failure of the backend: run the cases.
+    Ok(())
+}
+
+fn default_rootfs() -> PathBuf {
+    let home = std::env::var_os("ISOLATE_HOME").map_or_else(|| PathBuf::from("/var/lib/isolate"), PathBuf::from);
+    std::env::var_os("ISOLATE_ROOTFS").map_or_else(|| home.join("rootfs"), PathBuf::from)
+}
+
+fn main() {
+    // `cargo test -- --list` and friends: this harness has no filters.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let bin = find_bin();
+    let per_case = Duration::from_secs(
+        std::env::var("ISOLATE_CONTRACT_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(120),
+    );
+    let modes = std::env::var("ISOLATE_CONTRACT_MODES").unwrap_or_else(|_| "container,vm".into());
+    let mut suite = Suite {
+        bin,
+        per_case,
+        passed: 0,
+        failed: Vec::new(),
+        skipped: 0,
+    };
+    println!("contract suite: {} against modes {modes}", suite.bin.display());
+    let tag = format!("{}", std::process::id());
+    for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let table = cases(&format!("{mode}-{tag}"));
+        if let Err(reason) = probe(&suite, mode) {
+            for c in &table {
+                println!("SKIP {mode}/{}: {reason}", c.name);
+            }
+            suite.skipped += table.len();
+            continue;
+        }
+        for c in &table {
+            let mut args = s(&["--mode", mode]);
+            args.extend(c.args.iter().cloned());
+            let run = suite.isolate(&args, c.stdin);
+            suite.check(&format!("{mode}/{}", c.name), &run, &c.expect);
+        }
+        // The rootfs on disk never changes.
+        let marker = default_rootfs().join(format!("isolate-contract-{mode}-{tag}"));
+        let label = format!("{mode}/rootfs_on_disk_unchanged");
+        if marker.exists() {
+            println!("FAIL {label}: {} appeared on the host", marker.display());
+            suite.failed.push(label);
+        } else {
+            println!("PASS {label}");
+            suite.passed += 1;
+        }
+        let volume = std::env::var_os("ISOLATE_HOME")
+            .map_or_else(|| PathBuf::from("/var/lib/isolate"), PathBuf::from)
+            .join(format!("volumes/contract-{mode}-{tag}.ext4"));
+        let _ = std::fs::remove_file(volume);
+    }
+    println!(
+        "contract: {} passed, {} failed, {} skipped",
+        suite.passed,
+        suite.failed.len(),
+        suite.skipped
+    );
+    if !suite.failed.is_empty() {
+        println!("failed: {}", suite.failed.join(", "));
+        std::process::exit(1);
+    }
+}
