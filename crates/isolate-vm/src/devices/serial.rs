@@ -1,0 +1,260 @@
+//! The 8250/16550A UART at port 0x3f8 (COM1), used for kernel messages.
+//!
+//! The register model is `vm_superio::Serial`; its output goes to a
+//! [`SerialLog`], a ring of the last lines the guest printed (for "the guest
+//! failed to boot, last console lines: …" errors), optionally copied to the
+//! host's stderr (`--console-log`).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use crate::devices::{lock, BusDevice, Interrupt};
+
+/// Base port of COM1.
+pub const COM1_PORT: u64 = 0x3f8;
+/// Number of ports the UART decodes.
+pub const COM1_LEN: u64 = 8;
+/// Legacy IRQ line of COM1.
+pub const COM1_IRQ: u32 = 4;
+/// Lines a [`SerialLog`] keeps by default.
+pub const DEFAULT_LOG_LINES: usize = 50;
+/// Longest line kept; longer lines are split.
+const MAX_LINE: usize = 4096;
+
+#[derive(Default)]
+struct LogState {
+    lines: VecDeque<String>,
+    partial: Vec<u8>,
+    capacity: usize,
+}
+
+impl LogState {
+    fn end_line(&mut self) {
+        let bytes = std::mem::take(&mut self.partial);
+        let line = String::from_utf8_lossy(&bytes);
+        self.lines.push_back(line.trim_end_matches('\r').to_owned());
+        while self.lines.len() > self.capacity {
+            self.lines.pop_front();
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                self.end_line();
+            } else {
+                self.partial.push(b);
+                if self.partial.len() >= MAX_LINE {
+                    self.end_line();
+                }
+            }
+        }
+    }
+}
+
+/// The last lines written to the serial port; cloneable, readable from any thread.
+#[derive(Clone)]
+pub struct SerialLog {
+    state: Arc<Mutex<LogState>>,
+}
+
+impl SerialLog {
+    /// A log that keeps the last `lines` lines (at least one).
+    pub fn new(lines: usize) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(LogState {
+                capacity: lines.max(1),
+                ..LogState::default()
+            })),
+        }
+    }
+
+    /// The last complete lines, oldest first, followed by the current
+    /// unterminated line if there is one (carriage returns removed, invalid
+    /// UTF-8 replaced).
+    pub fn last_lines(&self) -> Vec<String> {
+        let state = lock(&self.state);
+        let mut out: Vec<String> = state.lines.iter().cloned().collect();
+        if !state.partial.is_empty() {
+            let partial = String::from_utf8_lossy(&state.partial);
+            out.push(partial.trim_end_matches('\r').to_owned());
+        }
+        out
+    }
+
+    /// Appends guest output (what the UART transmitted).
+    pub fn push(&self, data: &[u8]) {
+        lock(&self.state).push(data);
+    }
+}
+
+impl Default for SerialLog {
+    fn default() -> Self {
+        Self::new(DEFAULT_LOG_LINES)
+    }
+}
+
+/// Where the UART's transmitted bytes go: the log, and stderr if asked.
+struct Sink {
+    log: SerialLog,
+    echo: bool,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.log.push(buf);
+        if self.echo {
+            // The console copy is best effort: a closed stderr must not stop the guest.
+            let _ = io::stderr().write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Adapts [`Interrupt`] to `vm_superio::Trigger`.
+struct IrqTrigger(Arc<dyn Interrupt>);
+
+impl vm_superio::Trigger for IrqTrigger {
+    type E = Infallible;
+
+    fn trigger(&self) -> Result<(), Infallible> {
+        self.0.trigger();
+        Ok(())
+    }
+}
+
+/// The COM1 UART as a [`BusDevice`] on the port I/O bus (base [`COM1_PORT`]).
+pub struct Serial {
+    uart: vm_superio::Serial<IrqTrigger, vm_superio::serial::NoEvents, Sink>,
+}
+
+impl Serial {
+    /// A UART raising `irq` (IRQ 4) whose output goes to `log`, and to
+    /// stderr too when `echo` is true.
+    pub fn new(irq: Arc<dyn Interrupt>, log: SerialLog, echo: bool) -> Self {
+        Self {
+            uart: vm_superio::Serial::new(IrqTrigger(irq), Sink { log, echo }),
+        }
+    }
+
+    /// Queues `data` as input from the host, up to the FIFO's free space;
+    /// returns how many bytes were taken.
+    pub fn enqueue_input(&mut self, data: &[u8]) -> usize {
+        self.uart.enqueue_raw_bytes(data).unwrap_or(0)
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (u8::try_from(offset), data) {
+            (Ok(offset), [byte]) if u64::from(offset) < COM1_LEN => *byte = self.uart.read(offset),
+            (_, data) => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
+            if u64::from(offset) < COM1_LEN {
+                // The sink never fails and the trigger is infallible.
+                let _ = self.uart.write(offset, *byte);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::test_util::{CountingIrq, Rng};
+
+    const THR: u64 = 0;
+    const IER: u64 = 1;
+    const IIR: u64 = 2;
+    const LSR: u64 = 5;
+
+    fn serial(lines: usize) -> (Serial, SerialLog, Arc<CountingIrq>) {
+        let log = SerialLog::new(lines);
+        let irq = Arc::new(CountingIrq::default());
+        (Serial::new(irq.clone(), log.clone(), false), log, irq)
+    }
+
+    fn print(s: &mut Serial, text: &str) {
+        for b in text.bytes() {
+            s.write(THR, &[b]);
+        }
+    }
+
+    #[test]
+    fn bytes_written_to_thr_reach_the_log() {
+        let (mut s, log, _) = serial(10);
+        print(&mut s, "Linux version 6.1\r\nbooting");
+        assert_eq!(log.last_lines(), vec!["Linux version 6.1", "booting"]);
+    }
+
+    #[test]
+    fn keeps_only_the_last_lines() {
+        let (mut s, log, _) = serial(3);
+        for i in 0..10 {
+            print(&mut s, &format!("line {i}\n"));
+        }
+        assert_eq!(log.last_lines(), vec!["line 7", "line 8", "line 9"]);
+    }
+
+    #[test]
+    fn long_lines_are_split_and_bad_utf8_replaced() {
+        let log = SerialLog::new(5);
+        log.push(&vec![b'x'; MAX_LINE + 3]);
+        log.push(&[0xff, b'\n']);
+        let lines = log.last_lines();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].len(), MAX_LINE);
+        assert_eq!(lines[1], "xxx\u{fffd}");
+    }
+
+    #[test]
+    fn transmit_raises_irq_when_enabled() {
+        let (mut s, _, irq) = serial(3);
+        s.write(IER, &[0x02]); // THR empty interrupt
+        let mut iir = [0u8];
+        s.read(IIR, &mut iir); // the driver acknowledges the first one
+        let before = irq.count();
+        print(&mut s, "a");
+        assert!(irq.count() > before);
+        let mut lsr = [0u8];
+        s.read(LSR, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0, "THR empty");
+    }
+
+    #[test]
+    fn odd_accesses_do_not_panic() {
+        let (mut s, _, _) = serial(3);
+        let mut rng = Rng(99);
+        for _ in 0..10_000 {
+            let offset = rng.below(12);
+            let len = 1 + rng.below(4) as usize;
+            let mut buf = vec![rng.next_u64() as u8; len];
+            if rng.below(2) == 0 {
+                s.read(offset, &mut buf);
+            } else {
+                s.write(offset, &buf);
+            }
+        }
+        let mut wide = [0u8; 2];
+        s.read(0, &mut wide);
+        assert_eq!(wide, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn log_is_readable_from_another_thread() {
+        let (mut s, log, _) = serial(3);
+        print(&mut s, "panic: no init\n");
+        let lines = std::thread::spawn(move || log.last_lines()).join().unwrap();
+        assert_eq!(lines, vec!["panic: no init"]);
+    }
+}

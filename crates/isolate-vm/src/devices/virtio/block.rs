@@ -1,0 +1,4 @@
+//! virtio-blk over a host file (being written).
+
+/// The virtio block device model.
+pub struct Block;

@@ -1,0 +1,453 @@
+//! A single-port virtio console (no `VIRTIO_CONSOLE_F_MULTIPORT`).
+//!
+//! Queue 0 (receiveq) carries host→guest bytes, queue 1 (transmitq)
+//! guest→host bytes. Output goes to a `Write` sink chosen by the VMM
+//! (stdout, stderr, a control-line parser). Input comes from any thread
+//! through a [`ConsoleInput`] handle; bytes the guest has no buffers for yet
+//! wait in a pending buffer and are delivered when buffers arrive.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::{for_each_range, SplitChain, VirtioDevice, TYPE_CONSOLE, VIRTIO_F_VERSION_1};
+use crate::devices::{lock, DeviceError, Interrupt};
+
+/// Index of the receive queue (host→guest).
+pub const RX_QUEUE: u16 = 0;
+/// Index of the transmit queue (guest→host).
+pub const TX_QUEUE: u16 = 1;
+/// Size of each queue offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Size of `struct virtio_console_config` (cols, rows, max_nr_ports, emerg_wr).
+const CONFIG_LEN: u64 = 12;
+/// Bounce buffer for guest→host copies.
+const TX_CHUNK: usize = 4096;
+
+/// Queue, memory and interrupt of an activated queue.
+struct ActiveQueue {
+    queue: Queue,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<dyn Interrupt>,
+}
+
+impl ActiveQueue {
+    /// Raises the interrupt if the driver wants one for the buffers just used.
+    fn notify_guest(&mut self) {
+        if self.queue.needs_notification(&self.mem).unwrap_or(true) {
+            self.interrupt.trigger();
+        }
+    }
+}
+
+/// Receive side, shared between the device (vCPU thread) and [`ConsoleInput`]s.
+#[derive(Default)]
+struct RxState {
+    pending: VecDeque<u8>,
+    active: Option<ActiveQueue>,
+}
+
+impl RxState {
+    /// Copies pending bytes into the buffers the guest made available,
+    /// and interrupts it if any buffer was used.
+    fn deliver(&mut self) {
+        let Some(rx) = self.active.as_mut() else {
+            return;
+        };
+        let mut used = false;
+        while !self.pending.is_empty() {
+            let Some(chain) = rx.queue.pop_descriptor_chain(&rx.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let chain = SplitChain::collect(chain);
+            let data = self.pending.make_contiguous();
+            let want = (data.len() as u64).min(chain.writable_len());
+            let written = for_each_range(&chain.writable, 0, want, |addr, pos, len| {
+                // `pos + len <= want <= data.len()`, both fit in usize.
+                let (pos, len) = (pos as usize, len as usize);
+                rx.mem.write_slice(&data[pos..pos + len], addr).is_ok()
+            });
+            self.pending.drain(..written as usize);
+            // `written` is bounded by the chain length, which fits in u32.
+            let _ = rx.queue.add_used(&rx.mem, head, written as u32);
+            used = true;
+        }
+        if used {
+            rx.notify_guest();
+        }
+    }
+}
+
+/// A cloneable handle that feeds bytes to the guest's console input.
+#[derive(Clone)]
+pub struct ConsoleInput {
+    rx: Arc<Mutex<RxState>>,
+}
+
+impl ConsoleInput {
+    /// Queues `data` for the guest and delivers as much as the guest has
+    /// buffers for now; the rest is delivered when the guest adds buffers.
+    /// Never blocks on the guest. Callable from any thread.
+    pub fn push(&self, data: &[u8]) {
+        let mut rx = lock(&self.rx);
+        rx.pending.extend(data);
+        rx.deliver();
+    }
+
+    /// Bytes pushed but not yet taken by the guest (for back-pressure: a
+    /// reader of host stdin can wait while this is large).
+    pub fn pending_len(&self) -> usize {
+        lock(&self.rx).pending.len()
+    }
+}
+
+/// The virtio console device model.
+pub struct Console {
+    out: Box<dyn Write + Send>,
+    rx: Arc<Mutex<RxState>>,
+    tx: Option<ActiveQueue>,
+    acked_features: u64,
+    output_errors: u64,
+}
+
+impl Console {
+    /// A console whose guest output goes to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out,
+            rx: Arc::default(),
+            tx: None,
+            acked_features: 0,
+            output_errors: 0,
+        }
+    }
+
+    /// A handle to send input to the guest, usable from other threads.
+    pub fn input(&self) -> ConsoleInput {
+        ConsoleInput {
+            rx: self.rx.clone(),
+        }
+    }
+
+    /// How many writes to the output sink failed (the bytes were dropped).
+    pub fn output_errors(&self) -> u64 {
+        self.output_errors
+    }
+
+    /// Writes what the guest transmitted to the sink and returns the buffers.
+    fn process_tx(&mut self) {
+        let Some(tx) = self.tx.as_mut() else {
+            return;
+        };
+        let out = &mut self.out;
+        let errors = &mut self.output_errors;
+        let mut buf = [0u8; TX_CHUNK];
+        let mut used = false;
+        while let Some(chain) = tx.queue.pop_descriptor_chain(&tx.mem) {
+            let head = chain.head_index();
+            let chain = SplitChain::collect(chain);
+            for_each_range(&chain.readable, 0, chain.readable_len(), |addr, _, len| {
+                let mut done = 0u64;
+                while done < len {
+                    let n = (len - done).min(TX_CHUNK as u64) as usize;
+                    let Some(at) = addr.0.checked_add(done) else {
+                        return false;
+                    };
+                    if tx
+                        .mem
+                        .read_slice(&mut buf[..n], vm_memory::GuestAddress(at))
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    if out.write_all(&buf[..n]).is_err() {
+                        *errors += 1;
+                    }
+                    done += n as u64;
+                }
+                true
+            });
+            let _ = tx.queue.add_used(&tx.mem, head, 0);
+            used = true;
+        }
+        if out.flush().is_err() {
+            *errors += 1;
+        }
+        if used {
+            tx.notify_guest();
+        }
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u32 {
+        TYPE_CONSOLE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // cols, rows, max_nr_ports and emerg_wr are all 0: no size, one port.
+        let _ = (offset, CONFIG_LEN);
+        data.fill(0);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // emerg_wr needs VIRTIO_CONSOLE_F_EMERG_WRITE, which is not offered.
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<dyn Interrupt>,
+    ) -> Result<(), DeviceError> {
+        let count = queues.len();
+        let mut queues = queues.into_iter();
+        let (Some(rxq), Some(txq), None) = (queues.next(), queues.next(), queues.next()) else {
+            return Err(DeviceError::QueueNotUsable {
+                device: "console",
+                index: count.min(2),
+                reason: "the console needs exactly 2 queues",
+            });
+        };
+        for (index, q) in [&rxq, &txq].into_iter().enumerate() {
+            if !q.ready() {
+                return Err(DeviceError::QueueNotUsable {
+                    device: "console",
+                    index,
+                    reason: "not ready",
+                });
+            }
+        }
+        self.tx = Some(ActiveQueue {
+            queue: txq,
+            mem: mem.clone(),
+            interrupt: interrupt.clone(),
+        });
+        let mut rx = lock(&self.rx);
+        rx.active = Some(ActiveQueue {
+            queue: rxq,
+            mem,
+            interrupt,
+        });
+        rx.deliver();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, queue_index: u16) {
+        match queue_index {
+            RX_QUEUE => lock(&self.rx).deliver(),
+            TX_QUEUE => self.process_tx(),
+            _ => {}
+        }
+    }
+
+    fn reset(&mut self) {
+        self.tx = None;
+        self.acked_features = 0;
+        // Pending input stays: it is delivered once the driver is back.
+        lock(&self.rx).active = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::devices::test_util::{add_chain, guest_memory, used_entries, CountingIrq};
+
+    /// A `Write` sink the test can read back.
+    #[derive(Clone, Default)]
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Fixture<'a> {
+        console: Console,
+        out: SharedBuf,
+        irq: Arc<CountingIrq>,
+        rxq: MockSplitQueue<'a, GuestMemoryMmap>,
+        txq: MockSplitQueue<'a, GuestMemoryMmap>,
+    }
+
+    fn fixture(mem: &GuestMemoryMmap) -> Fixture<'_> {
+        let out = SharedBuf::default();
+        let console = Console::new(Box::new(out.clone()));
+        let rxq = MockSplitQueue::create(mem, GuestAddress(0), 16);
+        let txq = MockSplitQueue::create(mem, GuestAddress(0x4000), 16);
+        Fixture {
+            console,
+            out,
+            irq: Arc::new(CountingIrq::default()),
+            rxq,
+            txq,
+        }
+    }
+
+    fn activate(f: &mut Fixture<'_>, mem: &GuestMemoryMmap) {
+        let queues = vec![f.rxq.create_queue().unwrap(), f.txq.create_queue().unwrap()];
+        f.console
+            .activate(mem.clone(), queues, f.irq.clone())
+            .unwrap();
+    }
+
+    #[test]
+    fn transmitted_bytes_reach_the_sink_in_order() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        mem.write_slice(b"hello, ", GuestAddress(0x1_0000)).unwrap();
+        mem.write_slice(b"world", GuestAddress(0x2_0000)).unwrap();
+        mem.write_slice(b"!\n", GuestAddress(0x3_0000)).unwrap();
+        // One chain of two readable buffers, then a one-buffer chain.
+        add_chain(&f.txq, 0, &[(0x1_0000, 7, false), (0x2_0000, 5, false)]);
+        add_chain(&f.txq, 2, &[(0x3_0000, 2, false)]);
+
+        f.console.queue_notify(TX_QUEUE);
+
+        assert_eq!(&*f.out.0.lock().unwrap(), b"hello, world!\n");
+        assert_eq!(used_entries(&f.txq), vec![(0, 0), (2, 0)]);
+        assert_eq!(f.irq.count(), 1);
+    }
+
+    #[test]
+    fn pushed_bytes_fill_guest_buffers() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        add_chain(&f.rxq, 0, &[(0x1_0000, 4, true), (0x2_0000, 4, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        assert_eq!(f.irq.count(), 0, "no input yet, no interrupt");
+
+        f.console.input().push(b"abcdef");
+
+        let mut got = [0u8; 6];
+        mem.read_slice(&mut got[..4], GuestAddress(0x1_0000))
+            .unwrap();
+        mem.read_slice(&mut got[4..], GuestAddress(0x2_0000))
+            .unwrap();
+        assert_eq!(&got, b"abcdef");
+        assert_eq!(used_entries(&f.rxq), vec![(0, 6)]);
+        assert_eq!(f.irq.count(), 1);
+        assert_eq!(f.console.input().pending_len(), 0);
+    }
+
+    #[test]
+    fn pending_bytes_arrive_when_buffers_are_added() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        let input = f.console.input();
+        // Before activation.
+        input.push(b"early ");
+        activate(&mut f, &mem);
+        // After activation, with no buffers.
+        input.push(b"late");
+        assert_eq!(input.pending_len(), 10);
+        assert_eq!(f.irq.count(), 0);
+
+        // A buffer smaller than the pending input: delivered in two rounds.
+        add_chain(&f.rxq, 0, &[(0x1_0000, 8, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        assert_eq!(input.pending_len(), 2);
+        add_chain(&f.rxq, 1, &[(0x2_0000, 8, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        assert_eq!(input.pending_len(), 0);
+
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 2];
+        mem.read_slice(&mut a, GuestAddress(0x1_0000)).unwrap();
+        mem.read_slice(&mut b, GuestAddress(0x2_0000)).unwrap();
+        assert_eq!(&a, b"early la");
+        assert_eq!(&b, b"te");
+        assert_eq!(used_entries(&f.rxq), vec![(0, 8), (1, 2)]);
+        assert_eq!(f.irq.count(), 2);
+    }
+
+    #[test]
+    fn input_from_another_thread_is_delivered() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        add_chain(&f.rxq, 0, &[(0x1_0000, 64, true)]);
+        let input = f.console.input();
+        std::thread::spawn(move || input.push(b"from a thread"))
+            .join()
+            .unwrap();
+        let mut got = [0u8; 13];
+        mem.read_slice(&mut got, GuestAddress(0x1_0000)).unwrap();
+        assert_eq!(&got, b"from a thread");
+    }
+
+    #[test]
+    fn reset_keeps_pending_input_and_drops_queues() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        f.console.reset();
+        f.console.input().push(b"kept");
+        // No queues: notifications are ignored, nothing is written.
+        f.console.queue_notify(RX_QUEUE);
+        f.console.queue_notify(TX_QUEUE);
+        assert_eq!(f.console.input().pending_len(), 4);
+        assert_eq!(f.irq.count(), 0);
+    }
+
+    #[test]
+    fn bad_guest_buffers_do_not_panic() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        // TX: a buffer outside guest memory, one that straddles its end, a
+        // writable one (ignored), and a huge length.
+        add_chain(&f.txq, 0, &[(0x10_0000_0000, 16, false)]);
+        add_chain(&f.txq, 1, &[(0xf_fff0, 0x100, false)]);
+        add_chain(&f.txq, 2, &[(0x1_0000, 16, true)]);
+        add_chain(&f.txq, 3, &[(0x1_0000, u32::MAX, false)]);
+        f.console.queue_notify(TX_QUEUE);
+        assert_eq!(used_entries(&f.txq).len(), 4);
+        // RX: a readable-only chain and an out-of-memory buffer.
+        add_chain(&f.rxq, 0, &[(0x1_0000, 16, false)]);
+        add_chain(&f.rxq, 1, &[(u64::MAX - 4, 16, true)]);
+        f.console.input().push(b"x");
+        assert_eq!(used_entries(&f.rxq), vec![(0, 0), (1, 0)]);
+        assert_eq!(f.console.input().pending_len(), 1);
+    }
+
+    #[test]
+    fn activation_needs_two_ready_queues() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        let one = vec![f.rxq.create_queue().unwrap()];
+        assert!(f.console.activate(mem.clone(), one, f.irq.clone()).is_err());
+        let mut txq: Queue = f.txq.create_queue().unwrap();
+        txq.set_ready(false);
+        let two = vec![f.rxq.create_queue().unwrap(), txq];
+        assert!(f.console.activate(mem.clone(), two, f.irq.clone()).is_err());
+    }
+}
