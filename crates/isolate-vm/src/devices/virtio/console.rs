@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{for_each_range, SplitChain, VirtioDevice, TYPE_CONSOLE, VIRTIO_F_VERSION_1};
+use super::{
+    for_each_range, ActiveQueue, SplitChain, VirtioDevice, TYPE_CONSOLE, VIRTIO_F_VERSION_1,
+};
 use crate::devices::{lock, DeviceError, Interrupt};
 
 /// Index of the receive queue (host→guest).
@@ -27,22 +29,6 @@ pub const QUEUE_SIZE: u16 = 256;
 const CONFIG_LEN: u64 = 12;
 /// Bounce buffer for guest→host copies.
 const TX_CHUNK: usize = 4096;
-
-/// Queue, memory and interrupt of an activated queue.
-struct ActiveQueue {
-    queue: Queue,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn Interrupt>,
-}
-
-impl ActiveQueue {
-    /// Raises the interrupt if the driver wants one for the buffers just used.
-    fn notify_guest(&mut self) {
-        if self.queue.needs_notification(&self.mem).unwrap_or(true) {
-            self.interrupt.trigger();
-        }
-    }
-}
 
 /// Receive side, shared between the device (vCPU thread) and [`ConsoleInput`]s.
 #[derive(Default)]
