@@ -47,7 +47,10 @@ fn run(cg: &Cgroup, limits: &Limits, argv: &[String]) -> Result<(), Box<dyn std:
     let stats = cg.stats()?;
     println!("{} {status}", cg.rel_path());
     println!("  cpu time     {:?}", stats.cpu_time);
-    println!("  memory peak  {:?} of {:?}", stats.memory_peak, stats.memory_limit);
+    println!(
+        "  memory peak  {:?} of {:?}",
+        stats.memory_peak, stats.memory_limit
+    );
     println!("  cpus limit   {:?}", stats.cpus_limit);
     println!("  pids limit   {:?}", stats.pids_limit);
     println!("  oom killed   {}", cg.oom_killed()?);

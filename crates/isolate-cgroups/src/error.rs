@@ -161,6 +161,17 @@ pub enum CgroupError {
         /// How long removal waited.
         waited: Duration,
     },
+    /// The calling process is itself in the cgroup to kill or remove.
+    #[error(
+        "this process ({pid}) is itself in cgroup {rel_path}, and killing the cgroup would kill \
+         it: run the workload (or VMM) as a child process, or move this process out first"
+    )]
+    SelfInside {
+        /// This process.
+        pid: u32,
+        /// The cgroup.
+        rel_path: String,
+    },
     /// A process of the cgroup could not be signalled.
     #[error("cannot send SIGKILL to process {pid} of cgroup {rel_path}")]
     Signal {

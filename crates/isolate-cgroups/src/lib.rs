@@ -244,7 +244,16 @@ impl Cgroup {
     /// v2 `cgroup.kill` where the kernel has it (5.14+), else (and on v1)
     /// freeze, signal each process, thaw. Returns once the signals are sent;
     /// [`remove`](Cgroup::remove) waits for the processes to go.
+    ///
+    /// Refuses ([`CgroupError::SelfInside`]) if the calling process is in it.
     pub fn kill_all(&self) -> Result<(), CgroupError> {
+        let me = std::process::id();
+        if self.procs()?.contains(&me) {
+            return Err(CgroupError::SelfInside {
+                pid: me,
+                rel_path: self.rel.clone(),
+            });
+        }
         match &self.imp {
             Imp::V1(c) => c.kill_all(),
             Imp::V2(c) => c.kill_all(),
@@ -407,6 +416,13 @@ fn check_rel_path(rel: &str) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Cgroup>();
+        shared::<CgroupError>();
+    }
 
     #[test]
     fn cpu_quota_is_cpus_times_period() {

@@ -231,8 +231,12 @@ impl V2 {
             // Linux >= 5.14: the kernel kills the whole subtree, race-free.
             return fs::write(&kill, "1");
         }
-        // Older kernels: freeze so nothing forks while we signal, then thaw
-        // so the signals are delivered.
+        self.freeze_and_kill()
+    }
+
+    /// Kills without `cgroup.kill` (kernels before 5.14): freeze so nothing
+    /// forks while we signal, then thaw so the signals are delivered.
+    fn freeze_and_kill(&self) -> Result<(), CgroupError> {
         let freeze = self.dir.join("cgroup.freeze");
         let frozen = freeze.exists();
         if frozen {
@@ -309,6 +313,65 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fallback of kernels without `cgroup.kill`, on a real v2 host.
+    #[test]
+    fn freeze_and_kill_ends_every_process() {
+        let test = "v2::freeze_and_kill_ends_every_process";
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP {test}: needs root");
+            return;
+        }
+        let h = crate::layout::Hierarchies::probe().unwrap();
+        let Some(root) = h.v2_root else {
+            eprintln!("SKIP {test}: host cgroups are {}, not unified v2", h.layout);
+            return;
+        };
+        let cg = V2::create(
+            &root,
+            &format!("isolate/unit-freeze-{}", std::process::id()),
+        )
+        .unwrap();
+        let mut kids: Vec<_> = (0..3)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("60")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for k in &kids {
+            cg.add_process(k.id()).unwrap();
+        }
+        assert_eq!(cg.procs().unwrap().len(), 3);
+        let result = cg.freeze_and_kill();
+        // Collect everything before asserting, so a failure leaves nothing behind.
+        let signals: Vec<Option<i32>> = kids
+            .iter_mut()
+            .map(|k| {
+                use std::os::unix::process::ExitStatusExt;
+                let mut status = None;
+                let _ = fs::poll_until(Duration::from_secs(2), || {
+                    status = k.try_wait().unwrap();
+                    Ok(status.is_some())
+                });
+                if status.is_none() {
+                    let _ = k.kill();
+                    let _ = k.wait();
+                }
+                status.and_then(|s| s.signal())
+            })
+            .collect();
+        let thawed = fs::read(&cg.dir.join("cgroup.freeze")).unwrap();
+        let emptied = fs::poll_until(Duration::from_secs(1), || cg.is_empty()).unwrap();
+        let removed = cg.rmdir();
+        result.unwrap();
+        assert_eq!(signals, vec![Some(libc::SIGKILL); 3]);
+        assert_eq!(thawed.trim(), "0", "left frozen");
+        assert!(emptied);
+        removed.unwrap();
+    }
 
     #[test]
     fn cpu_max_parses_to_cpus() {
