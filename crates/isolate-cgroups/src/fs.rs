@@ -151,6 +151,27 @@ pub(crate) fn sigkill(pid: u32) -> io::Result<()> {
     }
 }
 
+/// The cgroup of this process in the hierarchy holding `controller`
+/// (`""` for cgroup v2), from `/proc/self/cgroup`
+/// (`ID:CONTROLLERS:PATH` per line), as a path relative to that root.
+pub(crate) fn own_cgroup(controller: &str) -> Result<Option<String>, CgroupError> {
+    let file = Path::new("/proc/self/cgroup");
+    Ok(find_cgroup(&read(file)?, controller))
+}
+
+fn find_cgroup(text: &str, controller: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = if controller.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == controller)
+        };
+        matches.then(|| path.trim_start_matches('/').to_owned())
+    })
+}
+
 /// Polls `done` with a growing pause until it holds or `timeout` passes;
 /// returns whether it held.
 pub(crate) fn poll_until(
@@ -185,6 +206,20 @@ mod tests {
             keyed("usage_usec 1234\nuser_usec 1000\n", "usage_usec"),
             Some(1234)
         );
+    }
+
+    #[test]
+    fn finds_own_cgroup_per_controller() {
+        let text =
+            "9:name=systemd:/\n4:memory:/process_api/65c9\n2:cpu,cpuacct:/a/b\n0::/user.slice\n";
+        assert_eq!(
+            find_cgroup(text, "memory").as_deref(),
+            Some("process_api/65c9")
+        );
+        assert_eq!(find_cgroup(text, "cpuacct").as_deref(), Some("a/b"));
+        assert_eq!(find_cgroup(text, "").as_deref(), Some("user.slice"));
+        assert_eq!(find_cgroup(text, "pids"), None);
+        assert_eq!(find_cgroup("0::/\n", "").as_deref(), Some(""));
     }
 
     #[test]

@@ -40,7 +40,9 @@ mod v1;
 mod v2;
 
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use isolate_core::{Limits, Stats};
@@ -70,6 +72,9 @@ pub struct Cgroup {
     rel: String,
     layout: Layout,
     imp: Imp,
+    /// Where this process was before [`Cgroup::add_process`] moved it in
+    /// (the `cgroup.procs` files to go back to), for [`Cgroup::leave`].
+    origin: Mutex<Option<Vec<PathBuf>>>,
     /// Largest memory use seen by [`Cgroup::stats`], for kernels that
     /// do not record the peak themselves.
     peak_seen: AtomicU64,
@@ -124,6 +129,7 @@ impl Cgroup {
             rel,
             layout,
             imp,
+            origin: Mutex::new(None),
             peak_seen: AtomicU64::new(0),
         }
     }
@@ -194,10 +200,41 @@ impl Cgroup {
 
     /// Moves process `pid` (all its threads) into this cgroup, in every
     /// hierarchy.
+    ///
+    /// `pid` may be the calling process (a VMM limiting itself): this handle
+    /// then remembers where it was, and [`leave`](Cgroup::leave),
+    /// [`kill_all`](Cgroup::kill_all) and [`remove`](Cgroup::remove) move it
+    /// back there before killing anything.
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
+        if pid == std::process::id() {
+            let origin = match &self.imp {
+                Imp::V1(c) => c.own_procs_files()?,
+                Imp::V2(c) => c.own_procs_files()?,
+            };
+            let mut slot = self.origin.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert(origin);
+        }
         match &self.imp {
             Imp::V1(c) => c.add_process(pid),
             Imp::V2(c) => c.add_process(pid),
+        }
+    }
+
+    /// Moves the calling process back to the cgroups it was in before this
+    /// handle's [`add_process`](Cgroup::add_process) moved it in. Nothing
+    /// to do if it was not moved in by this handle and is not inside;
+    /// [`CgroupError::SelfInside`] if it is inside and this handle does not
+    /// know where it came from.
+    pub fn leave(&self) -> Result<(), CgroupError> {
+        let me = std::process::id();
+        let origin = self.origin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match origin {
+            Some(files) => files.iter().try_for_each(|f| fs::write(f, &me.to_string())),
+            None if self.procs()?.contains(&me) => Err(CgroupError::SelfInside {
+                pid: me,
+                rel_path: self.rel.clone(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -245,14 +282,12 @@ impl Cgroup {
     /// freeze, signal each process, thaw. Returns once the signals are sent;
     /// [`remove`](Cgroup::remove) waits for the processes to go.
     ///
-    /// Refuses ([`CgroupError::SelfInside`]) if the calling process is in it.
+    /// If the calling process is inside, it first [leaves](Cgroup::leave)
+    /// (or, when this handle did not move it in, the call fails with
+    /// [`CgroupError::SelfInside`] and kills nothing).
     pub fn kill_all(&self) -> Result<(), CgroupError> {
-        let me = std::process::id();
-        if self.procs()?.contains(&me) {
-            return Err(CgroupError::SelfInside {
-                pid: me,
-                rel_path: self.rel.clone(),
-            });
+        if self.procs()?.contains(&std::process::id()) {
+            self.leave()?;
         }
         match &self.imp {
             Imp::V1(c) => c.kill_all(),
@@ -302,7 +337,7 @@ impl Cgroup {
     pub fn remove_stale(live: &dyn Fn(&str) -> bool) -> Result<usize, CgroupError> {
         let h = Hierarchies::probe()?;
         let mut names: Vec<String> = Vec::new();
-        let parents: Vec<std::path::PathBuf> = match &h.v2_root {
+        let parents: Vec<PathBuf> = match &h.v2_root {
             Some(root) => vec![root.join(PARENT)],
             None => h.v1.iter().map(|(_, m)| m.join(PARENT)).collect(),
         };

@@ -203,6 +203,25 @@ impl V1 {
             .try_for_each(|d| fs::write(&d.join("cgroup.procs"), &pid.to_string()))
     }
 
+    /// The `cgroup.procs` files of the cgroups this process is in now, in
+    /// the hierarchies this cgroup uses.
+    pub fn own_procs_files(&self) -> Result<Vec<PathBuf>, CgroupError> {
+        let depth = self.rel.split('/').count();
+        let mut out = Vec::new();
+        for d in self.unique_dirs() {
+            let Some(controller) = self.dirs.iter().find(|(_, x)| x == d).map(|(c, _)| *c) else {
+                continue;
+            };
+            let Some(mount) = d.ancestors().nth(depth) else {
+                continue;
+            };
+            if let Some(path) = fs::own_cgroup(controller)? {
+                out.push(mount.join(path).join("cgroup.procs"));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
         let mut pids = Vec::new();
         for d in self.unique_dirs() {

@@ -181,6 +181,14 @@ impl V2 {
             .map(OwnedFd::from)
     }
 
+    /// The `cgroup.procs` file of the cgroup this process is in now.
+    pub fn own_procs_files(&self) -> Result<Vec<PathBuf>, CgroupError> {
+        Ok(fs::own_cgroup("")?
+            .map(|path| self.root.join(path).join("cgroup.procs"))
+            .into_iter()
+            .collect())
+    }
+
     pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
         fs::procs_recursive(&self.dir)
     }
