@@ -108,7 +108,7 @@ build_init() {
     # unwinding keeps that path open for every thread.
     (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$TARGET_DIR" \
         cargo build --quiet --release -p isolate-init --target "$TRIPLE" \
-        --config 'profile.release.panic="unwind"')
+        --config 'profile.release.panic="unwind"' --config 'profile.release.strip="symbols"')
     local bin="$TARGET_DIR/$TRIPLE/release/isolate-init"
     [ -x "$bin" ] || die "cargo did not produce $bin"
     if ! file "$bin" | grep -Eq 'statically linked|static-pie linked'; then

@@ -2,7 +2,8 @@
 //! content under `${ISOLATE_HOME}/images/`:
 //!
 //! - [`root_initramfs`]: the rootfs plus the guest init as `/init` (and an
-//!   empty `/isolate/`), as one cpio newc archive: the initramfs is the root;
+//!   empty `/isolate/`, `/dev/console` and `/dev/null` when the rootfs lacks
+//!   them), as one cpio newc archive: the initramfs is the root;
 //! - [`block_image`]: a read-only erofs image (ext4 when `mkfs.erofs` is
 //!   missing) for large roots, booted with [`init_only_initramfs`];
 //! - [`spec_archive`]: the per-run archive holding `/isolate/spec.json`,
@@ -82,7 +83,7 @@ use crate::tree::{Kind, Tree};
 pub const INITRAMFS_MAX_BYTES: u64 = 64 << 20;
 
 /// Bumped when the layout of generated images changes (invalidates caches).
-const FORMAT_VERSION: &[u8] = b"isolate-image/1";
+const FORMAT_VERSION: &[u8] = b"isolate-image/2";
 
 /// Errors of image building.
 #[derive(Debug, thiserror::Error)]
@@ -246,18 +247,13 @@ impl Cache {
             return Ok(path);
         }
         self.write_atomic(&path, |w| {
-            let mut has_isolate_dir = false;
             for e in &tree.entries {
-                if e.rel == "init" {
-                    continue;
+                if e.rel != "init" {
+                    add_entry(w, e)?;
                 }
-                has_isolate_dir |= e.rel == "isolate";
-                add_entry(w, e)?;
             }
-            if !has_isolate_dir {
-                w.dir("isolate", Meta::root(0o755))
-                    .map_err(|source| archive_err(&path, source))?;
-            }
+            let has = |rel: &str| tree.entries.iter().any(|e| e.rel == rel);
+            add_boot_entries(w, &has).map_err(|source| archive_err(&path, source))?;
             add_init(w, init_binary)
         })?;
         Ok(path)
@@ -275,8 +271,7 @@ impl Cache {
             return Ok(path);
         }
         self.write_atomic(&path, |w| {
-            w.dir("isolate", Meta::root(0o755))
-                .map_err(|source| archive_err(&path, source))?;
+            add_boot_entries(w, &|_| false).map_err(|source| archive_err(&path, source))?;
             add_init(w, init_binary)
         })?;
         Ok(path)
@@ -445,6 +440,29 @@ fn add_entry(w: &mut CpioWriter<BufWriter<File>>, e: &tree::Entry) -> Result<()>
         }
     };
     r.map_err(|source| archive_err(&e.path, source))
+}
+
+/// What the kernel and the init need before anything is mounted, added
+/// unless the tree has it: `/dev/console` (the kernel opens it as the init's
+/// stdio; without it the init starts with fds 0-2 closed), `/dev/null`, and
+/// the `/isolate/` directory the spec archive unpacks into.
+fn add_boot_entries<W: Write>(
+    w: &mut CpioWriter<W>,
+    has: &dyn Fn(&str) -> bool,
+) -> std::io::Result<()> {
+    if !has("dev") {
+        w.dir("dev", Meta::root(0o755))?;
+    }
+    if !has("dev/console") {
+        w.device("dev/console", Meta::root(0o600), false, 5, 1)?;
+    }
+    if !has("dev/null") {
+        w.device("dev/null", Meta::root(0o666), false, 1, 3)?;
+    }
+    if !has("isolate") {
+        w.dir("isolate", Meta::root(0o755))?;
+    }
+    Ok(())
 }
 
 fn add_init(w: &mut CpioWriter<BufWriter<File>>, init_binary: &Path) -> Result<()> {

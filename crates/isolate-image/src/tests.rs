@@ -75,6 +75,9 @@ fn root_initramfs_holds_the_tree_and_the_init() {
             "bin/tool",
             "etc",
             "etc/hostname",
+            "dev",
+            "dev/console",
+            "dev/null",
             "isolate",
             "init"
         ]
@@ -87,6 +90,8 @@ fn root_initramfs_holds_the_tree_and_the_init() {
     assert_eq!(get("isolate").mode & 0o170000, S_IFDIR);
     assert_eq!(get("init").mode, S_IFREG | 0o755);
     assert_eq!(get("init").data, b"\x7fELF init v1");
+    assert_eq!(get("dev/console").mode, crate::cpio::S_IFCHR | 0o600);
+    assert_eq!(get("dev/console").rdev, (5, 1));
     assert!(entries.iter().all(|e| e.mtime == 0));
 }
 
@@ -151,7 +156,7 @@ fn init_only_initramfs_holds_only_the_init() {
         .into_iter()
         .map(|e| e.name)
         .collect();
-    assert_eq!(names, ["isolate", "init"]);
+    assert_eq!(names, ["dev", "dev/console", "dev/null", "isolate", "init"]);
     assert_eq!(f.cache().init_only_initramfs(&f.init()).unwrap(), p);
 }
 
@@ -183,6 +188,13 @@ fn concatenated_initrd_extracts_with_gnu_cpio() {
         eprintln!("SKIP concatenated_initrd_extracts_with_gnu_cpio: cpio(1) not installed");
         return;
     };
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIP concatenated_initrd_extracts_with_gnu_cpio: needs root to mknod /dev/console"
+        );
+        return;
+    }
     let f = Fixture::new();
     let root = fs::read(f.cache().root_initramfs(&f.rootfs(), &f.init()).unwrap()).unwrap();
     let spec = spec_archive(&spec());
