@@ -28,6 +28,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A process may put itself in a cgroup (a VMM limiting its own CPU time):
+//! the handle whose [`Cgroup::add_process`] moved it in moves it back to
+//! where it was before [`Cgroup::kill_all`] or [`Cgroup::remove`] kill
+//! anything, and other handles refuse ([`CgroupError::SelfInside`]).
+//!
 //! A [`Cgroup`] is never removed by `Drop`: handles made with
 //! [`Cgroup::open`] (e.g. by `isolate stats` in another process) must not
 //! delete the workload's cgroup. Call [`Cgroup::remove`], and
@@ -63,6 +68,9 @@ const MIN_QUOTA_US: u64 = 1_000;
 
 /// How long [`Cgroup::remove`] waits for killed processes to leave.
 const REMOVE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long [`Cgroup::remove_stale`] waits for each leftover to empty.
+const STALE_WAIT: Duration = Duration::from_millis(200);
 
 /// A cgroup of isolate: `isolate/<name>` in each hierarchy it uses.
 ///
@@ -307,8 +315,12 @@ impl Cgroup {
     /// gone, and removes the cgroup in every hierarchy. A cgroup that is
     /// already gone is not an error.
     pub fn remove(self) -> Result<(), CgroupError> {
+        self.remove_within(REMOVE_WAIT)
+    }
+
+    fn remove_within(self, wait: Duration) -> Result<(), CgroupError> {
         let start = Instant::now();
-        let emptied = fs::poll_until(REMOVE_WAIT, || {
+        let emptied = fs::poll_until(wait, || {
             if self.is_empty()? {
                 return Ok(true);
             }
@@ -332,8 +344,10 @@ impl Cgroup {
 
     /// Removes the `isolate/*` cgroups for which `live(name)` is false
     /// (leftovers of an isolate that was killed), killing what runs in them.
-    /// Returns how many it removed. On errors it still tries the others,
-    /// then returns the first error.
+    /// Returns how many it removed. It waits at most about 200 ms per
+    /// leftover ([`CgroupError::Busy`] if its processes are still dying: a
+    /// later call removes it); on errors it still tries the others, then
+    /// returns the first error.
     pub fn remove_stale(live: &dyn Fn(&str) -> bool) -> Result<usize, CgroupError> {
         let h = Hierarchies::probe()?;
         let mut names: Vec<String> = Vec::new();
@@ -357,7 +371,10 @@ impl Cgroup {
         let mut removed = 0;
         let mut first_error = None;
         for name in names.iter().filter(|n| check_name(n).is_ok() && !live(n)) {
-            let result = Cgroup::open_in(&h, &format!("{PARENT}/{name}")).and_then(Cgroup::remove);
+            // A short wait: processes that die slowly (or hang in state D)
+            // are left for the next call rather than delaying this one.
+            let result = Cgroup::open_in(&h, &format!("{PARENT}/{name}"))
+                .and_then(|cg| cg.remove_within(STALE_WAIT));
             match result {
                 Ok(()) => removed += 1,
                 // Removed meanwhile by its owner.
