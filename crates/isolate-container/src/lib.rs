@@ -1,1 +1,134 @@
-//! isolate-container (being written).
+//! Container mode of isolate: the workload runs as host processes in new
+//! pid, mount, uts, ipc, net and cgroup namespaces, on an overlay of its
+//! root filesystem (writes vanish at exit), inside a cgroup with its
+//! limits, with Docker's default capabilities, `no_new_privs` and a
+//! seccomp filter.
+//!
+//! ```no_run
+//! use isolate_container::ContainerIsolator;
+//! use isolate_core::{Isolator, Workload};
+//!
+//! let mut w = Workload::new("/bin/sh");
+//! w.args(["-c", "hostname; echo $$"]).memory(64 << 20).pids(32);
+//! w.validate()?;
+//! let outcome = ContainerIsolator::new().run(&w)?;
+//! assert!(outcome.success());
+//! # Ok::<(), isolate_core::Error>(())
+//! ```
+//!
+//! # Process tree
+//!
+//! isolate → shim (PID 1 in the container) → the application (PID 2).
+//! The shim reaps orphans and forwards every signal it gets to the
+//! application, so `SIGTERM` ends a program that has no handler for it
+//! (a program that is itself PID 1 would ignore it), and it mirrors the
+//! application's exit status. When the application ends the shim exits and
+//! the kernel kills whatever else is left in the container. The shim dies
+//! with the isolate process (`PR_SET_PDEATHSIG`, tied to the *thread* that
+//! called `spawn`: keep that thread alive while the container runs).
+//!
+//! # Layout on the host
+//!
+//! `ISOLATE_STATE/containers/<id>/` holds the overlay's upper and work
+//! dirs while the container runs; the cgroup is `isolate/ct-<id>`. Both
+//! are removed when the container ends, and by [`cleanup_stale`] after an
+//! isolate that was killed.
+
+mod caps;
+mod child;
+mod error;
+mod mounts;
+mod rundir;
+mod running;
+mod seccomp;
+mod spawn;
+mod sys;
+mod volumes;
+
+use isolate_core::{Isolator, Mode, Result, Running, Workload};
+
+pub use caps::DEFAULT as DEFAULT_CAPABILITIES;
+pub use error::ContainerError;
+pub use running::Container;
+
+/// The container [`Isolator`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ContainerIsolator {
+    _private: (),
+}
+
+impl ContainerIsolator {
+    /// The container backend.
+    pub fn new() -> Self {
+        ContainerIsolator::default()
+    }
+
+    /// Like [`Isolator::spawn`], returning the concrete handle.
+    pub fn spawn_container(&self, workload: &Workload) -> Result<Container> {
+        spawn::spawn(workload)
+    }
+}
+
+fn need(cond: bool, reason: &str) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(isolate_core::Error::Unavailable {
+            backend: "container",
+            reason: reason.to_string(),
+        })
+    }
+}
+
+impl Isolator for ContainerIsolator {
+    fn mode(&self) -> Mode {
+        Mode::Container
+    }
+
+    fn check_host(&self) -> Result<()> {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        need(
+            euid == 0,
+            "container mode needs root (rootless mode is not supported yet); run isolate as root",
+        )?;
+        for ns in ["pid", "mnt", "uts", "ipc", "net", "cgroup"] {
+            need(
+                std::path::Path::new(&format!("/proc/self/ns/{ns}")).exists(),
+                &format!(
+                    "the kernel has no {ns} namespaces (CONFIG_{}_NS)",
+                    ns.to_uppercase()
+                ),
+            )?;
+        }
+        let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        need(
+            fs.contains("overlay"),
+            "the kernel has no overlayfs; load it with `modprobe overlay`",
+        )?;
+        isolate_cgroups::layout().map_err(|e| isolate_core::Error::Unavailable {
+            backend: "container",
+            reason: format!("no usable cgroups: {e}"),
+        })?;
+        Ok(())
+    }
+
+    fn spawn(&self, workload: &Workload) -> Result<Box<dyn Running>> {
+        Ok(Box::new(spawn::spawn(workload)?))
+    }
+}
+
+/// Removes what a killed isolate left behind: per-run directories whose
+/// isolate process is gone, and their cgroups (`isolate/ct-*` with no live
+/// run). Called at the start of every spawn; cheap when there is nothing.
+pub fn cleanup_stale() {
+    rundir::remove_stale();
+    let live = rundir::live_ids();
+    let _ = isolate_cgroups::Cgroup::remove_stale(&|name: &str| match name
+        .strip_prefix(spawn::CGROUP_PREFIX)
+    {
+        Some(id) => live.iter().any(|l| l == id),
+        // Not a container's cgroup: not ours to judge.
+        None => true,
+    });
+}

@@ -1,0 +1,426 @@
+//! The container's processes, from `clone` to `execve`.
+//!
+//! The cloned child is the container's PID 1, a small shim: it builds the
+//! root filesystem (overlay or read-only bind, `pivot_root`, the
+//! [`mounts`](crate::mounts) recipe, volumes), sets the hostname and
+//! loopback, waits until the parent has put it into its cgroup, forks the
+//! application, then reaps zombies and forwards every signal it receives to
+//! the application until the application ends; it then reports the
+//! application's wait status on a pipe and exits, which ends every process
+//! left in the pid namespace.
+//!
+//! The application process drops to the workload's user and capabilities,
+//! sets `no_new_privs`, installs the seccomp filters and executes the
+//! program. Failures before `execve` are written as a [`Report`] on a
+//! close-on-exec pipe; the pipe closing without data tells the parent the
+//! program started.
+//!
+//! Everything here runs in a child of a possibly multi-threaded process:
+//! it allocates nothing and calls only [`sys`](crate::sys) wrappers.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+
+use libc::c_char;
+
+use crate::mounts::Op;
+use crate::sys;
+
+/// Which part of the set-up failed, as reported on the exec pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Stage {
+    /// A root-switch step; the index names it ([`ROOT_STEPS`]).
+    Root = 1,
+    /// A step of [`ChildPlan::ops`]; the index is its position.
+    Op = 2,
+    /// An application step; the index names it ([`APP_STEPS`]).
+    App = 3,
+    /// `execve` failed for every candidate: index 0 not found, 1 not executable.
+    Exec = 4,
+    /// Opening volume source `index` before the root switch.
+    VolumeSource = 5,
+}
+
+/// Names of the [`Stage::Root`] steps.
+pub const ROOT_STEPS: [&str; 9] = [
+    "make the mount tree private",
+    "mount the overlay root",
+    "bind-mount the root",
+    "remount the root read-only",
+    "enter the new root",
+    "pivot_root into the new root",
+    "detach the old root",
+    "set the hostname",
+    "bring up the loopback interface",
+];
+
+/// Names of the [`Stage::App`] steps.
+pub const APP_STEPS: [&str; 8] = [
+    "connect standard streams",
+    "enter the working directory",
+    "drop bounding capabilities",
+    "set supplementary groups",
+    "set the group id",
+    "set the user id",
+    "set capabilities",
+    "install the seccomp filter",
+];
+
+/// A failure report from the child: 12 bytes on the exec pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// The stage.
+    pub stage: u32,
+    /// The step within the stage.
+    pub index: u32,
+    /// The OS error.
+    pub errno: i32,
+}
+
+impl Report {
+    /// Wire size.
+    pub const SIZE: usize = 12;
+
+    /// Encodes the report.
+    pub fn to_bytes(self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.stage.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.index.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.errno.to_ne_bytes());
+        b
+    }
+
+    /// Decodes a report.
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        Report {
+            stage: u32::from_ne_bytes(word(0)),
+            index: u32::from_ne_bytes(word(4)),
+            errno: i32::from_ne_bytes(word(8)),
+        }
+    }
+}
+
+/// How the new root is made.
+#[derive(Debug)]
+pub enum RootMount {
+    /// An overlay with these mount options (lowerdir, upperdir, workdir).
+    Overlay(CString),
+    /// A read-only bind mount of the rootfs.
+    ReadOnlyBind,
+}
+
+/// Everything the child needs, prepared by the parent.
+#[derive(Debug)]
+pub struct ChildPlan {
+    /// The rootfs directory on the host.
+    pub rootfs: CString,
+    /// Where the new root is mounted on the host (inside the run dir).
+    pub new_root: CString,
+    /// Overlay or read-only bind.
+    pub root_mount: RootMount,
+    /// Host paths of bind-volume sources, opened before the root switch
+    /// onto the given descriptor numbers.
+    pub volume_sources: Vec<(CString, RawFd)>,
+    /// The filesystem recipe run after `pivot_root`.
+    pub ops: Vec<Op>,
+    /// The hostname.
+    pub hostname: CString,
+    /// Whether to bring `lo` up.
+    pub loopback: bool,
+    /// Descriptors the shim keeps (sorted); all others are closed.
+    pub keep_fds: Vec<RawFd>,
+    /// Read end of the pipe the parent writes one byte to once the shim is
+    /// in its cgroup.
+    pub sync_rd: RawFd,
+    /// Write end of the close-on-exec pipe for [`Report`]s.
+    pub exec_wr: RawFd,
+    /// Write end of the pipe for the application's wait status.
+    pub status_wr: RawFd,
+    /// Descriptors for the application's fds 0, 1, 2 (`-1`: inherit).
+    pub stdio: [RawFd; 3],
+    /// Working directory inside the container.
+    pub cwd: CString,
+    /// User and group ids.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Capability mask (applied only for uid 0; other users get none).
+    pub caps: u64,
+    /// Highest capability number the kernel knows.
+    pub last_cap: u32,
+    /// Seccomp programs, installed in order.
+    pub filters: &'static [seccompiler::BpfProgram],
+    /// Paths to try with `execve`, in order (PATH search done ahead).
+    pub candidates: Vec<CString>,
+    /// argv storage.
+    pub argv: Vec<CString>,
+    /// envp storage.
+    pub envp: Vec<CString>,
+}
+
+/// A null-terminated pointer array over `v`, built by the parent.
+pub fn ptr_array(v: &[CString]) -> Vec<*const c_char> {
+    v.iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+fn fail(plan: &ChildPlan, stage: Stage, index: usize, errno: i32, code: i32) -> ! {
+    let r = Report {
+        stage: stage as u32,
+        index: index as u32,
+        errno,
+    };
+    sys::write_all(plan.exec_wr, &r.to_bytes());
+    sys::exit(code)
+}
+
+const ROOT: &CStr = c"/";
+const DOT: &CStr = c".";
+
+/// The shim: runs in the cloned child as PID 1 of the new pid namespace.
+/// Never returns.
+pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
+    // Die with the parent; a parent that died before this line is caught by
+    // the sync pipe reading end-of-file below.
+    let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
+    // Descriptors of other containers spawned concurrently must not stay open here.
+    let _ = sys::close_all_except(&plan.keep_fds);
+    sys::umask(0);
+
+    let root_step = |i: usize, r: Result<(), sys::Errno>| {
+        if let Err(e) = r {
+            fail(plan, Stage::Root, i, e, 125)
+        }
+    };
+    root_step(
+        0,
+        sys::mount(None, ROOT, None, libc::MS_REC | libc::MS_PRIVATE, None),
+    );
+    match &plan.root_mount {
+        RootMount::Overlay(data) => root_step(
+            1,
+            sys::mount(
+                Some(c"overlay"),
+                &plan.new_root,
+                Some(c"overlay"),
+                0,
+                Some(data),
+            ),
+        ),
+        RootMount::ReadOnlyBind => {
+            root_step(
+                2,
+                sys::mount(
+                    Some(&plan.rootfs),
+                    &plan.new_root,
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                    None,
+                ),
+            );
+            root_step(
+                3,
+                sys::mount(
+                    None,
+                    &plan.new_root,
+                    None,
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    None,
+                ),
+            );
+        }
+    }
+    for (i, (path, fd)) in plan.volume_sources.iter().enumerate() {
+        match sys::open(path, libc::O_PATH) {
+            Ok(got) => {
+                if got != *fd {
+                    if let Err(e) = sys::dup_to(got, *fd, true) {
+                        fail(plan, Stage::VolumeSource, i, e, 125);
+                    }
+                    sys::close(got);
+                }
+            }
+            Err(e) => fail(plan, Stage::VolumeSource, i, e, 125),
+        }
+    }
+    root_step(4, sys::chdir(&plan.new_root));
+    root_step(5, sys::pivot_root(DOT, DOT));
+    root_step(6, sys::umount2(DOT, libc::MNT_DETACH));
+    root_step(4, sys::chdir(ROOT));
+
+    for (i, op) in plan.ops.iter().enumerate() {
+        let r = match op {
+            Op::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+                if_exists,
+            } => match sys::mount(
+                source.as_deref(),
+                target,
+                fstype.as_deref(),
+                *flags,
+                data.as_deref(),
+            ) {
+                Err(libc::ENOENT) if *if_exists => Ok(()),
+                r => r,
+            },
+            Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
+            Op::Mknod { path, major, minor } => sys::mknod_char(path, *major, *minor),
+            Op::Symlink { target, link } => sys::symlink(target, link),
+            Op::File { path } => sys::touch(path),
+        };
+        if let Err(e) = r {
+            fail(plan, Stage::Op, i, e, 125);
+        }
+    }
+    for (_, fd) in &plan.volume_sources {
+        sys::close(*fd);
+    }
+    root_step(7, sys::sethostname(&plan.hostname));
+    if plan.loopback {
+        root_step(8, sys::loopback_up());
+    }
+    sys::umask(0o022);
+
+    // Wait for the parent: it puts this process into the cgroup first.
+    let mut byte = [0u8; 1];
+    if sys::read(plan.sync_rd, &mut byte) != Ok(1) {
+        sys::exit(125);
+    }
+    sys::close(plan.sync_rd);
+    // The cgroup namespace is rooted at the container's own cgroup.
+    let _ = sys::unshare(libc::CLONE_NEWCGROUP);
+
+    // SAFETY: fork-like clone (no new stack): the child continues on a copy
+    // of this stack and only calls `app`, which never returns.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) };
+    if pid == 0 {
+        app(plan, argv, envp);
+    }
+    if pid < 0 {
+        fail(plan, Stage::App, 0, sys::errno(), 125);
+    }
+    let app_pid = pid as libc::pid_t;
+    // Only the application keeps these now.
+    sys::close(plan.exec_wr);
+    for fd in plan.stdio {
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+    supervise(app_pid, plan.status_wr)
+}
+
+/// PID 1's loop: reap every child, forward every other signal to the
+/// application, report its wait status when it ends, and exit.
+fn supervise(app: libc::pid_t, status_wr: RawFd) -> ! {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `all` is a valid sigset_t.
+    unsafe { libc::sigfillset(&mut all) };
+    loop {
+        // SAFETY: `all` is a valid signal set; no siginfo is requested.
+        let sig = unsafe { libc::sigwaitinfo(&all, std::ptr::null_mut()) };
+        if sig < 0 {
+            continue;
+        }
+        if sig != libc::SIGCHLD {
+            // SAFETY: kill takes integers; a vanished app gives ESRCH.
+            unsafe { libc::kill(app, sig) };
+            continue;
+        }
+        loop {
+            let mut status = 0;
+            // SAFETY: `status` is a valid int for the kernel to fill.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            if pid == app {
+                sys::write_all(status_wr, &status.to_ne_bytes());
+                sys::exit(0);
+            }
+        }
+    }
+}
+
+/// The application process: drop privileges, filter, exec.
+fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
+    sys::reset_signals();
+    let step = |i: usize, r: Result<(), sys::Errno>| {
+        if let Err(e) = r {
+            fail(plan, Stage::App, i, e, 125)
+        }
+    };
+    for (target, fd) in plan.stdio.iter().enumerate() {
+        if *fd >= 0 {
+            step(0, sys::dup_to(*fd, target as RawFd, false));
+        }
+    }
+    // Nothing but fds 0-2 (and the exec pipe until execve) reaches the program.
+    step(0, sys::close_range(3, u32::MAX, true));
+    step(1, sys::chdir(&plan.cwd));
+    for cap in 0..=plan.last_cap {
+        if plan.caps & (1u64 << cap) == 0 {
+            step(2, sys::prctl(libc::PR_CAPBSET_DROP, cap.into(), 0));
+        }
+    }
+    let _ = sys::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+        0,
+    );
+    if let Err((i, e)) = sys::set_ids(plan.uid, plan.gid) {
+        fail(plan, Stage::App, 3 + i as usize, e, 125);
+    }
+    let caps = if plan.uid == 0 { plan.caps } else { 0 };
+    step(6, sys::capset(caps));
+    step(7, sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0));
+    for f in plan.filters {
+        step(7, sys::seccomp_install(f.as_slice()));
+    }
+    let mut not_executable = 0;
+    for c in &plan.candidates {
+        // SAFETY: `c`, `argv` and `envp` are NUL-terminated strings and
+        // null-terminated arrays of them, built by the parent and alive.
+        unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        match sys::errno() {
+            libc::ENOENT | libc::ENOTDIR => {}
+            e => not_executable = e,
+        }
+    }
+    if not_executable != 0 {
+        fail(plan, Stage::Exec, 1, not_executable, 126)
+    }
+    fail(plan, Stage::Exec, 0, libc::ENOENT, 127)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_round_trips() {
+        let r = Report {
+            stage: Stage::Op as u32,
+            index: 7,
+            errno: libc::EPERM,
+        };
+        assert_eq!(Report::from_bytes(&r.to_bytes()), r);
+    }
+
+    #[test]
+    fn pointer_arrays_end_with_null() {
+        let v = vec![CString::new("a").unwrap(), CString::new("b").unwrap()];
+        let p = ptr_array(&v);
+        assert_eq!(p.len(), 3);
+        assert!(p[2].is_null());
+    }
+}

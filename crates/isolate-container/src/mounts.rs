@@ -1,0 +1,373 @@
+//! The container's filesystem set-up as data: a list of [`Op`]s built by
+//! the parent (where allocation is allowed) and executed by the child after
+//! `pivot_root`, where every path resolves inside the new root.
+//!
+//! Keeping the list as data makes the recipe readable top to bottom and
+//! testable without root.
+
+use std::ffi::CString;
+
+use libc::c_ulong;
+
+/// One step of the filesystem set-up, run in the child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `mount(2)`.
+    Mount {
+        /// Source (device, fs name, or a `/proc/self/fd/N` for host objects).
+        source: Option<CString>,
+        /// Mount point inside the new root.
+        target: CString,
+        /// File system type.
+        fstype: Option<CString>,
+        /// `MS_*` flags.
+        flags: c_ulong,
+        /// File system options.
+        data: Option<CString>,
+        /// Skip silently when the target does not exist (masked paths).
+        if_exists: bool,
+    },
+    /// `mkdir(2)`, an existing directory is fine.
+    Mkdir {
+        /// Path inside the new root.
+        path: CString,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// `mknod(2)` of a character device.
+    Mknod {
+        /// Path inside the new root.
+        path: CString,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// Creates an empty regular file (a mount point for a file), existing is fine.
+    File {
+        /// Path inside the new root.
+        path: CString,
+    },
+    /// `symlink(2)`.
+    Symlink {
+        /// What the link points to.
+        target: CString,
+        /// The link.
+        link: CString,
+    },
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("mount paths hold no NUL")
+}
+
+fn mount(source: &str, target: &str, fstype: &str, flags: c_ulong, data: &str) -> Op {
+    Op::Mount {
+        source: Some(c(source)),
+        target: c(target),
+        fstype: (!fstype.is_empty()).then(|| c(fstype)),
+        flags,
+        data: (!data.is_empty()).then(|| c(data)),
+        if_exists: false,
+    }
+}
+
+fn bind(source: &str, target: &str, if_exists: bool) -> Op {
+    Op::Mount {
+        source: Some(c(source)),
+        target: c(target),
+        fstype: None,
+        flags: libc::MS_BIND | libc::MS_REC,
+        data: None,
+        if_exists,
+    }
+}
+
+/// Remounts an existing bind mount read-only, keeping `keep` flags.
+pub fn remount_ro(target: &str, keep: c_ulong, if_exists: bool) -> Op {
+    Op::Mount {
+        source: None,
+        target: c(target),
+        fstype: None,
+        flags: libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep,
+        data: None,
+        if_exists,
+    }
+}
+
+fn mkdir(path: &str, mode: u32) -> Op {
+    Op::Mkdir {
+        path: c(path),
+        mode,
+    }
+}
+
+const NOSUID_NODEV_NOEXEC: c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// Docker's masked files: `/dev/null` is bound over them.
+pub const MASKED_FILES: [&str; 6] = [
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+];
+
+/// Docker's masked directories: an empty read-only tmpfs covers them.
+pub const MASKED_DIRS: [&str; 3] = ["/proc/acpi", "/proc/scsi", "/sys/firmware"];
+
+/// Docker's read-only paths under /proc.
+pub const READ_ONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Character devices made in the container's /dev: name, major, minor.
+pub const DEVICES: [(&str, u32, u32); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// The standard set-up: /proc, /dev (devices, pts, shm, mqueue), /sys,
+/// masked and read-only paths, and /tmp for a read-only root. Mount points
+/// are created first (they already exist in a normal rootfs; a read-only
+/// root without them fails with the step named).
+pub fn standard(read_only_root: bool) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(48);
+    let mk = !read_only_root;
+    if mk {
+        ops.extend([
+            mkdir("/proc", 0o555),
+            mkdir("/dev", 0o755),
+            mkdir("/sys", 0o555),
+        ]);
+    }
+    ops.push(mount("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""));
+    ops.push(mount(
+        "tmpfs",
+        "/dev",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        "mode=755,size=65536k",
+    ));
+    for (name, major, minor) in DEVICES {
+        ops.push(Op::Mknod {
+            path: c(&format!("/dev/{name}")),
+            major,
+            minor,
+        });
+    }
+    ops.extend([
+        mkdir("/dev/pts", 0o755),
+        mount(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        ),
+        Op::Symlink {
+            target: c("pts/ptmx"),
+            link: c("/dev/ptmx"),
+        },
+        mkdir("/dev/shm", 0o1777),
+        mount(
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            NOSUID_NODEV_NOEXEC,
+            "mode=1777,size=65536k",
+        ),
+        mkdir("/dev/mqueue", 0o755),
+        mount("mqueue", "/dev/mqueue", "mqueue", NOSUID_NODEV_NOEXEC, ""),
+    ]);
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/core", "/proc/kcore"),
+    ] {
+        ops.push(Op::Symlink {
+            target: c(target),
+            link: c(link),
+        });
+    }
+    ops.push(mount(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
+        "",
+    ));
+    for f in MASKED_FILES {
+        ops.push(bind("/dev/null", f, true));
+    }
+    for d in MASKED_DIRS {
+        let mut m = mount("tmpfs", d, "tmpfs", libc::MS_RDONLY, "size=0");
+        if let Op::Mount { if_exists, .. } = &mut m {
+            *if_exists = true;
+        }
+        ops.push(m);
+    }
+    for p in READ_ONLY {
+        ops.push(bind(p, p, true));
+        ops.push(remount_ro(p, NOSUID_NODEV_NOEXEC, true));
+    }
+    if read_only_root {
+        ops.push(mount(
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        ));
+    }
+    ops
+}
+
+/// Creates `path` and its missing parents (each `mkdir`, existing is fine).
+pub fn mkdir_p(path: &str, ops: &mut Vec<Op>) {
+    let mut prefix = String::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        prefix.push('/');
+        prefix.push_str(part);
+        ops.push(mkdir(&prefix, 0o755));
+    }
+}
+
+/// A host object (directory or file, held open as fd `fd`) bound at `target`.
+pub fn bind_fd(fd: i32, target: &str, read_only: bool, ops: &mut Vec<Op>) {
+    ops.push(bind(&format!("/proc/self/fd/{fd}"), target, false));
+    if read_only {
+        ops.push(remount_ro(target, 0, false));
+    }
+}
+
+/// An ext4 block device (held open as fd `fd`) mounted at `target`.
+pub fn ext4_fd(fd: i32, target: &str, read_only: bool, ops: &mut Vec<Op>) {
+    let flags = libc::MS_NODEV | if read_only { libc::MS_RDONLY } else { 0 };
+    ops.push(mount(
+        &format!("/proc/self/fd/{fd}"),
+        target,
+        "ext4",
+        flags,
+        "",
+    ));
+}
+
+impl Op {
+    /// What the step does, for error messages (`mount proc on /proc`).
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                ..
+            } => {
+                let t = target.to_string_lossy();
+                if flags & libc::MS_REMOUNT != 0 {
+                    format!("remount {t} read-only")
+                } else if flags & libc::MS_BIND != 0 {
+                    let s = source.as_ref().map(|s| s.to_string_lossy().into_owned());
+                    format!("bind-mount {} on {t}", s.unwrap_or_default())
+                } else {
+                    let f = fstype.as_ref().map(|s| s.to_string_lossy().into_owned());
+                    format!("mount {} on {t}", f.unwrap_or_default())
+                }
+            }
+            Op::Mkdir { path, .. } => format!("create directory {}", path.to_string_lossy()),
+            Op::Mknod { path, .. } => format!("create device {}", path.to_string_lossy()),
+            Op::Symlink { link, .. } => format!("create symlink {}", link.to_string_lossy()),
+            Op::File { path } => format!("create file {}", path.to_string_lossy()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .filter_map(|o| match o {
+                Op::Mount { target, .. } => Some(target.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn proc_comes_before_its_masks_and_dev_before_null_binds() {
+        let ops = standard(false);
+        let t = targets(&ops);
+        let proc = t.iter().position(|x| x == "/proc").unwrap();
+        let dev = t.iter().position(|x| x == "/dev").unwrap();
+        let kcore = t.iter().position(|x| x == "/proc/kcore").unwrap();
+        assert!(proc < kcore && dev < kcore);
+    }
+
+    #[test]
+    fn proc_is_nosuid_noexec_nodev_and_sys_read_only() {
+        for op in standard(false) {
+            if let Op::Mount {
+                target,
+                flags,
+                fstype,
+                ..
+            } = op
+            {
+                if target.as_bytes() == b"/proc" {
+                    assert_eq!(flags & NOSUID_NODEV_NOEXEC, NOSUID_NODEV_NOEXEC);
+                }
+                if fstype.as_deref().map(|f| f.to_bytes()) == Some(b"sysfs") {
+                    assert_ne!(flags & libc::MS_RDONLY, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_read_only_path_is_remounted() {
+        let ops = standard(false);
+        for p in READ_ONLY {
+            assert!(ops.iter().any(|o| matches!(o,
+                Op::Mount { target, flags, .. }
+                    if target.as_bytes() == p.as_bytes() && flags & libc::MS_REMOUNT != 0)));
+        }
+    }
+
+    #[test]
+    fn read_only_root_gets_tmp_and_creates_no_mount_points() {
+        let ops = standard(true);
+        assert!(targets(&ops).contains(&"/tmp".to_string()));
+        assert!(!ops
+            .iter()
+            .any(|o| matches!(o, Op::Mkdir { path, .. } if path.as_bytes() == b"/proc")));
+    }
+
+    #[test]
+    fn mkdir_p_creates_each_prefix() {
+        let mut ops = Vec::new();
+        mkdir_p("/a/b/c", &mut ops);
+        let paths: Vec<_> = ops.iter().map(|o| o.describe()).collect();
+        assert_eq!(
+            paths,
+            [
+                "create directory /a",
+                "create directory /a/b",
+                "create directory /a/b/c"
+            ]
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! The handle of a running container ([`Container`]): waiting with a
+//! timeout on the shim's pidfd, signals through the pidfd (immune to pid
+//! reuse), stats and live limit updates through the cgroup, and the release
+//! of everything the run held.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use isolate_cgroups::Cgroup;
+use isolate_core::{state, Error, Limits, Outcome, Running, Stats, Status};
+
+use crate::error::ContainerError;
+use crate::rundir::RunDir;
+use crate::sys;
+use crate::volumes::Attached;
+
+/// What a run holds on the host; [`Resources::release`] (or drop) gives it
+/// all back: cgroup, per-run dir, named-volume locks, state record.
+#[derive(Debug)]
+pub struct Resources {
+    pub(crate) run: Option<RunDir>,
+    pub(crate) cgroup: Option<Cgroup>,
+    pub(crate) volumes: Vec<Attached>,
+    pub(crate) registration: Option<state::Registration>,
+}
+
+impl Resources {
+    pub(crate) fn new(run: RunDir) -> Self {
+        Resources {
+            run: Some(run),
+            cgroup: None,
+            volumes: Vec::new(),
+            registration: None,
+        }
+    }
+
+    /// Removes the cgroup (killing anything left in it), the run dir and
+    /// the state record, and unlocks the volumes. Returns the first error.
+    fn release(&mut self) -> Result<(), ContainerError> {
+        let mut first = None;
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.remove() {
+                first = Some(ContainerError::Cgroup(e.to_string()));
+            }
+        }
+        self.registration = None;
+        self.run = None;
+        self.volumes.clear();
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
+
+impl Attached {
+    /// Closes this process's descriptor of the loop device once the child
+    /// holds its own (the device detaches when the last user goes).
+    pub(crate) fn release_device(&mut self) {
+        if let Ok(null) = std::fs::File::open("/dev/null") {
+            // Replace rather than close, so the field stays a valid OwnedFd.
+            let _ = sys::dup_to(null.as_raw_fd(), self.device.as_raw_fd(), true);
+        }
+    }
+}
+
+/// A running container. Dropping it kills the container and releases
+/// everything it held.
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    pid: u32,
+    pidfd: OwnedFd,
+    status_rd: OwnedFd,
+    start: Instant,
+    timeout: Option<Duration>,
+    startup: Option<Duration>,
+    host_overhead: Option<u64>,
+    stdio: [Mutex<Option<File>>; 3],
+    cgroup: RwLock<Option<Cgroup>>,
+    res: Mutex<Resources>,
+    outcome: Mutex<Option<Outcome>>,
+}
+
+fn shim_rss(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Container {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: String,
+        pid: u32,
+        pidfd: OwnedFd,
+        status_rd: OwnedFd,
+        start: Instant,
+        timeout: Option<Duration>,
+        stdio: [Option<File>; 3],
+        mut res: Resources,
+    ) -> Self {
+        let [a, b, c] = stdio;
+        let cgroup = res.cgroup.take();
+        Container {
+            id,
+            pid,
+            pidfd,
+            status_rd,
+            start,
+            timeout,
+            startup: None,
+            host_overhead: None,
+            stdio: [Mutex::new(a), Mutex::new(b), Mutex::new(c)],
+            cgroup: RwLock::new(cgroup),
+            res: Mutex::new(res),
+            outcome: Mutex::new(None),
+        }
+    }
+
+    /// The pid (in isolate's pid namespace) of the container's PID 1 shim.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The container's cgroup, during spawn (before anyone can wait).
+    pub(crate) fn cgroup_mut(&mut self) -> Option<&Cgroup> {
+        self.cgroup
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+    }
+
+    pub(crate) fn started(&mut self, startup: Duration) {
+        self.startup = Some(startup);
+        self.host_overhead = shim_rss(self.pid);
+    }
+
+    pub(crate) fn set_registration(&mut self, reg: state::Registration) {
+        self.res
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .registration = Some(reg);
+    }
+
+    /// Kills and reaps a container that failed to start, and releases all.
+    pub(crate) fn abort(self) {
+        let _ = self.signal(libc::SIGKILL);
+        let _ = self.wait();
+    }
+
+    /// Waits for the shim to end (killing it at the timeout); returns
+    /// whether the timeout struck.
+    fn await_exit(&self) -> Result<bool, Error> {
+        let deadline = self.timeout.map(|t| self.start + t);
+        let mut timed_out = false;
+        loop {
+            let wait_ms: i32 = match deadline {
+                Some(d) if !timed_out => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Round up so that the deadline has passed on wake-up.
+                    left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+                }
+                _ => -1,
+            };
+            let mut pfd = libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+            if n > 0 {
+                return Ok(timed_out);
+            }
+            if n == 0 {
+                timed_out = true;
+                self.send(libc::SIGKILL)?;
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(ContainerError::host("wait for the container", e).into());
+            }
+        }
+    }
+
+    /// Reaps the shim; returns the application's wait status if the shim
+    /// reported one, else the shim's own as (exited?, code-or-signal).
+    fn reap(&self) -> Result<Status, Error> {
+        let mut buf = [0u8; 4];
+        // The shim has exited: the pipe holds its report or is at end-of-file.
+        let app = match sys::read(self.status_rd.as_raw_fd(), &mut buf) {
+            Ok(4) => Some(i32::from_ne_bytes(buf)),
+            _ => None,
+        };
+        // SAFETY: siginfo_t is plain data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: P_PIDFD with our pidfd; `info` is valid for writing.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(ContainerError::host("reap the container's init", e).into());
+            }
+        }
+        if let Some(ws) = app {
+            return Ok(if libc::WIFEXITED(ws) {
+                Status::Exited(libc::WEXITSTATUS(ws))
+            } else {
+                Status::Signaled(libc::WTERMSIG(ws))
+            });
+        }
+        // SAFETY: waitid filled `info` for a child-exit event.
+        let (code, status) = unsafe { (info.si_code, info.si_status()) };
+        Ok(if code == libc::CLD_EXITED {
+            Status::Exited(status)
+        } else {
+            Status::Signaled(status)
+        })
+    }
+
+    fn finish(&self) -> Result<Outcome, Error> {
+        let timed_out = self.await_exit()?;
+        let mut status = self.reap()?;
+        let wall_time = self.start.elapsed();
+        let mut outcome = Outcome::new(status, wall_time);
+        outcome.startup_time = self.startup;
+        outcome.host_overhead = self.host_overhead;
+        let cgroup = self
+            .cgroup
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut cg_err = None;
+        if let Some(cg) = cgroup {
+            if let Ok(st) = cg.stats() {
+                outcome.cpu_time = st.cpu_time;
+                outcome.peak_memory = st.memory_peak;
+            }
+            if status == Status::Signaled(libc::SIGKILL) && cg.oom_killed().unwrap_or(false) {
+                status = Status::OomKilled;
+            }
+            if let Err(e) = cg.remove() {
+                cg_err = Some(ContainerError::Cgroup(e.to_string()));
+            }
+        }
+        if timed_out {
+            status = Status::TimedOut;
+        }
+        outcome.status = status;
+        let released = lock(&self.res).release();
+        if let Some(e) = cg_err {
+            return Err(e.into());
+        }
+        released?;
+        Ok(outcome)
+    }
+
+    fn send(&self, signo: i32) -> Result<(), Error> {
+        // SAFETY: pidfd_send_signal with our pidfd, no siginfo, no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signo,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            // Already ended: nothing left to signal.
+            Some(libc::ESRCH) => Ok(()),
+            Some(libc::EINVAL) => Err(Error::invalid("signal", format!("{signo} is not a signal"))),
+            _ => {
+                Err(ContainerError::host(format!("send signal {signo} to the container"), e).into())
+            }
+        }
+    }
+}
+
+impl Running for Container {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn take_stdin(&self) -> Option<File> {
+        lock(&self.stdio[0]).take()
+    }
+
+    fn take_stdout(&self) -> Option<File> {
+        lock(&self.stdio[1]).take()
+    }
+
+    fn take_stderr(&self) -> Option<File> {
+        lock(&self.stdio[2]).take()
+    }
+
+    fn wait(&self) -> Result<Outcome, Error> {
+        let mut done = lock(&self.outcome);
+        if let Some(o) = &*done {
+            return Ok(o.clone());
+        }
+        let o = self.finish()?;
+        *done = Some(o.clone());
+        Ok(o)
+    }
+
+    fn signal(&self, signo: i32) -> Result<(), Error> {
+        self.send(signo)
+    }
+
+    fn stats(&self) -> Result<Stats, Error> {
+        let cg = self.cgroup.read().unwrap_or_else(|p| p.into_inner());
+        match &*cg {
+            Some(cg) => cg
+                .stats()
+                .map_err(|e| ContainerError::Cgroup(e.to_string()).into()),
+            None => Err(Error::NoSuchWorkload(self.id.clone())),
+        }
+    }
+
+    fn update(&self, limits: &Limits) -> Result<(), Error> {
+        limits.validate()?;
+        let cg = self.cgroup.read().unwrap_or_else(|p| p.into_inner());
+        match &*cg {
+            Some(cg) => cg
+                .update(limits)
+                .map_err(|e| ContainerError::Cgroup(e.to_string()).into()),
+            None => Err(Error::NoSuchWorkload(self.id.clone())),
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let done = lock(&self.outcome).is_some();
+        if !done {
+            let _ = self.send(libc::SIGKILL);
+            let _ = self.wait();
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The parent's side of starting a container: everything is prepared here
+//! (paths, strings, descriptors, cgroup, loop devices), then one `clone3`
+//! starts the shim in new pid, mount, uts, ipc and net namespaces.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use isolate_cgroups::Cgroup;
+use isolate_core::{
+    paths, state, volume, Error, ExecFailure, Mode, Network, Stdio, VolumeSource, Workload,
+};
+
+use crate::child::{self, ChildPlan, Report, RootMount, Stage};
+use crate::error::ContainerError;
+use crate::mounts::{self, Op};
+use crate::rundir::RunDir;
+use crate::running::{Container, Resources};
+use crate::{caps, seccomp, sys, volumes};
+
+/// Prefix of the container backend's cgroup names (`isolate/ct-<id>`).
+pub const CGROUP_PREFIX: &str = "ct-";
+
+fn cstr(bytes: impl Into<Vec<u8>>, what: &str) -> Result<CString, Error> {
+    CString::new(bytes).map_err(|_| Error::invalid(what, "contains a NUL byte"))
+}
+
+fn path_c(p: &Path) -> Result<CString, Error> {
+    cstr(p.as_os_str().as_bytes(), "path")
+}
+
+/// A pipe: (read end, write end), both close-on-exec.
+fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(ContainerError::last_os("create a pipe"));
+    }
+    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Escapes an overlay option value (`\`, `,` and `:` are special).
+fn overlay_escape(p: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in p.as_os_str().as_bytes() {
+        if matches!(b, b'\\' | b',' | b':') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn last_cap() -> u32 {
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
+}
+
+fn new_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "run-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Paths `execve` is tried on: `argv[0]` itself if it has a `/`, else each
+/// directory of the workload's PATH.
+fn candidates(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, Error> {
+    if program.contains('/') {
+        return Ok(vec![cstr(program, "command")?]);
+    }
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or(
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        |(_, v)| v,
+    );
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| cstr(format!("{}/{program}", d.trim_end_matches('/')), "command"))
+        .collect()
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The host-side pieces a run holds until it ends.
+struct Prepared {
+    plan: ChildPlan,
+    /// Descriptors only the child uses; closed after clone.
+    child_fds: Vec<OwnedFd>,
+    sync_wr: OwnedFd,
+    exec_rd: OwnedFd,
+    status_rd: OwnedFd,
+    parent_stdio: [Option<File>; 3],
+}
+
+fn stdio_fds(
+    w: &Workload,
+    child_fds: &mut Vec<OwnedFd>,
+) -> Result<([RawFd; 3], [Option<File>; 3]), Error> {
+    let mut fds = [-1; 3];
+    let mut mine: [Option<File>; 3] = [None, None, None];
+    let mut null: Option<RawFd> = None;
+    for (i, s) in [w.stdin, w.stdout, w.stderr].into_iter().enumerate() {
+        match s {
+            Stdio::Inherit => {}
+            Stdio::Null => {
+                let fd = match null {
+                    Some(fd) => fd,
+                    None => {
+                        let f = std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open("/dev/null")
+                            .map_err(|e| Error::io("cannot open", "/dev/null", e))?;
+                        let fd = f.as_raw_fd();
+                        child_fds.push(f.into());
+                        null = Some(fd);
+                        fd
+                    }
+                };
+                fds[i] = fd;
+            }
+            Stdio::Piped => {
+                let (r, wr) = pipe()?;
+                let (theirs, ours) = if i == 0 { (r, wr) } else { (wr, r) };
+                fds[i] = theirs.as_raw_fd();
+                child_fds.push(theirs);
+                mine[i] = Some(File::from(ours));
+            }
+        }
+    }
+    Ok((fds, mine))
+}
+
+fn prepare(
+    w: &Workload,
+    rootfs: &Path,
+    run: &Path,
+    res: &mut Resources,
+) -> Result<Prepared, Error> {
+    // Resolve every volume target first: bad input fails before anything is made.
+    let mut targets = Vec::with_capacity(w.volumes.len());
+    for v in &w.volumes {
+        let field = format!("volume {}", v.target.display());
+        let target = volumes::resolve_in_root(rootfs, &v.target)
+            .map_err(|reason| Error::invalid(&field, reason))?;
+        let target = target
+            .to_str()
+            .ok_or_else(|| Error::invalid(&field, "the target is not UTF-8"))?
+            .to_string();
+        let is_dir = match &v.source {
+            VolumeSource::Host(src) => std::fs::metadata(src)
+                .map_err(|_| {
+                    Error::invalid(
+                        &field,
+                        format!(
+                            "source {} does not exist on the host; create it first",
+                            src.display()
+                        ),
+                    )
+                })?
+                .is_dir(),
+            VolumeSource::Named(_) => true,
+        };
+        targets.push((target, is_dir));
+    }
+    for v in &w.volumes {
+        if let VolumeSource::Named(name) = &v.source {
+            let image = volume::ensure(name)?;
+            res.volumes.push(volumes::attach(&image, v.read_only)?);
+        }
+    }
+
+    let mut child_fds: Vec<OwnedFd> = Vec::new();
+    let (sync_rd, sync_wr) = pipe()?;
+    let (exec_rd, exec_wr) = pipe()?;
+    let (status_rd, status_wr) = pipe()?;
+    let (stdio, parent_stdio) = stdio_fds(w, &mut child_fds)?;
+    let mut keep: Vec<RawFd> = vec![
+        sync_rd.as_raw_fd(),
+        exec_wr.as_raw_fd(),
+        status_wr.as_raw_fd(),
+    ];
+    keep.extend(stdio.iter().copied().filter(|&fd| fd >= 0));
+    keep.extend(res.volumes.iter().map(|a| a.device.as_raw_fd()));
+    keep.sort_unstable();
+    keep.dedup();
+
+    let mut ops = mounts::standard(w.read_only);
+    // Bind sources get descriptor numbers above every kept one.
+    let mut next_fd = keep.last().copied().unwrap_or(2) + 1;
+    let mut volume_sources = Vec::new();
+    let mut named = res.volumes.iter();
+    for (v, (target, is_dir)) in w.volumes.iter().zip(&targets) {
+        if *is_dir {
+            mounts::mkdir_p(target, &mut ops);
+        } else {
+            if let Some(parent) = Path::new(target).parent().and_then(Path::to_str) {
+                mounts::mkdir_p(parent, &mut ops);
+            }
+            ops.push(Op::File {
+                path: cstr(target.as_str(), "volume")?,
+            });
+        }
+        match &v.source {
+            VolumeSource::Host(src) => {
+                volume_sources.push((path_c(src)?, next_fd));
+                mounts::bind_fd(next_fd, target, v.read_only, &mut ops);
+                next_fd += 1;
+            }
+            VolumeSource::Named(_) => {
+                let att = named.next().expect("one attachment per named volume");
+                mounts::ext4_fd(att.device.as_raw_fd(), target, v.read_only, &mut ops);
+            }
+        }
+    }
+    let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
+    if !w.read_only && cwd != Path::new("/") {
+        mounts::mkdir_p(&cwd.to_string_lossy(), &mut ops);
+    }
+
+    let env = w.effective_env();
+    let argv: Vec<CString> = w
+        .argv
+        .iter()
+        .map(|a| cstr(a.as_str(), "argument"))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| cstr(format!("{k}={v}"), "environment"))
+        .collect::<Result<_, _>>()?;
+    let root_mount = if w.read_only {
+        RootMount::ReadOnlyBind
+    } else {
+        let mut data = b"lowerdir=".to_vec();
+        data.extend(overlay_escape(rootfs));
+        data.extend(b",upperdir=");
+        data.extend(overlay_escape(&run.join("upper")));
+        data.extend(b",workdir=");
+        data.extend(overlay_escape(&run.join("work")));
+        data.extend(b",volatile");
+        RootMount::Overlay(cstr(data, "rootfs")?)
+    };
+    let user = w.user.unwrap_or(isolate_core::User { uid: 0, gid: 0 });
+    let plan = ChildPlan {
+        rootfs: path_c(rootfs)?,
+        new_root: path_c(&run.join("root"))?,
+        root_mount,
+        volume_sources,
+        ops,
+        hostname: cstr(w.effective_hostname(), "hostname")?,
+        loopback: w.network == Network::Loopback,
+        keep_fds: keep,
+        sync_rd: sync_rd.as_raw_fd(),
+        exec_wr: exec_wr.as_raw_fd(),
+        status_wr: status_wr.as_raw_fd(),
+        stdio,
+        cwd: path_c(&cwd)?,
+        uid: user.uid,
+        gid: user.gid,
+        caps: caps::mask(&w.capabilities)?,
+        last_cap: last_cap(),
+        filters: seccomp::filters()?,
+        candidates: candidates(&w.argv[0], &env)?,
+        argv,
+        envp,
+    };
+    child_fds.extend([sync_rd, exec_wr, status_wr]);
+    Ok(Prepared {
+        plan,
+        child_fds,
+        sync_wr,
+        exec_rd,
+        status_rd,
+        parent_stdio,
+    })
+}
+
+/// Starts the shim with `clone3`; returns its pid and pidfd.
+fn clone_shim(p: &Prepared, cgroup_fd: Option<&OwnedFd>) -> Result<(u32, OwnedFd), Error> {
+    let argv = child::ptr_array(&p.plan.argv);
+    let envp = child::ptr_array(&p.plan.envp);
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: (libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET
+            | libc::CLONE_PIDFD) as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    if let Some(fd) = cgroup_fd {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // The child starts with every signal blocked: no handler of this
+    // process may run in it, and the shim takes signals with sigwaitinfo.
+    let old = sys::set_sigmask(true);
+    // SAFETY: a fork-like clone3 (no stack given): the child runs on a
+    // copy of this thread's stack and only calls `child::shim`, which
+    // never returns and uses no allocator or lock; `args` and `pidfd`
+    // are valid for the call.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        child::shim(&p.plan, &argv, &envp);
+    }
+    let err = std::io::Error::last_os_error();
+    sys::restore_sigmask(&old);
+    if pid < 0 {
+        return Err(ContainerError::host("create the container's namespaces (clone3)", err).into());
+    }
+    // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.
+    Ok((pid as u32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// Reads the exec pipe until end-of-file: `None` when the program started.
+fn read_report(exec_rd: &OwnedFd) -> Result<Option<Report>, Error> {
+    let mut buf = [0u8; Report::SIZE];
+    let mut got = 0;
+    while got < buf.len() {
+        match sys::read(exec_rd.as_raw_fd(), &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => {
+                return Err(ContainerError::host(
+                    "read the container's start report",
+                    std::io::Error::from_raw_os_error(e),
+                )
+                .into())
+            }
+        }
+    }
+    Ok((got == Report::SIZE).then(|| Report::from_bytes(&buf)))
+}
+
+fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Error {
+    let os = std::io::Error::from_raw_os_error(r.errno);
+    let i = r.index as usize;
+    let step = match r.stage {
+        s if s == Stage::Exec as u32 => {
+            return Error::Exec {
+                kind: if r.index == 0 {
+                    ExecFailure::NotFound
+                } else {
+                    ExecFailure::NotExecutable
+                },
+                program: program.to_string(),
+            }
+        }
+        s if s == Stage::Root as u32 => child::ROOT_STEPS.get(i).map(|s| s.to_string()),
+        s if s == Stage::Op as u32 => plan.ops.get(i).map(Op::describe),
+        s if s == Stage::App as u32 => {
+            let what = child::APP_STEPS.get(i).map(|s| s.to_string());
+            if i == 1 {
+                let cwd = w.cwd.as_deref().unwrap_or(Path::new("/"));
+                return Error::invalid(
+                    "workdir",
+                    format!("cannot enter {} in the container: {os}", cwd.display()),
+                );
+            }
+            what
+        }
+        s if s == Stage::VolumeSource as u32 => plan
+            .volume_sources
+            .get(i)
+            .map(|(p, _)| format!("open volume source {}", p.to_string_lossy())),
+        _ => None,
+    };
+    ContainerError::Setup {
+        step: step.unwrap_or_else(|| format!("step {}/{}", r.stage, r.index)),
+        source: os,
+    }
+    .into()
+}
+
+/// Starts `w` in a new container.
+pub fn spawn(w: &Workload) -> Result<Container, Error> {
+    let start = Instant::now();
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::Unavailable {
+            backend: "container",
+            reason: "container mode needs root (rootless mode is not supported yet); run isolate as root".into(),
+        });
+    }
+    if w.argv.is_empty() {
+        return Err(Error::invalid("command", "no command given"));
+    }
+    crate::cleanup_stale();
+    let rootfs = paths::rootfs(w.rootfs.as_deref())?;
+    let rootfs = rootfs
+        .canonicalize()
+        .map_err(|e| Error::io("cannot resolve the rootfs", &rootfs, e))?;
+    let id = w.name.clone().unwrap_or_else(new_id);
+    let run = RunDir::create(&id, !w.read_only)?;
+    let run_path = run.path().to_path_buf();
+    let mut res = Resources::new(run);
+    let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
+        .map_err(|e| ContainerError::Cgroup(format!("{e}")))?;
+    res.cgroup = Some(cg);
+    if let Err(e) = res.cgroup.as_ref().expect("just set").apply(&w.limits) {
+        if !(e.is_unsupported() && w.limits.io_weight.is_some()) {
+            return Err(ContainerError::Cgroup(chain(&e)).into());
+        }
+    }
+    let prepared = prepare(w, &rootfs, &run_path, &mut res)?;
+    let cgroup_fd = res.cgroup.as_ref().and_then(Cgroup::procs_fd);
+    let into_cgroup = cgroup_fd.is_some();
+    let (pid, pidfd) = clone_shim(&prepared, cgroup_fd.as_ref())?;
+    let Prepared {
+        plan,
+        child_fds,
+        sync_wr,
+        exec_rd,
+        status_rd,
+        parent_stdio,
+    } = prepared;
+    drop(child_fds);
+    drop(cgroup_fd);
+    // Named volumes: the child holds the loop devices now.
+    for a in &mut res.volumes {
+        a.release_device();
+    }
+    let mut handle = Container::new(
+        id,
+        pid,
+        pidfd,
+        status_rd,
+        start,
+        w.timeout,
+        parent_stdio,
+        res,
+    );
+    let placed = match handle.cgroup_mut() {
+        Some(cg) if !into_cgroup => cg.add_process(pid),
+        _ => Ok(()),
+    };
+    if let Err(e) = placed {
+        handle.abort();
+        return Err(ContainerError::Cgroup(chain(&e)).into());
+    }
+    sys::write_all(sync_wr.as_raw_fd(), &[1]);
+    drop(sync_wr);
+    match read_report(&exec_rd) {
+        Ok(None) => {}
+        Ok(Some(r)) => {
+            handle.abort();
+            return Err(report_error(r, &plan, &w.argv[0], w));
+        }
+        Err(e) => {
+            handle.abort();
+            return Err(e);
+        }
+    }
+    handle.started(start.elapsed());
+    if let Some(name) = &w.name {
+        let record = state::Record {
+            name: name.clone(),
+            mode: Mode::Container,
+            pid,
+            pid_start: state::process_start(pid).unwrap_or(0),
+            cgroup: handle
+                .cgroup_mut()
+                .map(|c| c.rel_path().to_string())
+                .unwrap_or_default(),
+            argv: w.argv.clone(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+                .as_secs(),
+        };
+        match state::register(&record) {
+            Ok(reg) => handle.set_registration(reg),
+            Err(e) => {
+                handle.abort();
+                return Err(e);
+            }
+        }
+    }
+    Ok(handle)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}

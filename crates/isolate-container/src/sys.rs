@@ -1,0 +1,352 @@
+//! Thin wrappers over the system calls the container child makes.
+//!
+//! Every wrapper here is safe to call between `clone` and `execve` in a
+//! child of a multi-threaded parent: it allocates nothing, takes no lock,
+//! and calls the kernel directly (`setuid` and friends go through
+//! `syscall(2)`, because glibc's wrappers would try to synchronise with
+//! threads that do not exist in the child). Errors are the raw `errno`.
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+use std::ptr;
+
+use libc::{c_int, c_long, c_ulong};
+
+/// A raw `errno` value.
+pub type Errno = i32;
+
+/// The calling thread's `errno`.
+pub fn errno() -> Errno {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn check(rc: c_long) -> Result<c_long, Errno> {
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn opt_ptr(s: Option<&CStr>) -> *const libc::c_char {
+    s.map_or(ptr::null(), CStr::as_ptr)
+}
+
+/// `mount(2)`.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: c_ulong,
+    data: Option<&CStr>,
+) -> Result<(), Errno> {
+    // SAFETY: every pointer is either null or a NUL-terminated string that
+    // outlives the call; the kernel copies them.
+    let rc = unsafe {
+        libc::mount(
+            opt_ptr(source),
+            target.as_ptr(),
+            opt_ptr(fstype),
+            flags,
+            opt_ptr(data).cast(),
+        )
+    };
+    check(rc.into()).map(drop)
+}
+
+/// `umount2(2)`.
+pub fn umount2(target: &CStr, flags: c_int) -> Result<(), Errno> {
+    // SAFETY: `target` is a NUL-terminated string valid for the call.
+    check(unsafe { libc::umount2(target.as_ptr(), flags) }.into()).map(drop)
+}
+
+/// `pivot_root(2)`.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> Result<(), Errno> {
+    // SAFETY: both arguments are NUL-terminated strings valid for the call.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
+        .map(drop)
+}
+
+/// `chdir(2)`.
+pub fn chdir(path: &CStr) -> Result<(), Errno> {
+    // SAFETY: `path` is a NUL-terminated string valid for the call.
+    check(unsafe { libc::chdir(path.as_ptr()) }.into()).map(drop)
+}
+
+/// `mkdir(2)`; an existing entry is not an error.
+pub fn mkdir(path: &CStr, mode: u32) -> Result<(), Errno> {
+    // SAFETY: `path` is a NUL-terminated string valid for the call.
+    match check(unsafe { libc::mkdir(path.as_ptr(), mode) }.into()) {
+        Err(libc::EEXIST) | Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `mknod(2)` of a character device with mode 0666.
+pub fn mknod_char(path: &CStr, major: u32, minor: u32) -> Result<(), Errno> {
+    let dev = libc::makedev(major, minor);
+    // SAFETY: `path` is a NUL-terminated string valid for the call.
+    check(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) }.into()).map(drop)
+}
+
+/// `symlink(2)`.
+pub fn symlink(target: &CStr, link: &CStr) -> Result<(), Errno> {
+    // SAFETY: both are NUL-terminated strings valid for the call.
+    check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }.into()).map(drop)
+}
+
+/// `open(2)` with `O_CLOEXEC` added.
+pub fn open(path: &CStr, flags: c_int) -> Result<RawFd, Errno> {
+    // SAFETY: `path` is a NUL-terminated string valid for the call; the
+    // mode argument is ignored without O_CREAT.
+    check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0) }.into())
+        .map(|fd| fd as RawFd)
+}
+
+/// Creates an empty file if missing (`open(O_CREAT)`, then close).
+pub fn touch(path: &CStr) -> Result<(), Errno> {
+    // SAFETY: `path` is a NUL-terminated string valid for the call; the
+    // mode argument is read because of O_CREAT.
+    let fd = check(
+        unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o644,
+            )
+        }
+        .into(),
+    )?;
+    close(fd as RawFd);
+    Ok(())
+}
+
+/// `dup3(2)`, or clearing `FD_CLOEXEC` when `old == new`.
+pub fn dup_to(old: RawFd, new: RawFd, cloexec: bool) -> Result<(), Errno> {
+    if old == new {
+        let flags = if cloexec { libc::FD_CLOEXEC } else { 0 };
+        // SAFETY: fcntl(F_SETFD) on a descriptor number; no memory involved.
+        return check(unsafe { libc::fcntl(new, libc::F_SETFD, flags) }.into()).map(drop);
+    }
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: dup3 takes descriptor numbers only.
+    check(unsafe { libc::dup3(old, new, flags) }.into()).map(drop)
+}
+
+/// `close(2)`, errors ignored.
+pub fn close(fd: RawFd) {
+    // SAFETY: closing a descriptor number this process owns; callers pass
+    // descriptors that nothing else in the child uses afterwards.
+    unsafe { libc::close(fd) };
+}
+
+/// `close_range(2)`: closes `first..=last` (or marks them close-on-exec).
+pub fn close_range(first: u32, last: u32, cloexec: bool) -> Result<(), Errno> {
+    let flags: c_ulong = if cloexec { 4 } else { 0 }; // CLOSE_RANGE_CLOEXEC
+                                                      // SAFETY: close_range takes integers only.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
+}
+
+/// Closes every descriptor above 2 except those in `keep` (sorted, ascending).
+pub fn close_all_except(keep: &[RawFd]) -> Result<(), Errno> {
+    let mut next: u32 = 3;
+    for &fd in keep {
+        let fd = fd as u32;
+        if fd < next {
+            continue;
+        }
+        if fd > next {
+            close_range(next, fd - 1, false)?;
+        }
+        next = fd + 1;
+    }
+    close_range(next, u32::MAX, false)
+}
+
+/// `read(2)` into `buf`, retried on EINTR.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let rc = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        match check(rc as c_long) {
+            Err(libc::EINTR) => continue,
+            r => return r.map(|n| n as usize),
+        }
+    }
+}
+
+/// `write(2)` of all of `buf` in one call (pipe writes below PIPE_BUF are
+/// atomic); errors ignored, as there is nobody left to tell.
+pub fn write_all(fd: RawFd, buf: &[u8]) {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+}
+
+/// `_exit(2)`: ends the child without running any destructor or atexit.
+pub fn exit(code: c_int) -> ! {
+    // SAFETY: _exit never returns and touches no user-space state.
+    unsafe { libc::_exit(code) }
+}
+
+/// `prctl(2)` with integer arguments.
+pub fn prctl(option: c_int, a2: c_ulong, a3: c_ulong) -> Result<(), Errno> {
+    // SAFETY: the options used here take integer arguments only.
+    check(unsafe { libc::prctl(option, a2, a3, 0 as c_ulong, 0 as c_ulong) }.into()).map(drop)
+}
+
+/// `sethostname(2)`.
+pub fn sethostname(name: &CStr) -> Result<(), Errno> {
+    let b = name.to_bytes();
+    // SAFETY: `b` is valid for reads of `b.len()` bytes.
+    check(unsafe { libc::sethostname(b.as_ptr().cast(), b.len()) }.into()).map(drop)
+}
+
+/// `unshare(2)`.
+pub fn unshare(flags: c_int) -> Result<(), Errno> {
+    // SAFETY: unshare takes integer flags only.
+    check(unsafe { libc::unshare(flags) }.into()).map(drop)
+}
+
+/// `umask(2)`.
+pub fn umask(mask: u32) {
+    // SAFETY: umask takes an integer and cannot fail.
+    unsafe { libc::umask(mask) };
+}
+
+/// `setgroups(0, NULL)`, `setresgid`, `setresuid`, through `syscall(2)`.
+pub fn set_ids(uid: u32, gid: u32) -> Result<(), (u8, Errno)> {
+    // SAFETY: setgroups with size 0 reads no memory.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) })
+        .map_err(|e| (0, e))?;
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map_err(|e| (1, e))?;
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map_err(|e| (2, e))?;
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `capset(2)` (version 3): permitted = effective = `mask`, inheritable empty.
+pub fn capset(mask: u64) -> Result<(), Errno> {
+    let header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let lo = mask as u32;
+    let hi = (mask >> 32) as u32;
+    let data = [
+        CapData {
+            effective: lo,
+            permitted: lo,
+            inheritable: 0,
+        },
+        CapData {
+            effective: hi,
+            permitted: hi,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: `header` and `data` (two elements, as version 3 requires)
+    // are valid for the call; the kernel only reads them.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) }).map(drop)
+}
+
+/// Installs a seccomp BPF program on the calling thread (no_new_privs must
+/// be set).
+pub fn seccomp_install(prog: &[seccompiler::sock_filter]) -> Result<(), Errno> {
+    // seccompiler's sock_filter is #[repr(C)] with the kernel's layout
+    // (u16 code, u8 jt, u8 jf, u32 k), the same as libc's.
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `prog` (same layout as the kernel's
+    // sock_filter, see above), valid for `len` instructions for the
+    // duration of the call; the kernel copies the program.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0 as c_ulong,
+            &fprog as *const libc::sock_fprog,
+        )
+    })
+    .map(drop)
+}
+
+/// Resets every catchable signal to its default action and unblocks all.
+pub fn reset_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL needs no handler memory; glibc's
+        // reserved signals fail with EINVAL, which is fine.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    set_sigmask(false);
+}
+
+/// Blocks (`true`) or unblocks (`false`) every signal of the calling
+/// thread; returns the previous mask.
+pub fn set_sigmask(block: bool) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; all-zero is a valid value that
+    // sigfillset/sigemptyset then overwrite.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` and `old` are valid sigset_t for the calls.
+    unsafe {
+        if block {
+            libc::sigfillset(&mut set);
+        } else {
+            libc::sigemptyset(&mut set);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, &mut old);
+    }
+    old
+}
+
+/// Restores a mask returned by [`set_sigmask`].
+pub fn restore_sigmask(old: &libc::sigset_t) {
+    // SAFETY: `old` is a valid sigset_t; the previous mask is not needed.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, ptr::null_mut()) };
+}
+
+/// Brings the loopback interface up (in the caller's network namespace).
+pub fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: socket takes integers only.
+    let s = check(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }.into(),
+    )? as RawFd;
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq for SIOCGIFFLAGS, which fills ifru_flags.
+    let got = check(unsafe { libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) }.into());
+    let res = got.and_then(|_| {
+        // SAFETY: the union field was just written by SIOCGIFFLAGS.
+        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: `req` is a valid ifreq for SIOCSIFFLAGS.
+        check(unsafe { libc::ioctl(s, libc::SIOCSIFFLAGS, &req) }.into())
+    });
+    close(s);
+    res.map(drop)
+}
