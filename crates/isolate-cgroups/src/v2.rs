@@ -68,16 +68,20 @@ impl V2 {
         if path.exists() {
             return Ok(path);
         }
-        let parent = self.dir.parent().unwrap_or(&self.root);
         let offered = self.root.join("cgroup.controllers");
-        let hint = if fs::read(&offered)?
-            .split_whitespace()
-            .any(|c| c == controller)
-        {
-            format!(
-                "enable it in {0} (`echo +{controller} > {0}`)",
-                parent.join("cgroup.subtree_control").display()
-            )
+        let has = |list: &str| list.split_whitespace().any(|c| c == controller);
+        let hint = if has(&fs::read(&offered)?) {
+            // The topmost ancestor that does not pass it down.
+            let mut missing = Vec::new();
+            let mut dir = self.root.clone();
+            for c in self.rel.split('/') {
+                let control = dir.join("cgroup.subtree_control");
+                if !has(&fs::read_opt(&control)?.unwrap_or_default()) {
+                    missing.push(format!("`echo +{controller} > {}`", control.display()));
+                }
+                dir.push(c);
+            }
+            format!("enable it on the way down: {}", missing.join(", then "))
         } else {
             format!(
                 "the host does not offer it ({} does not list it); it may be bound to a \
@@ -378,6 +382,47 @@ mod tests {
         assert_eq!(signals, vec![Some(libc::SIGKILL); 3]);
         assert_eq!(thawed.trim(), "0", "left frozen");
         assert!(emptied);
+        removed.unwrap();
+    }
+
+    /// A controller switched off on the way down: the error says where.
+    #[test]
+    fn missing_controller_error_names_the_file_to_fix() {
+        let test = "v2::missing_controller_error_names_the_file_to_fix";
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP {test}: needs root");
+            return;
+        }
+        let h = crate::layout::Hierarchies::probe().unwrap();
+        let Some(root) = h.v2_root else {
+            eprintln!("SKIP {test}: host cgroups are {}, not unified v2", h.layout);
+            return;
+        };
+        // Its own parent, so that no other cgroup of isolate is affected.
+        let parent = format!("isolate-unit-{}", std::process::id());
+        let cg = V2::create(&root, &format!("{parent}/leaf")).unwrap();
+        let control = root.join(&parent).join("cgroup.subtree_control");
+        let switched_off = fs::write(&control, "-pids");
+        let result = cg.set_pids(10);
+        let removed = cg
+            .rmdir()
+            .and_then(|()| fs::rmdir_tree(&root.join(&parent)));
+        switched_off.unwrap();
+        match result {
+            Err(CgroupError::ControllerMissing {
+                controller: "pids",
+                hint,
+                ..
+            }) => {
+                assert!(hint.contains(&control.display().to_string()), "{hint}");
+                assert!(
+                    !hint.contains("/sys/fs/cgroup/cgroup.subtree_control"),
+                    "{hint}"
+                );
+            }
+            other => panic!("set_pids without the pids controller: {other:?}"),
+        }
         removed.unwrap();
     }
 
