@@ -74,7 +74,11 @@ pub fn initrd_placement(mem_size: u64, size: u64, lowest: u64) -> Option<InitrdR
 /// - `i8042.noaux i8042.nomux i8042.dumbkbd i8042.nopnp`: no mouse/mux probe
 ///   against our minimal i8042 (each probe costs timeouts);
 /// - `tsc=reliable no_timer_check`: no TSC watchdog or timer check at boot.
-pub fn kernel_cmdline(devices: &[(u64, u32)], quiet: bool, extra: &str) -> Result<String, BootError> {
+pub fn kernel_cmdline(
+    devices: &[(u64, u32)],
+    quiet: bool,
+    extra: &str,
+) -> Result<String, BootError> {
     let mut s = String::from("console=ttyS0 ");
     if quiet {
         s.push_str("quiet ");
@@ -142,7 +146,11 @@ pub fn linux_boot_params(
 pub fn pvh_start_info(
     mem_size: u64,
     initrd: Option<InitrdRegion>,
-) -> (hvm_start_info, Vec<hvm_memmap_table_entry>, Vec<hvm_modlist_entry>) {
+) -> (
+    hvm_start_info,
+    Vec<hvm_memmap_table_entry>,
+    Vec<hvm_modlist_entry>,
+) {
     let memmap: Vec<hvm_memmap_table_entry> = memory_map(mem_size)
         .into_iter()
         .map(|(addr, size)| hvm_memmap_table_entry {
@@ -167,7 +175,11 @@ pub fn pvh_start_info(
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: memmap.len() as u32,
         nr_modules: modules.len() as u32,
-        modlist_paddr: if modules.is_empty() { 0 } else { PVH_MODLIST_START },
+        modlist_paddr: if modules.is_empty() {
+            0
+        } else {
+            PVH_MODLIST_START
+        },
         ..Default::default()
     };
     (info, memmap, modules)
@@ -227,12 +239,19 @@ mod tests {
     #[test]
     fn cmdline_announces_each_device() {
         let s = kernel_cmdline(&[(0xd000_0000, 5), (0xd000_1000, 6)], true, "").unwrap();
-        assert!(s.starts_with("console=ttyS0 quiet reboot=k panic=-1 pci=off"), "{s}");
-        assert!(s.ends_with(
-            " virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
-        ), "{s}");
+        assert!(
+            s.starts_with("console=ttyS0 quiet reboot=k panic=-1 pci=off"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with(" virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"),
+            "{s}"
+        );
         let loud = kernel_cmdline(&[], false, "init=/x").unwrap();
-        assert!(!loud.contains("quiet") && loud.ends_with(" init=/x"), "{loud}");
+        assert!(
+            !loud.contains("quiet") && loud.ends_with(" init=/x"),
+            "{loud}"
+        );
         assert!(matches!(
             kernel_cmdline(&[], true, &"x".repeat(3000)),
             Err(BootError::CmdlineTooLong(_))
@@ -241,23 +260,38 @@ mod tests {
 
     #[test]
     fn zero_page_has_cmdline_initrd_and_e820() {
-        let rd = InitrdRegion { addr: 0x0f00_0000, size: 0x1000 };
+        let rd = InitrdRegion {
+            addr: 0x0f00_0000,
+            size: 0x1000,
+        };
         let p = linux_boot_params(None, 256 << 20, 10, Some(rd));
         assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
         assert_eq!({ p.hdr.cmdline_size }, 11);
-        assert_eq!(({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size }), (0x0f00_0000, 0x1000));
+        assert_eq!(
+            ({ p.hdr.ramdisk_image }, { p.hdr.ramdisk_size }),
+            (0x0f00_0000, 0x1000)
+        );
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!(p.e820_entries, 2);
         let e = p.e820_table[1];
-        assert_eq!(({ e.addr }, { e.size }, { e.r#type }), (0x10_0000, (256 << 20) - 0x10_0000, 1));
+        assert_eq!(
+            ({ e.addr }, { e.size }, { e.r#type }),
+            (0x10_0000, (256 << 20) - 0x10_0000, 1)
+        );
     }
 
     #[test]
     fn pvh_start_info_lists_the_initrd_module() {
-        let rd = InitrdRegion { addr: 0x0f00_0000, size: 0x1000 };
+        let rd = InitrdRegion {
+            addr: 0x0f00_0000,
+            size: 0x1000,
+        };
         let (info, memmap, mods) = pvh_start_info(128 << 20, Some(rd));
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
-        assert_eq!((info.nr_modules, info.modlist_paddr), (1, PVH_MODLIST_START));
+        assert_eq!(
+            (info.nr_modules, info.modlist_paddr),
+            (1, PVH_MODLIST_START)
+        );
         assert_eq!((info.memmap_entries, memmap.len()), (2, 2));
         assert_eq!((mods[0].paddr, mods[0].size), (0x0f00_0000, 0x1000));
         let (none, _, mods) = pvh_start_info(128 << 20, None);
@@ -269,7 +303,8 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         write_cmdline(&mem, "console=ttyS0").unwrap();
         let mut buf = [0u8; 14];
-        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
+            .unwrap();
         assert_eq!(&buf, b"console=ttyS0\0");
         write_boot_info(&mem, true, None, 64 << 20, 13, None).unwrap();
         let magic: u32 = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();

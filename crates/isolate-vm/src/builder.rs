@@ -57,7 +57,9 @@ pub enum BuildError {
     #[error("cannot allocate {0} MiB of guest memory")]
     Memory(u64, #[source] vm_memory::mmap::FromRangesError),
     /// Guest memory size out of range.
-    #[error("guest memory of {size} MiB is out of range: it must be between {min} MiB and {max} MiB")]
+    #[error(
+        "guest memory of {size} MiB is out of range: it must be between {min} MiB and {max} MiB"
+    )]
     MemorySize {
         /// Asked, MiB.
         size: u64,
@@ -166,7 +168,8 @@ pub fn create_machine(
 // --- the whole recipe -----------------------------------------------------
 
 /// One part of the initrd.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InitrdPart {
     /// A file (the cached root archive).
     File(PathBuf),
@@ -175,7 +178,7 @@ pub enum InitrdPart {
 }
 
 /// A disk for a virtio-blk device.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Disk {
     /// Image file.
     pub path: PathBuf,
@@ -184,7 +187,7 @@ pub struct Disk {
 }
 
 /// What to boot, and on what.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BootSpec {
     /// Guest kernel.
     pub kernel: PathBuf,
@@ -235,8 +238,8 @@ pub struct MicroVm {
 /// Builds the VM described by `spec` (see the module docs for the order).
 pub fn build(kvm: Kvm, spec: &BootSpec, sinks: ConsoleSinks) -> Result<MicroVm, BuildError> {
     check_memory_size(spec.mem_size)?;
-    let cpuid = cpu::supported_cpuid(&kvm)
-        .map_err(|e| BuildError::Kvm("read the supported CPUID", e))?;
+    let cpuid =
+        cpu::supported_cpuid(&kvm).map_err(|e| BuildError::Kvm("read the supported CPUID", e))?;
 
     // 1. VM, RAM, irqchip, PIT, vCPUs.
     let machine = create_machine(kvm, spec.mem_size, spec.vcpus, true)?;
@@ -299,7 +302,7 @@ pub fn build(kvm: Kvm, spec: &BootSpec, sinks: ConsoleSinks) -> Result<MicroVm, 
 /// the MMIO window.
 fn check_memory_size(size: u64) -> Result<(), BuildError> {
     let (min, max) = (MIN_MACHINE_MEMORY, layout::MAX_GUEST_MEMORY);
-    if size < min || size > max || size % 0x1000 != 0 {
+    if size < min || size > max || size & 0xfff != 0 {
         return Err(BuildError::MemorySize {
             size: size >> 20,
             min: min >> 20,

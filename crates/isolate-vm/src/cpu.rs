@@ -4,14 +4,14 @@
 //! values are unit-tested without KVM.
 
 use kvm_bindings::{
-    kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs, kvm_msr_entry, KVM_MAX_CPUID_ENTRIES,
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
-    BOOT_STACK_POINTER, GDT_START, IDT_START, PDE_START, PDPTE_START, PML4_START,
-    PVH_INFO_START, ZERO_PAGE_START,
+    BOOT_STACK_POINTER, GDT_START, IDT_START, PDE_START, PDPTE_START, PML4_START, PVH_INFO_START,
+    ZERO_PAGE_START,
 };
 
 /// Errors while setting up a vCPU.
@@ -152,7 +152,8 @@ pub fn configure_fpu(vcpu: &VcpuFd) -> Result<(), CpuError> {
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu).map_err(|e| CpuError::Kvm("set the FPU", e))
+    vcpu.set_fpu(&fpu)
+        .map_err(|e| CpuError::Kvm("set the FPU", e))
 }
 
 const APIC_LVT0: usize = 0x350;
@@ -199,7 +200,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The `kvm_segment` KVM wants for GDT entry `entry` at index `index`.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     let limit = if g == 1 {
@@ -371,7 +372,10 @@ mod tests {
     fn gdt_entries_decode_to_flat_segments() {
         let [_, code, data, tss] = gdt_entries(true);
         let cs = segment_from_gdt(code, 1);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.type_, cs.present), (8, 1, 0, 0xb, 1));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.type_, cs.present),
+            (8, 1, 0, 0xb, 1)
+        );
         assert_eq!((cs.base, cs.limit, cs.g), (0, 0xffff_ffff, 1));
         let ds = segment_from_gdt(data, 2);
         assert_eq!((ds.selector, ds.db, ds.type_, ds.s), (16, 1, 3, 1));
@@ -401,8 +405,14 @@ mod tests {
 
     #[test]
     fn cpuid_filter_sets_apic_id_count_and_hypervisor() {
-        let mut c = CpuId::from_entries(&[entry(1, 0), entry(4, 0), entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)])
-            .unwrap();
+        let mut c = CpuId::from_entries(&[
+            entry(1, 0),
+            entry(4, 0),
+            entry(0xb, 0),
+            entry(0xb, 1),
+            entry(0xb, 2),
+        ])
+        .unwrap();
         filter_cpuid(&mut c, 2, 3);
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 2, "APIC id");
@@ -423,20 +433,30 @@ mod tests {
     #[test]
     fn boot_msrs_enable_write_back_default() {
         let m = boot_msrs();
-        assert!(m.iter().any(|e| e.index == MSR_MTRR_DEF_TYPE && e.data == 0x806));
-        assert!(m.iter().any(|e| e.index == MSR_IA32_MISC_ENABLE && e.data == 1));
+        assert!(m
+            .iter()
+            .any(|e| e.index == MSR_MTRR_DEF_TYPE && e.data == 0x806));
+        assert!(m
+            .iter()
+            .any(|e| e.index == MSR_IA32_MISC_ENABLE && e.data == 1));
     }
 
     #[test]
     fn lapic_delivery_modes() {
-        assert_eq!(set_delivery_mode(0x0001_0000, APIC_MODE_EXTINT), 0x0001_0700);
+        assert_eq!(
+            set_delivery_mode(0x0001_0000, APIC_MODE_EXTINT),
+            0x0001_0700
+        );
         assert_eq!(set_delivery_mode(0x0000_0700, APIC_MODE_NMI), 0x0000_0400);
     }
 
     #[test]
     fn boot_regs_point_at_the_boot_structures() {
         let r = boot_regs(0x100_0200, false);
-        assert_eq!((r.rip, r.rsi, r.rsp), (0x100_0200, ZERO_PAGE_START, BOOT_STACK_POINTER));
+        assert_eq!(
+            (r.rip, r.rsi, r.rsp),
+            (0x100_0200, ZERO_PAGE_START, BOOT_STACK_POINTER)
+        );
         let p = boot_regs(0x100_0000, true);
         assert_eq!((p.rip, p.rbx), (0x100_0000, PVH_INFO_START));
     }

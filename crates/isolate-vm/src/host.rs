@@ -102,11 +102,7 @@ pub fn check(kernel: Option<&KernelInfo>) -> Result<(), Error> {
 }
 
 /// [`check`] with other device and sysfs paths (tests).
-pub fn check_with(
-    dev: &Path,
-    sys_module: &Path,
-    kernel: Option<&KernelInfo>,
-) -> Result<(), Error> {
+pub fn check_with(dev: &Path, sys_module: &Path, kernel: Option<&KernelInfo>) -> Result<(), Error> {
     open_kvm_at(dev)?;
     if flavor_at(sys_module) == KvmFlavor::Pvm && !kernel.is_some_and(|k| k.pvm_capable) {
         return Err(unavailable(PVM_REASON));

@@ -104,7 +104,9 @@ fn le16(b: &[u8], at: usize) -> u64 {
     u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 fn le32(b: &[u8], at: usize) -> u64 {
-    u64::from(u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")))
+    u64::from(u32::from_le_bytes(
+        b[at..at + 4].try_into().expect("4 bytes"),
+    ))
 }
 fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
@@ -331,7 +333,14 @@ mod tests {
         let p = write(&dir, "vmlinux", &b);
         let e = probe(&p).unwrap_err();
         assert!(
-            matches!(e, KernelError::Truncated { needed: 0x3000, actual: 0x2000, .. }),
+            matches!(
+                e,
+                KernelError::Truncated {
+                    needed: 0x3000,
+                    actual: 0x2000,
+                    ..
+                }
+            ),
             "{e}"
         );
     }

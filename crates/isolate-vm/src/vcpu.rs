@@ -50,9 +50,9 @@ impl StopFlag {
 
     /// The VMM asks the vCPUs to stop.
     pub fn request(&self) {
-        let _ = self
-            .0
-            .compare_exchange(RUNNING, STOP_REQUESTED, Ordering::SeqCst, Ordering::SeqCst);
+        let _ =
+            self.0
+                .compare_exchange(RUNNING, STOP_REQUESTED, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Why the VM must stop, if it must.
@@ -129,8 +129,8 @@ pub fn run(
             Ok(VcpuExit::SystemEvent(kind, _)) => return StopReason::SystemEvent(kind),
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 return StopReason::Error(format!(
-                    "KVM could not enter the guest (hardware entry failure {reason:#x} on CPU {cpu})"
-                ))
+                "KVM could not enter the guest (hardware entry failure {reason:#x} on CPU {cpu})"
+            ))
             }
             Ok(VcpuExit::InternalError) => {
                 return StopReason::Error("KVM internal error while running the guest".into())

@@ -82,7 +82,14 @@ fn real_mode_payload_writes_to_the_serial_port_and_halts() {
     let stop = StopFlag::new();
     let pio = pio_bus(&log, &stop);
     let mut counts = ExitCounts::default();
-    let reason = vcpu::run(&mut m.vcpus[0], &pio, &Bus::new(), &stop, &mut counts, || {});
+    let reason = vcpu::run(
+        &mut m.vcpus[0],
+        &pio,
+        &Bus::new(),
+        &stop,
+        &mut counts,
+        || {},
+    );
     assert_eq!(reason, StopReason::Halt);
     assert_eq!(log.last_lines(), vec!["4".to_string()]);
     assert_eq!((counts.pio, counts.unclaimed), (1, 0));
@@ -95,8 +102,9 @@ const LONG_MODE_CODE: &[u8] = &[
     0xb0, b'L', // mov al, 'L'
     0xee, // out dx, al
     0xb0, b'\n', // mov al, '\n'
-    0xee, // out dx, al
-    0x48, 0xb8, 0x10, 0x00, 0x00, 0x30, 0x00, 0x00, 0x00, 0x00, // mov rax, 0x30000010 (no RAM there)
+    0xee,  // out dx, al
+    0x48, 0xb8, 0x10, 0x00, 0x00, 0x30, 0x00, 0x00, 0x00,
+    0x00, // mov rax, 0x30000010 (no RAM there)
     0xc6, 0x00, 0x5a, // mov byte [rax], 0x5a
     0x8b, 0x18, // mov ebx, [rax]
     0x89, 0x1c, 0x25, 0x00, 0x00, 0x30, 0x00, // mov [0x300000], ebx
@@ -149,14 +157,23 @@ fn triple_fault_ends_the_vm_as_shutdown() {
     };
     let mut m = builder::create_machine(kvm, 4 << 20, 1, true).unwrap();
     // ud2 with an empty IDT: #UD → #DF → triple fault.
-    m.mem.write_slice(&[0x0f, 0x0b], GuestAddress(0x20_0000)).unwrap();
+    m.mem
+        .write_slice(&[0x0f, 0x0b], GuestAddress(0x20_0000))
+        .unwrap();
     cpu::configure_sregs(&m.vcpus[0], &m.mem, false).unwrap();
     m.vcpus[0]
         .set_regs(&cpu::boot_regs(0x20_0000, false))
         .unwrap();
     let stop = StopFlag::new();
     let mut counts = ExitCounts::default();
-    let reason = vcpu::run(&mut m.vcpus[0], &Bus::new(), &Bus::new(), &stop, &mut counts, || {});
+    let reason = vcpu::run(
+        &mut m.vcpus[0],
+        &Bus::new(),
+        &Bus::new(),
+        &stop,
+        &mut counts,
+        || {},
+    );
     assert_eq!(reason, StopReason::Shutdown);
 }
 
@@ -170,7 +187,14 @@ fn unclaimed_port_reads_all_ones() {
     real_mode(&m, &[0xe4, 0x80, 0xa2, 0x00, 0x20, 0xf4]);
     let stop = StopFlag::new();
     let mut counts = ExitCounts::default();
-    let reason = vcpu::run(&mut m.vcpus[0], &Bus::new(), &Bus::new(), &stop, &mut counts, || {});
+    let reason = vcpu::run(
+        &mut m.vcpus[0],
+        &Bus::new(),
+        &Bus::new(),
+        &stop,
+        &mut counts,
+        || {},
+    );
     assert_eq!(reason, StopReason::Halt);
     let b: u8 = m.mem.read_obj(GuestAddress(0x2000)).unwrap();
     assert_eq!((b, counts.unclaimed), (0xff, 1));
@@ -189,9 +213,14 @@ fn measures_setup_to_first_guest_instruction() {
     let pio = pio_bus(&log, &stop);
     let first = AtomicU64::new(0);
     let mut counts = ExitCounts::default();
-    vcpu::run(&mut m.vcpus[0], &pio, &Bus::new(), &stop, &mut counts, || {
-        first.store(t0.elapsed().as_micros() as u64, Ordering::SeqCst)
-    });
+    vcpu::run(
+        &mut m.vcpus[0],
+        &pio,
+        &Bus::new(),
+        &stop,
+        &mut counts,
+        || first.store(t0.elapsed().as_micros() as u64, Ordering::SeqCst),
+    );
     let us = first.load(Ordering::SeqCst);
     assert!(us > 0);
     eprintln!("MEASURE in-process KVM open to first guest exit: {us} µs");

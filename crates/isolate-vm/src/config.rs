@@ -1,0 +1,139 @@
+//! What the library and the `isolate-vmm` process say to each other.
+//!
+//! The library writes one [`VmmConfig`] as a JSON line on the config pipe
+//! and keeps the pipe open: its end (EOF) tells the VMM that the library's
+//! process is gone, and the VMM ends the VM. The VMM writes [`Report`]
+//! lines on the report pipe: `started` once the workload has exec'd, then
+//! one `finished` or `failed`.
+
+use isolate_core::Status;
+
+use crate::builder::BootSpec;
+
+/// Everything the VMM needs; the workload's stdio are its fds 0, 1, 2.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmmConfig {
+    /// The VM to build.
+    pub boot: BootSpec,
+    /// Feed fd 0 to the guest's stdin (else the guest's stdin is `/dev/null`).
+    pub stdin: bool,
+    /// The workload's wall-clock limit, ms.
+    pub timeout_ms: Option<u64>,
+    /// Boot watchdog: the guest must report `started` (or an error) within this, ms.
+    pub boot_timeout_ms: u64,
+    /// Install the seccomp filter once the VM is built.
+    pub seccomp: bool,
+}
+
+/// Why the VMM could not produce an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailKind {
+    /// The command does not exist in the guest's root (127).
+    NotFound,
+    /// The command is not executable (126).
+    NotExecutable,
+    /// The guest init failed to set the workload up.
+    Setup,
+    /// The guest did not boot (watchdog, panic, reset before the workload ended).
+    Boot,
+    /// The VMM itself failed (KVM, devices, config).
+    Vmm,
+}
+
+/// One line from the VMM.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "r", rename_all = "snake_case")]
+pub enum Report {
+    /// The workload has exec'd in the guest.
+    Started {
+        /// Guest uptime then, ns.
+        guest_uptime_ns: u64,
+        /// VMM start to this moment, ns.
+        vmm_ns: u64,
+    },
+    /// The workload ended.
+    Finished {
+        /// How.
+        status: Status,
+        /// Guest cgroup CPU time, ns.
+        cpu_time_ns: Option<u64>,
+        /// Guest cgroup peak memory, bytes.
+        peak_memory: Option<u64>,
+        /// VMM resident memory minus guest memory touched, bytes.
+        host_overhead: Option<u64>,
+        /// Guest pages resident on the host, bytes.
+        guest_memory_touched: Option<u64>,
+    },
+    /// No outcome: why.
+    Failed {
+        /// Category.
+        kind: FailKind,
+        /// One line for the user (with the last console lines for boot failures).
+        message: String,
+    },
+}
+
+impl Report {
+    /// The report as one JSON line.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("report serializes");
+        s.push('\n');
+        s
+    }
+
+    /// Parses one line.
+    pub fn from_line(line: &str) -> Option<Self> {
+        serde_json::from_str(line.trim()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{Disk, InitrdPart};
+
+    #[test]
+    fn config_and_reports_round_trip() {
+        let cfg = VmmConfig {
+            boot: BootSpec {
+                kernel: "/k".into(),
+                initrd: vec![InitrdPart::File("/r".into()), InitrdPart::Bytes(vec![1, 2])],
+                mem_size: 64 << 20,
+                vcpus: 2,
+                disks: vec![Disk {
+                    path: "/d".into(),
+                    read_only: true,
+                }],
+                console_log: false,
+                cmdline_extra: String::new(),
+            },
+            stdin: true,
+            timeout_ms: Some(5),
+            boot_timeout_ms: 30_000,
+            seccomp: true,
+        };
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert!(!text.contains('\n'));
+        assert_eq!(serde_json::from_str::<VmmConfig>(&text).unwrap(), cfg);
+        for r in [
+            Report::Started {
+                guest_uptime_ns: 1,
+                vmm_ns: 2,
+            },
+            Report::Finished {
+                status: Status::Exited(3),
+                cpu_time_ns: None,
+                peak_memory: Some(1),
+                host_overhead: None,
+                guest_memory_touched: None,
+            },
+            Report::Failed {
+                kind: FailKind::NotFound,
+                message: "x".into(),
+            },
+        ] {
+            assert_eq!(Report::from_line(&r.to_line()), Some(r));
+        }
+    }
+}

@@ -1,0 +1,765 @@
+//! [`VmIsolator`]: the library side of VM mode. It checks the host and the
+//! inputs, prepares the initrd, starts the `isolate-vmm` process in a
+//! cgroup, and turns its reports into an [`Outcome`].
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio as ProcStdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use isolate_cgroups::Cgroup;
+use isolate_core::protocol::{GuestRoot, GuestSpec, GuestVolume};
+use isolate_core::{
+    paths, state, volume, Error, ExecFailure, Isolator, Limits, Mode, Network, Outcome, Result,
+    Running, Stats, Status, Stdio, VolumeSource, Workload,
+};
+
+use crate::builder::{BootSpec, Disk, InitrdPart};
+use crate::config::{FailKind, Report, VmmConfig};
+use crate::vmm::FORWARDED_SIGNALS;
+use crate::{host, kernel, sizing};
+
+/// Default boot watchdog; `ISOLATE_BOOT_TIMEOUT` (e.g. `300s`) overrides it.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Name of the VMM binary.
+pub const VMM_BINARY: &str = "isolate-vmm";
+/// Prefix of the VMM's cgroup name (`isolate/vm-<id>`).
+pub const CGROUP_PREFIX: &str = "vm-";
+
+/// VM-mode failures that are not one of the core's error kinds.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The VMM binary was not found.
+    #[error("cannot find the {VMM_BINARY} binary (looked in {0}); set ISOLATE_VMM or install it next to isolate")]
+    NoVmm(String),
+    /// The VMM could not be started.
+    #[error("cannot start {}", .0.display())]
+    Spawn(PathBuf, #[source] std::io::Error),
+    /// Building the boot image failed.
+    #[error("cannot prepare the guest's root filesystem")]
+    Image(#[source] isolate_image::Error),
+    /// The VMM's cgroup.
+    #[error("cannot set up the VMM's cgroup")]
+    Cgroup(#[source] isolate_cgroups::CgroupError),
+    /// The guest init could not set the workload up.
+    #[error("the guest could not set up the workload: {0}")]
+    Setup(String),
+    /// The guest did not boot or stopped early.
+    #[error("{0}")]
+    Boot(String),
+    /// The VMM failed.
+    #[error("the VMM failed: {0}")]
+    Vmm(String),
+    /// The VMM ended without a report.
+    #[error("the VMM process ended without a report ({0})")]
+    VmmDied(String),
+}
+
+fn backend(e: VmError) -> Error {
+    Error::Backend {
+        backend: "vm",
+        source: Box::new(e),
+    }
+}
+
+/// The VM isolation boundary.
+#[derive(Debug, Clone, Default)]
+pub struct VmIsolator {
+    vmm: Option<PathBuf>,
+}
+
+impl VmIsolator {
+    /// A VM isolator that finds `isolate-vmm` itself (see [`VmIsolator::find_vmm`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A VM isolator that runs this VMM binary.
+    pub fn with_vmm(path: impl Into<PathBuf>) -> Self {
+        Self {
+            vmm: Some(path.into()),
+        }
+    }
+
+    /// The VMM binary: the explicit one, else `ISOLATE_VMM`, else next to
+    /// the running executable or in its parent directory (cargo puts test
+    /// binaries in `target/*/deps`), else `${ISOLATE_HOME}/bin`, else `PATH`.
+    pub fn find_vmm(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.vmm {
+            return Ok(p.clone());
+        }
+        if let Some(p) = std::env::var_os("ISOLATE_VMM").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
+        let mut tried = Vec::new();
+        let mut candidates = Vec::new();
+        if let Ok(exe) = std::env::current_exe() {
+            if let Some(dir) = exe.parent() {
+                candidates.push(dir.join(VMM_BINARY));
+                if let Some(up) = dir.parent() {
+                    candidates.push(up.join(VMM_BINARY));
+                }
+            }
+        }
+        candidates.push(paths::home().join("bin").join(VMM_BINARY));
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path).map(|d| d.join(VMM_BINARY)));
+        }
+        for c in candidates {
+            if c.is_file() {
+                return Ok(c);
+            }
+            tried.push(c.display().to_string());
+        }
+        Err(backend(VmError::NoVmm(tried.join(", "))))
+    }
+}
+
+/// The kernel's headers, or an `invalid kernel` error naming the file.
+fn probe_kernel(path: &Path) -> Result<kernel::KernelInfo> {
+    kernel::probe(path).map_err(|e| Error::invalid("kernel", crate::vmm::chain(&e)))
+}
+
+fn boot_timeout() -> Result<Duration> {
+    match std::env::var("ISOLATE_BOOT_TIMEOUT") {
+        Ok(v) if !v.is_empty() => isolate_core::parse::duration(&v).map_err(|_| {
+            Error::invalid(
+                "ISOLATE_BOOT_TIMEOUT",
+                format!("{v:?} is not a duration; use e.g. 300s"),
+            )
+        }),
+        _ => Ok(DEFAULT_BOOT_TIMEOUT),
+    }
+}
+
+fn new_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "run-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// What the spawn prepared for the VMM.
+struct Prepared {
+    config: VmmConfig,
+}
+
+impl Isolator for VmIsolator {
+    fn mode(&self) -> Mode {
+        Mode::Vm
+    }
+
+    fn check_host(&self) -> Result<()> {
+        host::open_kvm()?;
+        if host::flavor_at(Path::new("/sys/module")) == host::KvmFlavor::Pvm {
+            let info = paths::kernel(None)
+                .ok()
+                .and_then(|k| kernel::probe(&k).ok());
+            host::check(info.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, w: &Workload) -> Result<Box<dyn Running>> {
+        let t_spawn = Instant::now();
+        if let Some(name) = &w.name {
+            if state::get_live(name).is_ok() {
+                return Err(Error::NameInUse(name.clone()));
+            }
+        }
+        let prepared = prepare(w)?;
+        let vmm = self.find_vmm()?;
+        let id = w.name.clone().unwrap_or_else(new_id);
+        let mut cgroup = vmm_cgroup(&id, w)?;
+        let started = start(w, &id, &vmm, prepared, &mut cgroup, t_spawn);
+        if let Some(cg) = cgroup {
+            // Still ours only if the start failed.
+            let _ = cg.remove();
+        }
+        Ok(Box::new(started?))
+    }
+}
+
+/// Checks the inputs and the host, builds the initrd, sizes the guest.
+fn prepare(w: &Workload) -> Result<Prepared> {
+    let kernel_path = paths::kernel(w.vm.kernel.as_deref())?;
+    let info = probe_kernel(&kernel_path)?;
+    host::check(Some(&info))?;
+    let rootfs = paths::rootfs(w.rootfs.as_deref())?;
+    let init = paths::init(None)?;
+
+    // Volumes first: a host directory is refused before any image is built.
+    for v in &w.volumes {
+        if let VolumeSource::Host(p) = &v.source {
+            return Err(Error::Unsupported(format!(
+                "volume {}: host directories ({}) cannot be shared with a VM; use a named volume (e.g. -v data:{})",
+                v.target.display(),
+                p.display(),
+                v.target.display()
+            )));
+        }
+    }
+
+    let img = |e| backend(VmError::Image(e));
+    let mut disks = Vec::new();
+    let (root_archive, root) = match isolate_image::choose(&rootfs).map_err(img)? {
+        isolate_image::RootKind::Initramfs => (
+            isolate_image::root_initramfs(&rootfs, &init).map_err(img)?,
+            GuestRoot::Initramfs,
+        ),
+        isolate_image::RootKind::Block => {
+            let b = isolate_image::block_image(&rootfs).map_err(img)?;
+            disks.push(Disk {
+                path: b.path,
+                read_only: true,
+            });
+            (
+                isolate_image::init_only_initramfs(&init).map_err(img)?,
+                GuestRoot::Block {
+                    device: "/dev/vda".into(),
+                    fstype: b.fstype.into(),
+                },
+            )
+        }
+    };
+    let mut volumes = Vec::new();
+    for v in &w.volumes {
+        if let VolumeSource::Named(name) = &v.source {
+            let path = volume::ensure(name)?;
+            let device = format!("/dev/vd{}", (b'a' + disks.len() as u8) as char);
+            disks.push(Disk {
+                path,
+                read_only: v.read_only,
+            });
+            volumes.push(GuestVolume {
+                device,
+                target: v.target.to_string_lossy().into_owned(),
+                read_only: v.read_only,
+                fstype: "ext4".into(),
+            });
+        }
+    }
+    let user = w.user.unwrap_or(isolate_core::User { uid: 0, gid: 0 });
+    let spec = GuestSpec {
+        argv: w.argv.clone(),
+        env: w.effective_env(),
+        cwd: w
+            .cwd
+            .as_ref()
+            .map_or_else(|| "/".to_string(), |c| c.to_string_lossy().into_owned()),
+        uid: user.uid,
+        gid: user.gid,
+        hostname: w.effective_hostname().to_string(),
+        root,
+        read_only: w.read_only,
+        volumes,
+        memory_limit: w.limits.memory,
+        pids_limit: w.limits.pids,
+        loopback: w.network == Network::Loopback,
+        stdin: w.stdin != Stdio::Null,
+    };
+    let spec_archive = isolate_image::spec_archive(&spec);
+    let root_len = std::fs::metadata(&root_archive)
+        .map_err(|e| Error::io("cannot read", &root_archive, e))?
+        .len();
+    let initrd_len = root_len.next_multiple_of(4) + spec_archive.len() as u64;
+    let mem_size = sizing::guest_memory(w.limits.memory, initrd_len, host::host_memory())
+        .map_err(|e| Error::invalid("memory", e.to_string()))?;
+    let needed = info.footprint_end + initrd_len + (16 << 20);
+    if mem_size < needed {
+        return Err(Error::invalid(
+            "memory",
+            format!(
+                "the guest needs at least {} MiB for this kernel and root filesystem, it would get {} MiB",
+                needed.div_ceil(1 << 20),
+                mem_size >> 20
+            ),
+        ));
+    }
+    let vcpus = match w.vm.vcpus {
+        Some(n) => n,
+        None => w.limits.cpus.map_or(1, |c| c.ceil() as u32),
+    };
+    let vcpus = u8::try_from(vcpus)
+        .ok()
+        .filter(|n| (1..=crate::MAX_VCPUS).contains(n))
+        .ok_or_else(|| {
+            Error::invalid(
+                "vcpus",
+                format!("{vcpus} vCPUs; VM mode supports 1 to {}", crate::MAX_VCPUS),
+            )
+        })?;
+    let config = VmmConfig {
+        boot: BootSpec {
+            kernel: kernel_path,
+            initrd: vec![
+                InitrdPart::File(root_archive),
+                InitrdPart::Bytes(spec_archive),
+            ],
+            mem_size,
+            vcpus,
+            disks,
+            console_log: w.vm.console_log,
+            cmdline_extra: std::env::var("ISOLATE_KERNEL_CMDLINE").unwrap_or_default(),
+        },
+        stdin: w.stdin != Stdio::Null,
+        timeout_ms: w.timeout.map(|t| t.as_millis() as u64),
+        boot_timeout_ms: boot_timeout()?.as_millis() as u64,
+        seccomp: std::env::var("ISOLATE_VMM_SECCOMP").map_or(true, |v| v != "0"),
+    };
+    Ok(Prepared { config })
+}
+
+/// The VMM's cgroup: required when the workload is named or has a CPU or
+/// I/O limit; otherwise best effort (for stats), skipped where cgroups
+/// cannot be created (e.g. not root).
+fn vmm_cgroup(id: &str, w: &Workload) -> Result<Option<Cgroup>> {
+    let limits = Limits {
+        cpus: w.limits.cpus,
+        io_weight: w.limits.io_weight,
+        ..Limits::default()
+    };
+    let required = w.name.is_some() || limits.cpus.is_some() || limits.io_weight.is_some();
+    let name = format!("{CGROUP_PREFIX}{id}");
+    let made = Cgroup::create(&name).or_else(|e| match e {
+        isolate_cgroups::CgroupError::Exists { .. } => {
+            // Left by an isolate that was killed: the name check above
+            // found no live workload holding it.
+            Cgroup::open(&format!("{}/{name}", isolate_cgroups::PARENT))
+                .and_then(Cgroup::remove)
+                .and_then(|()| Cgroup::create(&name))
+        }
+        e => Err(e),
+    });
+    match made {
+        Ok(cg) => match cg.apply(&limits) {
+            Ok(()) => Ok(Some(cg)),
+            Err(e) => {
+                let _ = cg.remove();
+                Err(backend(VmError::Cgroup(e)))
+            }
+        },
+        Err(e) if required => Err(backend(VmError::Cgroup(e))),
+        Err(_) => Ok(None),
+    }
+}
+
+fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid 2-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two new fds that nothing else owns.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+fn proc_stdio(s: Stdio) -> ProcStdio {
+    match s {
+        Stdio::Inherit => ProcStdio::inherit(),
+        Stdio::Piped => ProcStdio::piped(),
+        Stdio::Null => ProcStdio::null(),
+    }
+}
+
+fn start(
+    w: &Workload,
+    id: &str,
+    vmm: &Path,
+    prepared: Prepared,
+    cgroup: &mut Option<Cgroup>,
+    t_spawn: Instant,
+) -> Result<VmRunning> {
+    let io = |e: std::io::Error| backend(VmError::Spawn(vmm.to_path_buf(), e));
+    let (config_r, mut config_w) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return Err(io(e)),
+    };
+    let (report_r, report_w) = match pipe() {
+        Ok(p) => p,
+        Err(e) => return Err(io(e)),
+    };
+    let (cfd, rfd) = (config_r.as_raw_fd(), report_w.as_raw_fd());
+    let mut cmd = Command::new(vmm);
+    cmd.arg("run")
+        .arg("--config-fd")
+        .arg(cfd.to_string())
+        .arg("--report-fd")
+        .arg(rfd.to_string())
+        .stdin(proc_stdio(w.stdin))
+        .stdout(proc_stdio(w.stdout))
+        .stderr(proc_stdio(w.stderr));
+    // SAFETY: the closure only calls async-signal-safe fcntl on two fds
+    // this process owns (inherited copies in the child).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in [cfd, rfd] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Err(io(e)),
+    };
+    drop(config_r);
+    drop(report_w);
+    let pid = child.id();
+    let kill_child = |child: &mut Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    if let Some(cg) = cgroup.as_ref() {
+        if let Err(e) = cg.add_process(pid) {
+            kill_child(&mut child);
+            return Err(backend(VmError::Cgroup(e)));
+        }
+    }
+    let registration = match &w.name {
+        Some(name) => {
+            let record = state::Record {
+                name: name.clone(),
+                mode: Mode::Vm,
+                pid,
+                pid_start: state::process_start(pid).unwrap_or(0),
+                cgroup: cgroup
+                    .as_ref()
+                    .map(|c| c.rel_path().to_string())
+                    .unwrap_or_default(),
+                argv: w.argv.clone(),
+                started: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            match state::register(&record) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    kill_child(&mut child);
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
+    let mut line = serde_json::to_string(&prepared.config).expect("config serializes");
+    line.push('\n');
+    if let Err(e) = config_w.write_all(line.as_bytes()) {
+        kill_child(&mut child);
+        return Err(io(e));
+    }
+    let to_file = |fd: Option<OwnedFd>| fd.map(File::from);
+    let stdin = to_file(child.stdin.take().map(OwnedFd::from));
+    let stdout = to_file(child.stdout.take().map(OwnedFd::from));
+    let stderr = to_file(child.stderr.take().map(OwnedFd::from));
+
+    let shared = Arc::new(Shared::default());
+    let reader = shared.clone();
+    let _ = std::thread::Builder::new()
+        .name("isolate-vm-report".into())
+        .spawn(move || read_reports(report_r, &reader));
+    Ok(VmRunning {
+        id: id.to_string(),
+        program: w.argv[0].clone(),
+        pid,
+        t_spawn,
+        child: Mutex::new(child),
+        shared,
+        killed: AtomicBool::new(false),
+        lifeline: Mutex::new(Some(config_w)),
+        stdin: Mutex::new(stdin),
+        stdout: Mutex::new(stdout),
+        stderr: Mutex::new(stderr),
+        cgroup: Mutex::new(cgroup.take()),
+        registration: Mutex::new(registration),
+        outcome: Mutex::new(None),
+    })
+}
+
+/// What the report reader saw.
+#[derive(Default)]
+struct ReportState {
+    started_at: Option<Instant>,
+    last: Option<Report>,
+    finished_at: Option<Instant>,
+    eof: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<ReportState>,
+    cv: Condvar,
+}
+
+fn read_reports(pipe: File, shared: &Shared) {
+    let reader = BufReader::new(pipe);
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let Some(r) = Report::from_line(&line) else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut st = lock(&shared.state);
+        match r {
+            Report::Started { .. } => {
+                st.started_at.get_or_insert(now);
+            }
+            other => {
+                st.finished_at = Some(now);
+                st.last = Some(other);
+            }
+        }
+    }
+    lock(&shared.state).eof = true;
+    shared.cv.notify_all();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A failure that can be returned again by later `wait` calls.
+#[derive(Debug, Clone)]
+enum Failure {
+    Exec(ExecFailure),
+    Setup(String),
+    Boot(String),
+    Vmm(String),
+    Died(String),
+}
+
+impl Failure {
+    fn to_error(&self, program: &str) -> Error {
+        match self {
+            Failure::Exec(kind) => Error::Exec {
+                kind: *kind,
+                program: program.to_string(),
+            },
+            Failure::Setup(m) => backend(VmError::Setup(m.clone())),
+            Failure::Boot(m) => backend(VmError::Boot(m.clone())),
+            Failure::Vmm(m) => backend(VmError::Vmm(m.clone())),
+            Failure::Died(m) => backend(VmError::VmmDied(m.clone())),
+        }
+    }
+}
+
+/// A workload running in a VM.
+pub struct VmRunning {
+    id: String,
+    program: String,
+    pid: u32,
+    t_spawn: Instant,
+    child: Mutex<Child>,
+    shared: Arc<Shared>,
+    killed: AtomicBool,
+    lifeline: Mutex<Option<File>>,
+    stdin: Mutex<Option<File>>,
+    stdout: Mutex<Option<File>>,
+    stderr: Mutex<Option<File>>,
+    cgroup: Mutex<Option<Cgroup>>,
+    registration: Mutex<Option<state::Registration>>,
+    outcome: Mutex<Option<std::result::Result<Outcome, Failure>>>,
+}
+
+impl VmRunning {
+    /// The VMM's process id.
+    pub fn vmm_pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn still_running(&self) -> bool {
+        matches!(lock(&self.child).try_wait(), Ok(None))
+    }
+
+    fn describe_exit(status: std::process::ExitStatus) -> String {
+        match (status.code(), status.signal()) {
+            (Some(c), _) => format!("exit code {c}"),
+            (_, Some(libc::SIGSYS)) => {
+                "killed by SIGSYS: its seccomp filter refused a system call; rerun with ISOLATE_VMM_SECCOMP=0 to confirm".into()
+            }
+            (_, Some(s)) => format!("killed by signal {s}"),
+            _ => "unknown status".into(),
+        }
+    }
+
+    fn finish(&self) -> std::result::Result<Outcome, Failure> {
+        {
+            let mut st = lock(&self.shared.state);
+            while !st.eof {
+                st = self.shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        let status = lock(&self.child).wait();
+        let wall = self.t_spawn.elapsed();
+        // The VM is gone: release what it held.
+        lock(&self.lifeline).take();
+        if let Some(cg) = lock(&self.cgroup).take() {
+            let _ = cg.remove();
+        }
+        lock(&self.registration).take();
+
+        let st = lock(&self.shared.state);
+        let startup = st.started_at.map(|t| t - self.t_spawn);
+        let wall = st.finished_at.map_or(wall, |t| t - self.t_spawn);
+        match st.last.clone() {
+            Some(Report::Finished {
+                status,
+                cpu_time_ns,
+                peak_memory,
+                host_overhead,
+                guest_memory_touched,
+            }) => Ok(Outcome {
+                status,
+                wall_time: wall,
+                startup_time: startup,
+                cpu_time: cpu_time_ns.map(Duration::from_nanos),
+                peak_memory,
+                host_overhead,
+                guest_memory_touched,
+            }),
+            Some(Report::Failed { kind, message }) => Err(match kind {
+                FailKind::NotFound => Failure::Exec(ExecFailure::NotFound),
+                FailKind::NotExecutable => Failure::Exec(ExecFailure::NotExecutable),
+                FailKind::Setup => Failure::Setup(message),
+                FailKind::Boot => Failure::Boot(message),
+                FailKind::Vmm => Failure::Vmm(message),
+            }),
+            _ if self.killed.load(Ordering::SeqCst) => {
+                let mut o = Outcome::new(Status::Signaled(libc::SIGKILL), wall);
+                o.startup_time = startup;
+                Ok(o)
+            }
+            _ => Err(Failure::Died(match status {
+                Ok(s) => Self::describe_exit(s),
+                Err(e) => e.to_string(),
+            })),
+        }
+    }
+}
+
+impl Running for VmRunning {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn take_stdin(&self) -> Option<File> {
+        lock(&self.stdin).take()
+    }
+
+    fn take_stdout(&self) -> Option<File> {
+        lock(&self.stdout).take()
+    }
+
+    fn take_stderr(&self) -> Option<File> {
+        lock(&self.stderr).take()
+    }
+
+    fn wait(&self) -> Result<Outcome> {
+        let mut cached = lock(&self.outcome);
+        if cached.is_none() {
+            // Our own copy of a piped stdin would keep the guest's stdin open.
+            *cached = Some(self.finish());
+        }
+        match cached.as_ref().expect("set above") {
+            Ok(o) => Ok(o.clone()),
+            Err(f) => Err(f.to_error(&self.program)),
+        }
+    }
+
+    fn signal(&self, signo: i32) -> Result<()> {
+        if signo != libc::SIGKILL && !FORWARDED_SIGNALS.contains(&signo) {
+            return Err(Error::Unsupported(format!(
+                "signal {signo} cannot be forwarded to a VM workload; use HUP, INT, QUIT, TERM, USR1, USR2, ALRM, WINCH or KILL"
+            )));
+        }
+        let child = lock(&self.child);
+        // Only signal a VMM that has not been reaped (its pid is still ours).
+        let mut child = child;
+        if !matches!(child.try_wait(), Ok(None)) {
+            return Ok(());
+        }
+        if signo == libc::SIGKILL {
+            self.killed.store(true, Ordering::SeqCst);
+        }
+        // SAFETY: kill(2) with the pid of our unreaped child.
+        if unsafe { libc::kill(self.pid as libc::pid_t, signo) } != 0 {
+            return Err(Error::io(
+                "cannot signal the VMM of",
+                format!("workload {}", self.id),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        let cg = lock(&self.cgroup);
+        match cg.as_ref() {
+            Some(cg) => cg.stats().map_err(|e| backend(VmError::Cgroup(e))),
+            None => Err(Error::Unsupported(
+                "stats of a VM come from its VMM's cgroup, which could not be created (run as root)".into(),
+            )),
+        }
+    }
+
+    fn update(&self, limits: &Limits) -> Result<()> {
+        if limits.memory.is_some() {
+            return Err(Error::Unsupported(
+                "the memory of a running VM is its guest RAM; changing it would need a balloon device, which isolate's VMM does not have. Restart the workload with the new --memory".into(),
+            ));
+        }
+        if limits.pids.is_some() {
+            return Err(Error::Unsupported(
+                "the process limit of a VM workload is enforced inside the guest and cannot change while it runs".into(),
+            ));
+        }
+        limits.validate()?;
+        let cg = lock(&self.cgroup);
+        match cg.as_ref() {
+            Some(cg) => cg.update(limits).map_err(|e| backend(VmError::Cgroup(e))),
+            None => Err(Error::Unsupported(
+                "the VMM has no cgroup (not root?), so its CPU quota cannot change".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for VmRunning {
+    fn drop(&mut self) {
+        if lock(&self.outcome).is_none() {
+            if self.still_running() {
+                let _ = self.signal(libc::SIGKILL);
+            }
+            let _ = self.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_vmm_wins() {
+        let v = VmIsolator::with_vmm("/x/isolate-vmm");
+        assert_eq!(v.find_vmm().unwrap(), PathBuf::from("/x/isolate-vmm"));
+    }
+
+    #[test]
+    fn failures_map_to_exec_codes() {
+        let e = Failure::Exec(ExecFailure::NotFound).to_error("nope");
+        assert_eq!(e.exit_code(), 127);
+        let e = Failure::Boot("the guest reset".into()).to_error("x");
+        assert_eq!(e.exit_code(), 125);
+        assert!(e.chain().contains("the guest reset"), "{}", e.chain());
+    }
+}

@@ -1,0 +1,530 @@
+//! The `isolate-vmm` process: reads a [`VmmConfig`], builds and runs the
+//! VM, steers the workload's lifecycle, and reports on the report pipe.
+//!
+//! Threads: one per vCPU, one feeding fd 0 to the guest's stdin (if
+//! asked), one forwarding signals (SIGTERM, SIGINT, … sent to the VMM go to
+//! the workload as control messages), one watching the config pipe (EOF:
+//! the library's process is gone, the VM ends). The main thread waits for
+//! events: control lines from the guest init, vCPU stops, signals,
+//! deadlines (boot watchdog, workload timeout).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use isolate_core::protocol::ControlMessage;
+use isolate_core::{ExecFailure, Status};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::builder::{self, ConsoleSinks, MicroVm, VcpuStopped};
+use crate::config::{FailKind, Report, VmmConfig};
+use crate::devices::virtio::ConsoleInput;
+use crate::vcpu::StopReason;
+
+/// Signals the VMM forwards to the workload.
+pub const FORWARDED_SIGNALS: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGWINCH,
+];
+
+/// Console lines kept in boot-failure messages.
+const CONSOLE_LINES_IN_ERRORS: usize = 15;
+/// Longest control line accepted from the guest.
+const MAX_CONTROL_LINE: usize = 64 * 1024;
+/// Input bytes allowed to wait for the guest before the stdin reader pauses.
+const STDIN_BACKLOG: usize = 1 << 20;
+
+/// What the main thread waits for.
+enum Event {
+    Control(ControlMessage),
+    Vcpu(VcpuStopped),
+    Signal(i32),
+    ParentGone,
+}
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main() -> i32 {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("run") => {
+            let fd = |name: &str| -> Option<RawFd> {
+                let i = args.iter().position(|a| a == name)?;
+                args.get(i + 1)?.parse().ok()
+            };
+            match (fd("--config-fd"), fd("--report-fd")) {
+                (Some(c), Some(r)) => run_fds(c, r),
+                _ => usage(),
+            }
+        }
+        Some("probe") => crate::probe::main(),
+        _ => usage(),
+    }
+}
+
+fn usage() -> i32 {
+    eprintln!(
+        "isolate-vmm is started by isolate (VM mode), not by hand.\n\
+         usage: isolate-vmm run --config-fd N --report-fd M\n       isolate-vmm probe   (runs a tiny guest; prints the time to its first exit)"
+    );
+    2
+}
+
+/// The whole error chain on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s
+}
+
+fn run_fds(config_fd: RawFd, report_fd: RawFd) -> i32 {
+    // SAFETY: the library passes these two fds to this process for its own
+    // use; nothing else in the process owns or closes them.
+    let (config, mut report) =
+        unsafe { (File::from_raw_fd(config_fd), File::from_raw_fd(report_fd)) };
+    let mut config = BufReader::new(config);
+    let mut line = String::new();
+    let cfg: VmmConfig = match config
+        .read_line(&mut line)
+        .ok()
+        .and_then(|_| serde_json::from_str(&line).ok())
+    {
+        Some(c) => c,
+        None => {
+            let _ = report.write_all(
+                Report::Failed {
+                    kind: FailKind::Vmm,
+                    message: "the VMM received no valid configuration".into(),
+                }
+                .to_line()
+                .as_bytes(),
+            );
+            return 1;
+        }
+    };
+    let r = run(cfg, config, &mut report);
+    let _ = report.write_all(r.to_line().as_bytes());
+    0
+}
+
+fn fail(kind: FailKind, message: impl Into<String>) -> Report {
+    Report::Failed {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Blocks the forwarded signals in this thread (and the threads it starts).
+fn block_forwarded_signals() -> libc::sigset_t {
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before
+    // use; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in FORWARDED_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
+    let t0 = Instant::now();
+    let sigset = block_forwarded_signals();
+    let (tx, rx) = mpsc::channel::<Event>();
+
+    let kvm = match crate::host::open_kvm() {
+        Ok(k) => k,
+        Err(e) => return fail(FailKind::Vmm, e.chain()),
+    };
+    // SAFETY: dup of the process's own stdout/stderr; the new fds are owned
+    // by the returned Files.
+    let (stdout, stderr) = unsafe { (libc::dup(1), libc::dup(2)) };
+    if stdout < 0 || stderr < 0 {
+        return fail(
+            FailKind::Vmm,
+            "cannot duplicate the workload's stdout/stderr",
+        );
+    }
+    let sinks = ConsoleSinks {
+        // SAFETY: fresh fds from dup above, owned by nothing else.
+        stdout: Box::new(unsafe { File::from_raw_fd(stdout) }),
+        // SAFETY: as above.
+        stderr: Box::new(unsafe { File::from_raw_fd(stderr) }),
+        control: Box::new(ControlSink {
+            buf: Vec::new(),
+            tx: tx.clone(),
+        }),
+    };
+    let mut vm = match builder::build(kvm, &cfg.boot, sinks) {
+        Ok(vm) => vm,
+        Err(e) => return fail(FailKind::Vmm, chain(&e)),
+    };
+    let statm = File::open("/proc/self/statm").ok();
+
+    if cfg.stdin {
+        let input = vm.stdin.clone();
+        let control = vm.control.clone();
+        let _ = std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || feed_stdin(input, control));
+    }
+    {
+        let tx = tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || forward_signals(sigset, tx));
+    }
+    {
+        let tx = tx.clone();
+        let _ = std::thread::Builder::new()
+            .name("lifeline".into())
+            .spawn(move || watch_lifeline(lifeline, tx));
+    }
+    if let Err(e) = vm.start(tx.clone(), Event::Vcpu, || {}) {
+        return fail(FailKind::Vmm, chain(&e));
+    }
+    if cfg.seccomp {
+        if let Err(e) = crate::seccomp::install() {
+            return fail(FailKind::Vmm, chain(&e));
+        }
+    }
+    drop(tx);
+    supervise(&cfg, &vm, &rx, t0, statm.as_ref(), report)
+}
+
+/// The lifecycle: waits for the guest's reports, vCPU stops, signals and
+/// deadlines, and returns the final report.
+fn supervise(
+    cfg: &VmmConfig,
+    vm: &MicroVm,
+    rx: &mpsc::Receiver<Event>,
+    t0: Instant,
+    statm: Option<&File>,
+    report: &mut File,
+) -> Report {
+    let boot_deadline = t0 + Duration::from_millis(cfg.boot_timeout_ms);
+    let timeout = cfg.timeout_ms.map(|ms| t0 + Duration::from_millis(ms));
+    let mut started = false;
+    let mut exit: Option<(Status, Option<u64>, Option<u64>)> = None;
+    let mut exit_deadline = None;
+    loop {
+        let now = Instant::now();
+        let deadline = [
+            (!started && exit.is_none()).then_some(boot_deadline),
+            timeout.filter(|_| exit.is_none()),
+            exit_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let ev = match deadline {
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(now)),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match ev {
+            Ok(Event::Control(ControlMessage::Started { uptime_ns })) => {
+                if !started {
+                    started = true;
+                    let r = Report::Started {
+                        guest_uptime_ns: uptime_ns,
+                        vmm_ns: t0.elapsed().as_nanos() as u64,
+                    };
+                    let _ = report.write_all(r.to_line().as_bytes());
+                }
+            }
+            Ok(Event::Control(ControlMessage::Exit {
+                status,
+                peak_memory,
+                cpu_time_ns,
+            })) => {
+                if exit.is_none() {
+                    exit = Some((status, cpu_time_ns, peak_memory));
+                    // The init syncs and unmounts volumes, then resets.
+                    exit_deadline =
+                        Some(Instant::now() + Duration::from_millis(cfg.boot_timeout_ms));
+                }
+            }
+            Ok(Event::Control(ControlMessage::Error { exec, message })) => {
+                let kind = match exec {
+                    Some(ExecFailure::NotFound) => FailKind::NotFound,
+                    Some(ExecFailure::NotExecutable) => FailKind::NotExecutable,
+                    None => FailKind::Setup,
+                };
+                return fail(kind, message);
+            }
+            Ok(Event::Control(_)) => {}
+            Ok(Event::Signal(signo)) => {
+                vm.control
+                    .push(ControlMessage::Signal { signo }.to_line().as_bytes());
+            }
+            Ok(Event::ParentGone) => {
+                return fail(
+                    FailKind::Vmm,
+                    "the isolate process that started this VM is gone",
+                );
+            }
+            Ok(Event::Vcpu(stopped)) => {
+                if let Some((status, cpu, peak)) = exit {
+                    return finished(vm, statm, status, cpu, peak);
+                }
+                return fail(
+                    FailKind::Boot,
+                    early_stop_message(&stopped.reason, vm, started),
+                );
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                if let Some((status, cpu, peak)) = exit {
+                    if exit_deadline.is_some_and(|d| now >= d) {
+                        return finished(vm, statm, status, cpu, peak);
+                    }
+                }
+                if timeout.is_some_and(|d| now >= d) && exit.is_none() {
+                    return finished(vm, statm, Status::TimedOut, None, None);
+                }
+                if !started && exit.is_none() && now >= boot_deadline {
+                    return fail(
+                        FailKind::Boot,
+                        format!(
+                            "the guest did not start the workload within {:.1} s (raise ISOLATE_BOOT_TIMEOUT on slow hosts){}",
+                            cfg.boot_timeout_ms as f64 / 1000.0,
+                            console_tail(vm)
+                        ),
+                    );
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return fail(FailKind::Vmm, "all VMM threads ended unexpectedly");
+            }
+        }
+    }
+}
+
+fn early_stop_message(reason: &StopReason, vm: &MicroVm, started: bool) -> String {
+    let what = match reason {
+        StopReason::Reset => "reset",
+        StopReason::Shutdown => "stopped with a triple fault",
+        StopReason::Halt => "halted",
+        StopReason::SystemEvent(_) => "shut down",
+        StopReason::Requested => "was stopped",
+        StopReason::Error(e) => e.as_str(),
+    };
+    let when = if started {
+        "before reporting the workload's exit"
+    } else {
+        "before starting the workload"
+    };
+    format!("the guest {what} {when}{}", console_tail(vm))
+}
+
+/// "; last console lines: …" with the tail of the serial log.
+fn console_tail(vm: &MicroVm) -> String {
+    let lines = vm.serial_log.last_lines();
+    let tail: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .rev()
+        .take(CONSOLE_LINES_IN_ERRORS)
+        .collect();
+    if tail.is_empty() {
+        return "; the guest kernel printed nothing (try --console-log)".into();
+    }
+    let mut s = String::from("; last console lines:");
+    for l in tail.into_iter().rev() {
+        s.push_str("\n  ");
+        s.push_str(l);
+    }
+    s
+}
+
+fn finished(
+    vm: &MicroVm,
+    statm: Option<&File>,
+    status: Status,
+    cpu_time_ns: Option<u64>,
+    peak_memory: Option<u64>,
+) -> Report {
+    let touched = guest_memory_touched(&vm.machine.mem);
+    let rss = statm.and_then(resident_bytes);
+    Report::Finished {
+        status,
+        cpu_time_ns,
+        peak_memory,
+        host_overhead: rss.zip(touched).map(|(r, t)| r.saturating_sub(t)),
+        guest_memory_touched: touched,
+    }
+}
+
+const PAGE: usize = 4096;
+
+/// Bytes of guest RAM resident on the host (`mincore` over the mapping).
+pub fn guest_memory_touched(mem: &GuestMemoryMmap) -> Option<u64> {
+    let mut total = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(PAGE)];
+        // SAFETY: `as_ptr()..+len` is the live, page-aligned mapping of this
+        // region (kept alive by `mem`); `vec` has one byte per page of it.
+        let rc = unsafe { libc::mincore(region.as_ptr().cast(), len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        total += vec.iter().filter(|b| *b & 1 != 0).count() as u64 * PAGE as u64;
+    }
+    Some(total)
+}
+
+/// Resident set size from an open `/proc/self/statm`.
+pub fn resident_bytes(statm: &File) -> Option<u64> {
+    let mut buf = [0u8; 128];
+    let n = statm.read_at(&mut buf, 0).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * PAGE as u64)
+}
+
+/// Feeds fd 0 to console 0; at end-of-file tells the guest init.
+fn feed_stdin(input: ConsoleInput, control: ConsoleInput) {
+    // SAFETY: fd 0 is the workload's stdin, handed to this process for
+    // exactly this; ManuallyDrop keeps it open (nothing else closes it).
+    let mut stdin = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(0) });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                input.push(&buf[..n]);
+                while input.pending_len() > STDIN_BACKLOG {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    control.push(ControlMessage::StdinEof.to_line().as_bytes());
+}
+
+fn forward_signals(set: libc::sigset_t, tx: Sender<Event>) {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is an initialised sigset_t; `sig` is a valid out-pointer.
+        let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        if rc == 0 && tx.send(Event::Signal(sig)).is_err() {
+            return;
+        }
+    }
+}
+
+fn watch_lifeline(mut pipe: BufReader<File>, tx: Sender<Event>) {
+    let mut buf = [0u8; 64];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = tx.send(Event::ParentGone);
+}
+
+/// Console 2's output: control lines from the guest init.
+struct ControlSink {
+    buf: Vec<u8>,
+    tx: Sender<Event>,
+}
+
+impl Write for ControlSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        for &b in data {
+            if b == b'\n' {
+                let line = std::mem::take(&mut self.buf);
+                if let Some(msg) = std::str::from_utf8(&line)
+                    .ok()
+                    .and_then(ControlMessage::from_line)
+                {
+                    let _ = self.tx.send(Event::Control(msg));
+                }
+            } else if self.buf.len() < MAX_CONTROL_LINE {
+                self.buf.push(b);
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_sink_parses_lines_split_across_writes() {
+        let (tx, rx) = mpsc::channel();
+        let mut sink = ControlSink {
+            buf: Vec::new(),
+            tx,
+        };
+        sink.write_all(b"{\"t\":\"sta").unwrap();
+        sink.write_all(b"rted\",\"uptime_ns\":7}\r\nnot json\n{\"t\":\"exit\",\"status\":{\"exited\":3},\"peak_memory\":null,\"cpu_time_ns\":5}\n")
+            .unwrap();
+        let msgs: Vec<ControlMessage> = rx
+            .try_iter()
+            .map(|e| match e {
+                Event::Control(m) => m,
+                _ => panic!("not a control event"),
+            })
+            .collect();
+        assert_eq!(
+            msgs,
+            vec![
+                ControlMessage::Started { uptime_ns: 7 },
+                ControlMessage::Exit {
+                    status: Status::Exited(3),
+                    peak_memory: None,
+                    cpu_time_ns: Some(5)
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn resident_bytes_reads_statm() {
+        let f = File::open("/proc/self/statm").unwrap();
+        assert!(resident_bytes(&f).unwrap() > 0);
+    }
+
+    #[test]
+    fn touched_memory_counts_written_pages() {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let before = guest_memory_touched(&mem).unwrap();
+        for i in 0..8u64 {
+            mem.write_obj(1u8, GuestAddress(i * 4096 * 3)).unwrap();
+        }
+        let after = guest_memory_touched(&mem).unwrap();
+        assert_eq!(after - before, 8 * 4096);
+    }
+}
