@@ -248,8 +248,12 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         }
     }
     root_step(4, sys::chdir(&plan.new_root));
+    // The old root ends up stacked on the new one; paths walked from "/"
+    // start below it, in the new root. It stays attached during the recipe
+    // so that bind sources opened from it above are still in this mount
+    // namespace (the kernel binds only from mounts of the caller's
+    // namespace), and is detached right after.
     root_step(5, sys::pivot_root(DOT, DOT));
-    root_step(6, sys::umount2(DOT, libc::MNT_DETACH));
     root_step(4, sys::chdir(ROOT));
 
     for (i, op) in plan.ops.iter().enumerate() {
@@ -283,6 +287,9 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     for (_, fd) in &plan.volume_sources {
         sys::close(*fd);
     }
+    // The working directory is the new root, under the old one's mount.
+    root_step(6, sys::umount2(DOT, libc::MNT_DETACH));
+    root_step(4, sys::chdir(ROOT));
     root_step(7, sys::sethostname(&plan.hostname));
     if plan.loopback {
         root_step(8, sys::loopback_up());

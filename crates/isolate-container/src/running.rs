@@ -5,7 +5,8 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use isolate_cgroups::Cgroup;
@@ -78,7 +79,7 @@ pub struct Container {
     pidfd: OwnedFd,
     status_rd: OwnedFd,
     start: Instant,
-    timeout: Option<Duration>,
+    timed_out: Arc<AtomicBool>,
     startup: Option<Duration>,
     host_overhead: Option<u64>,
     stdio: [Mutex<Option<File>>; 3],
@@ -92,6 +93,44 @@ fn shim_rss(pid: u32) -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Kills the container at `deadline` unless it ended before: a thread that
+/// polls a duplicate of the pidfd, so the timeout holds even while the
+/// caller is busy reading the workload's output.
+fn watchdog(pidfd: &OwnedFd, deadline: Instant, timed_out: Arc<AtomicBool>) {
+    let Ok(fd) = pidfd.try_clone() else {
+        return;
+    };
+    std::thread::spawn(move || loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Round up so that the deadline has passed on wake-up.
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            return; // ended in time
+        }
+        if n == 0 {
+            timed_out.store(true, Ordering::SeqCst);
+            // SAFETY: pidfd_send_signal with a pidfd this thread owns.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            return;
+        }
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,13 +151,17 @@ impl Container {
     ) -> Self {
         let [a, b, c] = stdio;
         let cgroup = res.cgroup.take();
+        let timed_out = Arc::new(AtomicBool::new(false));
+        if let Some(t) = timeout {
+            watchdog(&pidfd, start + t, timed_out.clone());
+        }
         Container {
             id,
             pid,
             pidfd,
             status_rd,
             start,
-            timeout,
+            timed_out,
             startup: None,
             host_overhead: None,
             stdio: [Mutex::new(a), Mutex::new(b), Mutex::new(c)],
@@ -159,34 +202,18 @@ impl Container {
         let _ = self.wait();
     }
 
-    /// Waits for the shim to end (killing it at the timeout); returns
-    /// whether the timeout struck.
+    /// Waits for the shim to end; returns whether the timeout struck.
     fn await_exit(&self) -> Result<bool, Error> {
-        let deadline = self.timeout.map(|t| self.start + t);
-        let mut timed_out = false;
         loop {
-            let wait_ms: i32 = match deadline {
-                Some(d) if !timed_out => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    // Round up so that the deadline has passed on wake-up.
-                    left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
-                }
-                _ => -1,
-            };
             let mut pfd = libc::pollfd {
                 fd: self.pidfd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
             // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-            let n = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+            let n = unsafe { libc::poll(&mut pfd, 1, -1) };
             if n > 0 {
-                return Ok(timed_out);
-            }
-            if n == 0 {
-                timed_out = true;
-                self.send(libc::SIGKILL)?;
-                continue;
+                return Ok(self.timed_out.load(Ordering::SeqCst));
             }
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINTR) {

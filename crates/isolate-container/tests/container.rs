@@ -1,0 +1,591 @@
+//! Container mode end to end, as root, on a busybox rootfs built by the
+//! test. Each test checks that its run left nothing behind.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{can_run, collect, leftovers, rootfs, sh};
+use isolate_container::ContainerIsolator;
+use isolate_core::{Error, ExecFailure, Isolator, Outcome, Status, Stdio, Volume, Workload};
+
+/// Runs `w`, returns outcome and output, and asserts nothing is left behind.
+fn run(w: &Workload) -> (Outcome, String, String) {
+    w.validate().expect("valid workload");
+    let r = ContainerIsolator::new()
+        .spawn(w)
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    let id = r.id().to_string();
+    let got = collect(&*r);
+    drop(r);
+    assert_no_leftovers(&id);
+    got
+}
+
+fn assert_no_leftovers(id: &str) {
+    let left = leftovers(id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn spawn_err(w: &Workload) -> Error {
+    match ContainerIsolator::new().spawn(w) {
+        Ok(r) => panic!("spawned {:?}", r.wait()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn hostname_is_its_own() {
+    if !can_run("hostname_is_its_own") {
+        return;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let (o, out, _) = run(&sh("hostname"));
+    assert!(o.success());
+    assert_eq!(out, "isolate\n");
+    assert_ne!(out, host);
+    let mut w = sh("hostname");
+    w.hostname("sandbox-7");
+    assert_eq!(run(&w).1, "sandbox-7\n");
+}
+
+#[test]
+fn sees_only_its_own_processes() {
+    if !can_run("sees_only_its_own_processes") {
+        return;
+    }
+    let (o, out, err) = run(&sh(
+        "ls /proc | grep -c '^[0-9]'; ps -o pid,comm | tail -n +2",
+    ));
+    assert!(o.success(), "{err}");
+    let mut lines = out.lines();
+    let count: u32 = lines.next().unwrap().trim().parse().unwrap();
+    // The shim (1), sh (2), and ls/grep of the pipeline.
+    assert!(count <= 4, "{out}");
+    let pids: Vec<u32> = lines
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(pids.contains(&1) && pids.contains(&2), "{out}");
+    assert!(pids.iter().all(|&p| p < 10), "{out}");
+}
+
+#[test]
+fn init_reaps_orphans_and_app_is_pid_2() {
+    if !can_run("init_reaps_orphans_and_app_is_pid_2") {
+        return;
+    }
+    // The inner sh exits at once and leaves its `sleep` child orphaned,
+    // which then ends: PID 1 must reap it (no zombie left).
+    let (o, out, err) = run(&sh(
+        "echo $$; sh -c 'sleep 0.1 &'; sleep 0.5; ps -o stat,comm | grep -c '^ *Z' || true",
+    ));
+    assert!(o.success(), "{err}");
+    let mut l = out.lines();
+    assert_eq!(l.next(), Some("2"));
+    assert_eq!(l.next(), Some("0"), "zombies left: {out}");
+}
+
+#[test]
+fn signals_are_forwarded_to_the_app() {
+    if !can_run("signals_are_forwarded_to_the_app") {
+        return;
+    }
+    let mut w = Workload::new("/bin/sleep");
+    w.arg("30").rootfs(rootfs().unwrap());
+    let r = ContainerIsolator::new().spawn(&w).unwrap();
+    r.signal(libc::SIGTERM).unwrap();
+    let o = r.wait().unwrap();
+    assert_eq!(o.status, Status::Signaled(libc::SIGTERM));
+    assert_eq!(o.exit_code(), 143);
+    assert!(o.wall_time < Duration::from_secs(10));
+    assert_no_leftovers(r.id());
+}
+
+#[test]
+fn exit_codes_signals_and_timeout_map() {
+    if !can_run("exit_codes_signals_and_timeout_map") {
+        return;
+    }
+    assert_eq!(run(&sh("exit 3")).0.status, Status::Exited(3));
+    assert_eq!(
+        run(&sh("kill -TERM $$; sleep 5")).0.status,
+        Status::Signaled(libc::SIGTERM)
+    );
+    let mut w = sh("sleep 30");
+    w.timeout(Duration::from_millis(300));
+    let t = Instant::now();
+    let (o, _, _) = run(&w);
+    assert_eq!(o.status, Status::TimedOut);
+    assert_eq!(o.exit_code(), 124);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(o.startup_time.unwrap() < o.wall_time);
+}
+
+#[test]
+fn kill_and_drop_end_the_container() {
+    if !can_run("kill_and_drop_end_the_container") {
+        return;
+    }
+    let mut w = sh("sleep 30");
+    w.stdout(Stdio::Null);
+    let iso = ContainerIsolator::new();
+    let r = iso.spawn(&w).unwrap();
+    r.kill().unwrap();
+    assert_eq!(r.wait().unwrap().status, Status::Signaled(libc::SIGKILL));
+    assert_no_leftovers(r.id());
+    let r = iso.spawn(&w).unwrap();
+    let id = r.id().to_string();
+    drop(r);
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn stdio_is_piped_separately() {
+    if !can_run("stdio_is_piped_separately") {
+        return;
+    }
+    let mut w = sh("cat; echo err >&2; exit 0");
+    w.stdin(Stdio::Piped);
+    let r = ContainerIsolator::new().spawn(&w).unwrap();
+    let mut input = r.take_stdin().unwrap();
+    input.write_all(b"hello\nworld\n").unwrap();
+    drop(input);
+    let (o, out, err) = collect(&*r);
+    assert!(o.success());
+    assert_eq!(out, "hello\nworld\n");
+    assert_eq!(err, "err\n");
+    assert_no_leftovers(r.id());
+}
+
+#[test]
+fn env_cwd_and_user_are_applied() {
+    if !can_run("env_cwd_and_user_are_applied") {
+        return;
+    }
+    let mut w = sh("echo \"$GREETING\"; pwd; id -u; id -g; grep CapEff /proc/self/status");
+    w.env("GREETING", "hello world")
+        .current_dir("/tmp/work")
+        .user(1000, 1001);
+    let (o, out, err) = run(&w);
+    assert!(o.success(), "{err}");
+    assert_eq!(
+        out,
+        "hello world\n/tmp/work\n1000\n1001\nCapEff:\t0000000000000000\n"
+    );
+}
+
+#[test]
+fn fork_bomb_stops_at_the_pids_limit() {
+    if !can_run("fork_bomb_stops_at_the_pids_limit") {
+        return;
+    }
+    // Counting uses shell builtins only: no fork is possible at the limit.
+    let mut w = sh(
+        "(for i in $(seq 1 60); do sleep 10 & done); n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo $n",
+    );
+    w.pids(16).timeout(Duration::from_secs(30));
+    let (o, out, err) = run(&w);
+    let n: u32 = out.trim().parse().unwrap_or_else(|_| panic!("{out} {err}"));
+    assert!(n <= 16, "{n} processes under a limit of 16");
+    assert!(err.contains("fork"), "{err}");
+    assert!(o.wall_time < Duration::from_secs(10));
+}
+
+#[test]
+fn memory_hog_is_oom_killed_and_reported() {
+    if !can_run("memory_hog_is_oom_killed_and_reported") {
+        return;
+    }
+    let mut w = Workload::new("tail");
+    w.arg("/dev/zero")
+        .rootfs(rootfs().unwrap())
+        .memory(32 << 20)
+        .timeout(Duration::from_secs(30));
+    let (o, _, _) = run(&w);
+    assert_eq!(o.status, Status::OomKilled);
+    assert_eq!(o.exit_code(), 137);
+    let peak = o.peak_memory.expect("peak memory reported");
+    assert!(peak > 16 << 20 && peak <= 33 << 20, "peak {peak}");
+    assert!(o.cpu_time.is_some());
+}
+
+#[test]
+fn read_only_root_refuses_writes_but_tmp_works() {
+    if !can_run("read_only_root_refuses_writes_but_tmp_works") {
+        return;
+    }
+    let mut w = sh("echo x > /file-on-root; echo ok > /tmp/f && cat /tmp/f");
+    w.read_only(true);
+    let (o, out, err) = run(&w);
+    assert!(o.success());
+    assert_eq!(out, "ok\n");
+    assert!(err.contains("Read-only"), "{err}");
+    assert!(!rootfs().unwrap().join("file-on-root").exists());
+}
+
+#[test]
+fn writes_to_the_root_vanish_and_rootfs_is_unchanged() {
+    if !can_run("writes_to_the_root_vanish_and_rootfs_is_unchanged") {
+        return;
+    }
+    let root = rootfs().unwrap();
+    let (o, out, err) = run(&sh(
+        "echo changed > /etc/marker; rm /etc/not-exec; touch /new-file; cat /etc/marker",
+    ));
+    assert!(o.success(), "{err}");
+    assert_eq!(out, "changed\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/marker")).unwrap(),
+        "original\n"
+    );
+    assert!(root.join("etc/not-exec").exists());
+    assert!(!root.join("new-file").exists());
+    let (_, out, _) = run(&sh("cat /etc/marker; test -e /new-file && echo leaked"));
+    assert_eq!(out, "original\n");
+}
+
+#[test]
+fn mount_unshare_and_reboot_are_denied() {
+    if !can_run("mount_unshare_and_reboot_are_denied") {
+        return;
+    }
+    for (cmd, expect) in [
+        ("mount -t tmpfs none /mnt", "denied"),
+        ("unshare -U true", "not permitted"),
+        ("unshare -n true", "not permitted"),
+        ("reboot -f", "not permitted"),
+    ] {
+        let mut w = sh(&format!("mkdir -p /mnt; {cmd}"));
+        w.stdout(Stdio::Null);
+        let (o, _, err) = run(&w);
+        assert!(!o.success(), "{cmd} succeeded");
+        assert!(err.to_lowercase().contains(expect), "{cmd}: {err}");
+    }
+}
+
+#[test]
+fn proc_and_sys_are_masked_and_read_only() {
+    if !can_run("proc_and_sys_are_masked_and_read_only") {
+        return;
+    }
+    let (o, out, err) = run(&sh("wc -c < /proc/keys; wc -c < /proc/timer_list; \
+         (cat /proc/kcore 2>/dev/null || true) | wc -c; \
+         find /proc/acpi /sys/firmware -mindepth 1 2>/dev/null | wc -l; \
+         echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null || echo ro-sys; \
+         touch /sys/x 2>/dev/null || echo ro-sysfs; \
+         test -e /dev/kvm || echo no-kvm; \
+         grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '"));
+    assert!(o.success(), "{err}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        [
+            "0",
+            "0",
+            "0",
+            "0",
+            "ro-sys",
+            "ro-sysfs",
+            "no-kvm",
+            "NoNewPrivs: 1",
+            "Seccomp: 2"
+        ],
+        "{out}"
+    );
+}
+
+#[test]
+fn capabilities_default_to_dockers_set() {
+    if !can_run("capabilities_default_to_dockers_set") {
+        return;
+    }
+    // The 14 names' numbers, from <linux/capability.h>.
+    let expected: u64 = [0u32, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31]
+        .iter()
+        .map(|n| 1u64 << n)
+        .sum();
+    let script = "grep -E '^Cap(Eff|Bnd|Inh|Amb)' /proc/self/status";
+    let (_, out, _) = run(&sh(script));
+    assert!(out.contains(&format!("CapEff:\t{expected:016x}")), "{out}");
+    assert!(out.contains(&format!("CapBnd:\t{expected:016x}")), "{out}");
+    assert!(out.contains("CapInh:\t0000000000000000"), "{out}");
+    assert!(out.contains("CapAmb:\t0000000000000000"), "{out}");
+
+    let mut w = sh(script);
+    w.capabilities.add.push("NET_ADMIN".into());
+    w.capabilities.drop.push("CHOWN".into());
+    let (_, out, _) = run(&w);
+    let changed = (expected | 1 << 12) & !1;
+    assert!(out.contains(&format!("CapEff:\t{changed:016x}")), "{out}");
+
+    let mut w = sh("chown 1 /tmp");
+    w.capabilities.drop.push("ALL".into());
+    let (o, _, err) = run(&w);
+    assert!(!o.success() && err.contains("not permitted"), "{err}");
+}
+
+#[test]
+fn host_volume_is_visible_and_read_only_enforced() {
+    if !can_run("host_volume_is_visible_and_read_only_enforced") {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in"), "from host\n").unwrap();
+    let mut w = sh("cat /mnt/host/in; echo back > /mnt/host/out");
+    w.volume(Volume::host(host.path(), "/mnt/host"));
+    let (o, out, err) = run(&w);
+    assert!(o.success(), "{err}");
+    assert_eq!(out, "from host\n");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out")).unwrap(),
+        "back\n"
+    );
+
+    let mut w = sh("cat /mnt/host/in; echo again > /mnt/host/out");
+    w.volume(Volume::host(host.path(), "/mnt/host").read_only());
+    let (o, out, err) = run(&w);
+    assert!(!o.success());
+    assert_eq!(out, "from host\n");
+    assert!(err.contains("Read-only"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out")).unwrap(),
+        "back\n"
+    );
+}
+
+#[test]
+fn named_volume_survives_into_the_next_run() {
+    if !can_run("named_volume_survives_into_the_next_run") {
+        return;
+    }
+    if !std::path::Path::new("/sbin/mkfs.ext4").exists() {
+        eprintln!("SKIP named_volume_survives_into_the_next_run: no mkfs.ext4 (apt-get install e2fsprogs)");
+        return;
+    }
+    common::private_home();
+    let name = format!("ctest-{}", std::process::id());
+    let mut w = sh("echo persisted > /data/f && sync");
+    w.volume(Volume::named(&name, "/data"));
+    let (o, _, err) = run(&w);
+    assert!(o.success(), "{err}");
+    let mut w = sh("cat /data/f");
+    w.volume(Volume::named(&name, "/data"));
+    let (o, out, err) = run(&w);
+    assert!(o.success(), "{err}");
+    assert_eq!(out, "persisted\n");
+    let image = isolate_core::volume::image_path(&name);
+    // The loop devices detached themselves (autoclear).
+    let attached = || {
+        std::fs::read_dir("/sys/block").unwrap().flatten().any(|d| {
+            std::fs::read_to_string(d.path().join("loop/backing_file"))
+                .is_ok_and(|b| b.trim() == image.to_str().unwrap())
+        })
+    };
+    let t = Instant::now();
+    while attached() && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !attached(),
+        "loop device still attached to {}",
+        image.display()
+    );
+    let _ = std::fs::remove_file(image);
+}
+
+#[test]
+fn bad_input_gets_one_clear_error_and_leaves_nothing() {
+    if !can_run("bad_input_gets_one_clear_error_and_leaves_nothing") {
+        return;
+    }
+    let mut w = Workload::new("/bin/true");
+    w.rootfs("/no/such/rootfs").name("bad-rootfs");
+    let e = spawn_err(&w);
+    assert_eq!(e.exit_code(), 125);
+    assert!(e.chain().contains("/no/such/rootfs"), "{}", e.chain());
+
+    let mut w = Workload::new("/no/such/program");
+    w.rootfs(rootfs().unwrap()).name("bad-cmd");
+    let e = spawn_err(&w);
+    assert!(
+        matches!(
+            e,
+            Error::Exec {
+                kind: ExecFailure::NotFound,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.exit_code(), 127);
+    assert_no_leftovers("bad-cmd");
+
+    let mut w = Workload::new("nosuchcmd");
+    w.rootfs(rootfs().unwrap()).name("bad-path-cmd");
+    assert_eq!(spawn_err(&w).exit_code(), 127);
+    assert_no_leftovers("bad-path-cmd");
+
+    let mut w = Workload::new("/etc/not-exec");
+    w.rootfs(rootfs().unwrap()).name("bad-exec");
+    let e = spawn_err(&w);
+    assert!(
+        matches!(
+            e,
+            Error::Exec {
+                kind: ExecFailure::NotExecutable,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.exit_code(), 126);
+    assert_no_leftovers("bad-exec");
+
+    let mut w = Workload::new("/bin/true");
+    w.rootfs(rootfs().unwrap())
+        .name("bad-vol-src")
+        .volume(Volume::host("/no/such/dir", "/data"));
+    let e = spawn_err(&w);
+    assert_eq!(e.exit_code(), 125);
+    assert!(e.chain().contains("/no/such/dir"), "{}", e.chain());
+    assert_no_leftovers("bad-vol-src");
+
+    // A target that climbs out of the root through a symlink.
+    let root = tempfile::tempdir().unwrap();
+    copy_root(rootfs().unwrap(), root.path());
+    std::os::unix::fs::symlink("../../../../../tmp", root.path().join("escape")).unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let mut w = Workload::new("/bin/true");
+    w.rootfs(root.path())
+        .name("bad-vol-dst")
+        .volume(Volume::host(host.path(), "/escape/x"));
+    let e = spawn_err(&w);
+    assert_eq!(e.exit_code(), 125);
+    assert!(e.chain().contains("leaves the root"), "{}", e.chain());
+    assert_no_leftovers("bad-vol-dst");
+}
+
+/// A shallow copy of the test rootfs (busybox binary and applet links).
+fn copy_root(from: &std::path::Path, to: &std::path::Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn named_workload_is_registered_and_updatable() {
+    if !can_run("named_workload_is_registered_and_updatable") {
+        return;
+    }
+    let name = format!("ctest-upd-{}", std::process::id());
+    let mut w = sh("sleep 30");
+    w.name(&name).memory(64 << 20).stdout(Stdio::Null);
+    let r = ContainerIsolator::new().spawn(&w).unwrap();
+    assert_eq!(r.id(), name);
+    let rec = isolate_core::state::get_live(&name).unwrap();
+    assert_eq!(rec.mode, isolate_core::Mode::Container);
+    assert!(
+        rec.cgroup.ends_with(&format!("ct-{name}")),
+        "{}",
+        rec.cgroup
+    );
+    // Another process would open the cgroup by the record's path.
+    let cg = isolate_cgroups::Cgroup::open(&rec.cgroup).unwrap();
+    assert_eq!(cg.stats().unwrap().memory_limit, Some(64 << 20));
+    r.update(&isolate_core::Limits {
+        memory: Some(128 << 20),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(r.stats().unwrap().memory_limit, Some(128 << 20));
+    assert!(r.stats().unwrap().pids_current.unwrap() >= 2);
+    // SAFETY: kill(2) with the recorded pid of the container's init.
+    assert_eq!(unsafe { libc::kill(rec.pid as i32, libc::SIGTERM) }, 0);
+    assert_eq!(r.wait().unwrap().status, Status::Signaled(libc::SIGTERM));
+    assert!(isolate_core::state::get(&name).unwrap().is_none());
+    assert_no_leftovers(&name);
+}
+
+/// Helper for `killed_isolate_leaves_nothing_after_cleanup`: run in a
+/// child process, spawns a named container and waits forever.
+#[test]
+#[ignore]
+fn helper_spawn_and_hang() {
+    let Ok(name) = std::env::var("ISOLATE_TEST_HANG_NAME") else {
+        return;
+    };
+    let mut w = sh("sleep 60");
+    w.name(&name).stdout(Stdio::Null).stderr(Stdio::Null);
+    let r = ContainerIsolator::new().spawn(&w).unwrap();
+    println!("ready {}", r.id());
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn killed_isolate_leaves_nothing_after_cleanup() {
+    if !can_run("killed_isolate_leaves_nothing_after_cleanup") {
+        return;
+    }
+    let name = format!("ctest-kill9-{}", std::process::id());
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_spawn_and_hang",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("ISOLATE_TEST_HANG_NAME", &name)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = String::new();
+    let t = Instant::now();
+    while !buf.contains("ready") && t.elapsed() < Duration::from_secs(20) {
+        let mut b = [0u8; 256];
+        let n = out.read(&mut b).unwrap();
+        if n == 0 {
+            break;
+        }
+        buf.push_str(&String::from_utf8_lossy(&b[..n]));
+    }
+    assert!(buf.contains("ready"), "helper did not start: {buf}");
+    let rec = isolate_core::state::get_live(&name).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // PDEATHSIG: the container's init dies with isolate.
+    let t = Instant::now();
+    while rec.alive() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!rec.alive(), "container init outlived isolate");
+    // (Another test's spawn may already have cleaned up: each spawn does.)
+    isolate_container::cleanup_stale();
+    assert_no_leftovers(&name);
+    assert!(isolate_core::state::get_live(&name).is_err());
+}
+
+#[test]
+fn concurrent_spawns_do_not_hold_each_others_pipes() {
+    if !can_run("concurrent_spawns_do_not_hold_each_others_pipes") {
+        return;
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let (o, out, _) = run(&sh(&format!("echo {i}")));
+                assert!(o.success());
+                assert_eq!(out, format!("{i}\n"));
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
