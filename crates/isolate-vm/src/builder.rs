@@ -14,7 +14,8 @@
 //!    0x60–0x64 for the reset), then on the virtio-mmio bus
 //!    [`attach_console`] ×3 (stdin+stdout, stderr, control — the order the
 //!    guest init expects) and [`attach_block`] per disk;
-//! 5. the kernel command line (announcing each virtio-mmio device) and the
+//! 5. the kernel command line (announcing each virtio-mmio device), the MP
+//!    table (vCPUs, IOAPIC, interrupt routing: there is no ACPI) and the
 //!    boot information (`boot_params` or PVH `hvm_start_info`);
 //! 6. [`cpu::configure_vcpu`] for each vCPU: CPUID, MSRs, FPU, LAPIC, and
 //!    for the boot vCPU the segments, page tables and registers of the entry.
@@ -86,6 +87,9 @@ pub enum BuildError {
     /// The boot information.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// The MP table.
+    #[error(transparent)]
+    Mptable(#[from] crate::mptable::MptableError),
     /// A vCPU.
     #[error("vCPU {0}")]
     Cpu(u8, #[source] CpuError),
@@ -270,6 +274,7 @@ pub fn build(kvm: Kvm, spec: &BootSpec, sinks: ConsoleSinks) -> Result<MicroVm, 
         Entry::Pvh(addr) => (addr.raw_value(), true, None),
         Entry::Linux64 { addr, header } => (addr.raw_value(), false, header),
     };
+    crate::mptable::write(&machine.mem, spec.vcpus)?;
     boot::write_boot_info(
         &machine.mem,
         pvh,

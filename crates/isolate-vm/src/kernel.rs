@@ -91,7 +91,11 @@ pub struct KernelInfo {
 }
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
-const PVM_SYMBOL: &[u8] = b"\0pvm_early_setup\0";
+/// The PVM guest's symbol, NUL-delimited as in a string table. Assembled at
+/// run time so that this program's own binary does not contain it.
+fn pvm_symbol() -> Vec<u8> {
+    [b"\0pvm_early".as_slice(), b"_setup\0"].concat()
+}
 
 fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> KernelError + '_ {
     move |source| KernelError::Read {
@@ -165,7 +169,8 @@ pub fn probe(path: &Path) -> Result<KernelInfo, KernelError> {
         if needed > actual {
             return Err(truncated(needed));
         }
-        let pvm_capable = opt_in || file_contains(&mut file, PVM_SYMBOL).map_err(read_err(path))?;
+        let pvm_capable =
+            opt_in || file_contains(&mut file, &pvm_symbol()).map_err(read_err(path))?;
         return Ok(KernelInfo {
             format: Format::Elf,
             footprint_end,
@@ -361,10 +366,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut b = tiny_elf(0x1000);
         b.resize((1 << 20) - 5, 0);
-        b.extend_from_slice(PVM_SYMBOL);
+        b.extend_from_slice(&pvm_symbol());
         let p = write(&dir, "vmlinux", &b);
         let mut f = File::open(&p).unwrap();
-        assert!(file_contains(&mut f, PVM_SYMBOL).unwrap());
+        assert!(file_contains(&mut f, &pvm_symbol()).unwrap());
         assert!(!file_contains(&mut f, b"\0not_there\0").unwrap());
     }
 

@@ -8,6 +8,7 @@ pub mod host;
 mod isolator;
 pub mod kernel;
 pub mod layout;
+pub mod mptable;
 mod probe;
 pub mod seccomp;
 pub mod sizing;
