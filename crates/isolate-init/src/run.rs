@@ -372,7 +372,12 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
                 Ok(n) if n > 0 => {
                     for msg in lines.push(&buf[..n]) {
                         match msg {
-                            ControlMessage::StdinEof => eof = true,
+                            ControlMessage::StdinEof => {
+                                eof = true;
+                                if source_open {
+                                    drain_source(ports, &mut pending);
+                                }
+                            }
                             ControlMessage::Signal { signo } => {
                                 // SAFETY: kill(2) on the workload's pid; the
                                 // kernel checks the signal number.
@@ -434,6 +439,29 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
                 // Cannot happen (only this loop reaps it); stop waiting.
                 Err(_) => return WaitStatus::Exited(workload, 255),
             }
+        }
+    }
+}
+
+/// Reads what is still on its way on hvc0 when `stdin_eof` arrives: the
+/// host sent the data before the message, but the two ports deliver
+/// independently, so data may trail the message by a few milliseconds.
+/// Reads until hvc0 stays quiet for 20 ms.
+fn drain_source(ports: &Ports, pending: &mut Vec<u8>) {
+    let Some(src) = &ports.stdin_source else {
+        return;
+    };
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(20u8)) {
+            Ok(n) if n > 0 => match read_fd(src.as_fd(), &mut buf) {
+                Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                _ => return,
+            },
+            Err(Errno::EINTR) => {}
+            _ => return,
         }
     }
 }
