@@ -65,15 +65,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# spec ARGV_JSON [KEY=VALUE...]: a GuestSpec; keys: hostname read_only memory pids stdin
+# spec ARGV_JSON [KEY=VALUE...]: a GuestSpec; keys: hostname read_only memory
+# pids stdin volumes (JSON)
 spec() {
     local argv=$1; shift
-    local hostname=isolate-test read_only=false memory=67108864 pids=64 stdin=false kv
+    local hostname=isolate-test read_only=false memory=67108864 pids=64 stdin=false volumes='[]' kv
     for kv in "$@"; do local "${kv%%=*}=${kv#*=}"; done
     printf '{"argv":%s,"env":[["PATH","/usr/sbin:/usr/bin:/sbin:/bin"],["HOME","/root"]],' "$argv"
     printf '"cwd":"/","uid":0,"gid":0,"hostname":"%s","root":"initramfs","read_only":%s,' "$hostname" "$read_only"
-    printf '"volumes":[],"memory_limit":%s,"pids_limit":%s,"loopback":true,"stdin":%s}\n' "$memory" "$pids" "$stdin"
+    printf '"volumes":%s,"memory_limit":%s,"pids_limit":%s,"loopback":true,"stdin":%s}\n' \
+        "$volumes" "$memory" "$pids" "$stdin"
 }
+
+# Per boot: ROOT_BLOCK (guest device of a block-image root, else the root is
+# the initramfs) and VOLUMES (image files attached after it).
+ROOT_BLOCK=
+VOLUMES=()
 
 # boot NAME MODE SPEC_JSON [STDIN_TEXT]: boots one VM. Leaves, in $WORK/NAME.*:
 #   console (ttyS0, \r removed), control (control lines, prefix removed),
@@ -82,13 +89,24 @@ boot() {
     local name=$1 mode=$2 spec_json=$3 stdin_text=${4:-}
     local w="$WORK/$name"
     printf '%s' "$spec_json" >"$w.spec.json"
-    "$MAKE_INITRD" --spec-json "$w.spec.json" "$w.initrd" 2>"$w.make.log" || {
+    local mk=("$MAKE_INITRD" --spec-json "$w.spec.json")
+    [[ -n "$ROOT_BLOCK" ]] && mk+=(--block "$ROOT_BLOCK")
+    local image
+    image=$("${mk[@]}" "$w.initrd" 2>"$w.make.log") || {
         cat "$w.make.log"
         die "make-initrd failed"
     }
     local args=(-M "$MACHINE" -accel tcg -cpu max -m 256M -smp 1
         -nodefaults -no-user-config -nographic -no-reboot
         -serial "file:$w.serial" -kernel "$KERNEL" -initrd "$w.initrd" -append "$CMDLINE")
+    # Block devices in guest order: the root image (vda), then the volumes.
+    local drives=() i=0 d
+    [[ -n "$ROOT_BLOCK" ]] && drives+=("$image,readonly=on")
+    drives+=("${VOLUMES[@]}")
+    for d in "${drives[@]}"; do
+        args+=(-drive "if=none,id=blk$i,format=raw,file=$d" -device "virtio-blk-device,drive=blk$i")
+        i=$((i + 1))
+    done
     local readers=()
     if [[ $mode == ports ]]; then
         local n
@@ -223,6 +241,41 @@ if wanted oom; then
     boot oom $M "$(spec '["sh","-c","x=$(yes | head -c 200000000); echo survived"]' memory=33554432)"
     check oom $M "memory limit hit: oom_killed" \
         eval 'exit_is oom "\"oom_killed\"" && lacks_text oom.console survived'
+fi
+
+# ------------------------------------------------------------ block root and volumes
+volume_image() { # volume_image FILE: a fresh 16 MiB ext4 volume
+    rm -f "$1"
+    truncate -s 16M "$1" && mkfs.ext4 -q -F "$1" >/dev/null
+}
+if wanted block; then
+    ROOT_BLOCK=/dev/vda
+    boot block $M "$(spec '["sh","-c","cat /proc/mounts; echo x > /etc/x && cat /etc/x"]')"
+    ROOT_BLOCK=
+    check block $M "block image root with a writable overlay" \
+        eval 'grep -q "^overlay / overlay" $WORK/block.console && has_line block.console x && exit_is block "{\"exited\":0}"'
+fi
+if wanted block-ro; then
+    ROOT_BLOCK=/dev/vda
+    boot block-ro $M "$(spec '["sh","-c","touch /x 2>/dev/null && echo root-writable || echo root-read-only; touch /tmp/y && echo tmp-writable"]' read_only=true)"
+    ROOT_BLOCK=
+    check block-ro $M "read-only block root, /tmp writable" \
+        eval 'has_line block-ro.console root-read-only && has_line block-ro.console tmp-writable'
+fi
+if wanted volume; then
+    volume_image "$WORK/vol.ext4"
+    VOLUMES=("$WORK/vol.ext4")
+    V='[{"device":"/dev/vda","target":"/data","read_only":false,"fstype":"ext4"}]'
+    boot volume $M "$(spec '["sh","-c","echo persisted > /data/f"]' volumes="$V")"
+    VOLUMES=()
+    check volume $M "volume written, synced and unmounted before the end" \
+        eval 'exit_is volume "{\"exited\":0}" && [[ "$(debugfs -R "cat /f" $WORK/vol.ext4 2>/dev/null)" == persisted ]]'
+    VOLUMES=("$WORK/vol.ext4")
+    V='[{"device":"/dev/vda","target":"/mnt/ro","read_only":true,"fstype":"ext4"}]'
+    boot volume-ro $M "$(spec '["sh","-c","cat /mnt/ro/f; echo y > /mnt/ro/g || echo refused"]' volumes="$V")"
+    VOLUMES=()
+    check volume-ro $M "read-only volume readable, not writable" \
+        eval 'has_line volume-ro.console persisted && has_line volume-ro.console refused'
 fi
 
 # ------------------------------------------------------------ virtio console ports

@@ -15,8 +15,11 @@
 //!
 //! Cached images are named by a SHA-256 over the tree's metadata (paths,
 //! types, modes, owners, sizes, mtimes, ctimes, link targets, device
-//! numbers) and the init's bytes, so a second call with an unchanged rootfs
-//! returns the same file without rebuilding it. Images are written to a
+//! numbers) and the init's identity (inode, size, mtime, ctime), so a second
+//! call with an unchanged rootfs returns the same file without rebuilding it
+//! or reading file contents (a hit on the default rootfs takes about 1 ms).
+//! Any write to a file moves its ctime, which only the kernel can set, so
+//! changed content is a miss. Images are written to a
 //! temporary file and renamed into place. Nothing evicts old images: delete
 //! `${ISOLATE_HOME}/images/` to reclaim the space.
 //!
@@ -476,29 +479,22 @@ fn add_init(w: &mut CpioWriter<BufWriter<File>>, init_binary: &Path) -> Result<(
         .map_err(|source| archive_err(init_binary, source))
 }
 
+/// Feeds a file's identity into `h`: device, inode, size, mtime and ctime
+/// (ctime moves on every write, an install by rename gives a new inode),
+/// so a cache hit does not read the file.
 fn hash_file_into(path: &Path, h: &mut Sha256) -> Result<()> {
-    let mut f = File::open(path).map_err(|source| Error::Read {
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut hw = HashWriter(h);
-    std::io::copy(&mut f, &mut hw).map_err(|source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    for v in [md.dev(), md.ino(), md.size()] {
+        h.update(v.to_le_bytes());
+    }
+    for v in [md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()] {
+        h.update(v.to_le_bytes());
+    }
     Ok(())
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn hex16(h: Sha256) -> String {
