@@ -96,24 +96,51 @@ impl Default for SerialLog {
     }
 }
 
+/// Echoed output is written to stderr a line at a time, or at this size.
+const ECHO_CHUNK: usize = 1024;
+
 /// Where the UART's transmitted bytes go: the log, and stderr if asked.
 struct Sink {
     log: SerialLog,
-    echo: bool,
+    echo: Option<Box<dyn Write + Send>>,
+    /// Echo bytes not yet written to stderr (the UART sends one byte at a time).
+    pending: Vec<u8>,
+}
+
+impl Sink {
+    fn write_echo(&mut self) {
+        if let Some(echo) = self.echo.as_mut() {
+            // The console copy is best effort: a closed stderr must not stop the guest.
+            let _ = echo.write_all(&self.pending);
+            let _ = echo.flush();
+        }
+        self.pending.clear();
+    }
 }
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.log.push(buf);
-        if self.echo {
-            // The console copy is best effort: a closed stderr must not stop the guest.
-            let _ = io::stderr().write_all(buf);
+        if self.echo.is_some() {
+            self.pending.extend_from_slice(buf);
+            if buf.contains(&b'\n') || self.pending.len() >= ECHO_CHUNK {
+                self.write_echo();
+            }
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        // vm-superio flushes after every byte: keep lines together instead.
         Ok(())
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            self.write_echo();
+        }
     }
 }
 
@@ -138,8 +165,29 @@ impl Serial {
     /// A UART raising `irq` (IRQ 4) whose output goes to `log`, and to
     /// stderr too when `echo` is true.
     pub fn new(irq: Arc<dyn Interrupt>, log: SerialLog, echo: bool) -> Self {
+        let echo: Option<Box<dyn Write + Send>> = match echo {
+            true => Some(Box::new(io::stderr())),
+            false => None,
+        };
+        Self::with_echo(irq, log, echo)
+    }
+
+    /// Like [`new`](Self::new), copying the output, a line at a time, to
+    /// `echo` instead of stderr.
+    pub fn with_echo(
+        irq: Arc<dyn Interrupt>,
+        log: SerialLog,
+        echo: Option<Box<dyn Write + Send>>,
+    ) -> Self {
         Self {
-            uart: vm_superio::Serial::new(IrqTrigger(irq), Sink { log, echo }),
+            uart: vm_superio::Serial::new(
+                IrqTrigger(irq),
+                Sink {
+                    log,
+                    echo,
+                    pending: Vec::new(),
+                },
+            ),
         }
     }
 
@@ -248,6 +296,33 @@ mod tests {
         let mut wide = [0u8; 2];
         s.read(0, &mut wide);
         assert_eq!(wide, [0xff, 0xff]);
+    }
+
+    /// A `Write` that records each call.
+    #[derive(Clone, Default)]
+    struct Calls(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn echo_copies_whole_lines() {
+        let calls = Calls::default();
+        let irq = Arc::new(CountingIrq::default());
+        let mut s = Serial::with_echo(irq, SerialLog::new(3), Some(Box::new(calls.clone())));
+        print(&mut s, "first line\nsecond");
+        assert_eq!(*calls.0.lock().unwrap(), vec![b"first line\n".to_vec()]);
+        drop(s);
+        let got = calls.0.lock().unwrap();
+        assert_eq!(got.len(), 2, "the unterminated line is written at the end");
+        assert_eq!(got[1], b"second");
     }
 
     #[test]

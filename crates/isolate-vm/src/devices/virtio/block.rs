@@ -12,6 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -43,12 +44,23 @@ const IO_CHUNK: usize = 128 * 1024;
 /// the write-zeroes fields).
 const CONFIG_LEN: usize = 60;
 
+/// `bounce`, allocated on first use, cut to `len` bytes (1..=`IO_CHUNK`).
+fn bounce(bounce: &mut Vec<u8>, len: u64) -> &mut [u8] {
+    if bounce.is_empty() {
+        *bounce = vec![0; IO_CHUNK];
+    }
+    let n = len.clamp(1, IO_CHUNK as u64) as usize;
+    &mut bounce[..n]
+}
+
 /// The host side of the disk.
 struct Disk {
     file: File,
     sectors: u64,
     read_only: bool,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    /// Bounce buffer between the file and guest memory, reused across requests.
+    bounce: Vec<u8>,
 }
 
 /// Outcome of one request: status byte and bytes written to guest buffers
@@ -85,7 +97,7 @@ impl Disk {
 
     /// Serves one request chain; returns the number of bytes written to the
     /// chain (0 if there is no room for a status byte).
-    fn serve(&self, mem: &GuestMemoryMmap, chain: &SplitChain) -> u32 {
+    fn serve(&mut self, mem: &GuestMemoryMmap, chain: &SplitChain) -> u32 {
         let writable = chain.writable_len();
         let Some(status_at) = writable.checked_sub(1) else {
             return 0;
@@ -103,7 +115,7 @@ impl Disk {
     }
 
     /// `data_room`: device-writable bytes before the status byte.
-    fn execute(&self, mem: &GuestMemoryMmap, chain: &SplitChain, data_room: u64) -> Completion {
+    fn execute(&mut self, mem: &GuestMemoryMmap, chain: &SplitChain, data_room: u64) -> Completion {
         let mut header = [0u8; HEADER_LEN];
         if !read_stream(mem, &chain.readable, 0, &mut header) {
             return Completion::err(VIRTIO_BLK_S_IOERR);
@@ -155,13 +167,13 @@ impl Disk {
     }
 
     fn read_into_guest(
-        &self,
+        &mut self,
         mem: &GuestMemoryMmap,
         chain: &SplitChain,
         offset: u64,
         len: u64,
     ) -> Completion {
-        let mut buf = vec![0u8; (len as usize).min(IO_CHUNK)];
+        let buf = bounce(&mut self.bounce, len);
         let mut pos = 0u64;
         while pos < len {
             let n = (len - pos).min(buf.len() as u64) as usize;
@@ -182,13 +194,13 @@ impl Disk {
     }
 
     fn write_from_guest(
-        &self,
+        &mut self,
         mem: &GuestMemoryMmap,
         chain: &SplitChain,
         offset: u64,
         len: u64,
     ) -> Completion {
-        let mut buf = vec![0u8; (len as usize).min(IO_CHUNK)];
+        let buf = bounce(&mut self.bounce, len);
         let mut pos = 0u64;
         while pos < len {
             let n = (len - pos).min(buf.len() as u64) as usize;
@@ -201,6 +213,38 @@ impl Disk {
             pos += n as u64;
         }
         Completion::ok(0)
+    }
+}
+
+/// Takes an advisory lock on the whole image without waiting. Filesystems
+/// without `flock` support are used unlocked.
+fn lock_image(file: &File, read_only: bool, label: &str) -> Result<(), DeviceError> {
+    let op = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock only reads the descriptor number, which `file` keeps
+    // open for the duration of the call; it touches no memory of ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Err(DeviceError::Io {
+            context: format!(
+                "{label} is in use by another VM (it is locked{}); \
+                 stop the other run or use another image",
+                if read_only { " for writing" } else { "" }
+            ),
+            source: err,
+        }),
+        Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(()),
+        _ => Err(DeviceError::Io {
+            context: format!("cannot lock {label}"),
+            source: err,
+        }),
     }
 }
 
@@ -232,24 +276,34 @@ impl Block {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Self::new(file, read_only, &id).map_err(|e| match e {
-            DeviceError::Io { context, source } => DeviceError::Io {
-                context: format!("{context} ({})", path.display()),
-                source,
-            },
-            other => other,
-        })
+        let label = format!("disk image {}", path.display());
+        Self::from_file(file, read_only, &id, &label)
     }
 
     /// A disk over `file` (a regular file or a block device). Its capacity is
     /// the file size rounded down to whole 512-byte sectors. `id` is what
     /// `GET_ID` returns (truncated to 20 bytes); `read_only` offers
     /// `VIRTIO_BLK_F_RO` and fails every write.
-    pub fn new(mut file: File, read_only: bool, id: &str) -> Result<Self, DeviceError> {
+    ///
+    /// The file is locked (`flock`: shared if read-only, exclusive
+    /// otherwise) for as long as the device lives, so two VMs cannot write
+    /// the same image at once; a conflicting lock is an error.
+    pub fn new(file: File, read_only: bool, id: &str) -> Result<Self, DeviceError> {
+        Self::from_file(file, read_only, id, "the disk image")
+    }
+
+    /// [`new`](Self::new), naming the image `label` in errors.
+    fn from_file(
+        mut file: File,
+        read_only: bool,
+        id: &str,
+        label: &str,
+    ) -> Result<Self, DeviceError> {
+        lock_image(&file, read_only, label)?;
         let size = file
             .seek(SeekFrom::End(0))
             .map_err(|source| DeviceError::Io {
-                context: "cannot determine the size of the disk image".into(),
+                context: format!("cannot determine the size of {label}"),
                 source,
             })?;
         let sectors = size / SECTOR_SIZE;
@@ -266,6 +320,7 @@ impl Block {
                 sectors,
                 read_only,
                 id: id_bytes,
+                bounce: Vec::new(),
             },
             config,
             acked_features: 0,
@@ -667,6 +722,26 @@ mod tests {
         assert_eq!(past, [0; 4]);
         block.read_config(u64::MAX, &mut past);
         assert_eq!(past, [0; 4]);
+    }
+
+    #[test]
+    fn a_writable_image_cannot_be_opened_twice() {
+        let file = disk_file();
+        let first = Block::open(file.path(), false).unwrap();
+        let err = Block::open(file.path(), false).err().unwrap();
+        assert!(err.to_string().contains("in use by another VM"), "{err}");
+        assert!(
+            err.to_string().contains(&*file.path().to_string_lossy()),
+            "{err}"
+        );
+        assert!(Block::open(file.path(), true).is_err());
+        drop(first);
+        // Released with the device; readers share.
+        let a = Block::open(file.path(), true).unwrap();
+        let b = Block::open(file.path(), true).unwrap();
+        assert!(Block::open(file.path(), false).is_err());
+        drop((a, b));
+        Block::open(file.path(), false).unwrap();
     }
 
     #[test]
