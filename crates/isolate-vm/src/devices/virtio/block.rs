@@ -28,7 +28,7 @@ use super::{
     read_stream, write_stream, ActiveQueue, SplitChain, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
 };
-use crate::devices::{DeviceError, Interrupt};
+use crate::devices::{debug_enabled, DeviceError, Interrupt};
 
 /// Bytes per sector in the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -61,6 +61,8 @@ struct Disk {
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     /// Bounce buffer between the file and guest memory, reused across requests.
     bounce: Vec<u8>,
+    /// Requests completed with an error status.
+    failed_requests: u64,
 }
 
 /// Outcome of one request: status byte and bytes written to guest buffers
@@ -107,6 +109,18 @@ impl Disk {
         } else {
             self.execute(mem, chain, status_at)
         };
+        if done.status != VIRTIO_BLK_S_OK as u8 {
+            self.failed_requests += 1;
+            if debug_enabled() {
+                eprintln!(
+                    "virtio-blk: request failed with status {} (readable {} bytes, writable {}, misordered {})",
+                    done.status,
+                    chain.readable_len(),
+                    writable,
+                    chain.misordered
+                );
+            }
+        }
         if !write_stream(mem, &chain.writable, status_at, &[done.status]) {
             return 0;
         }
@@ -321,6 +335,7 @@ impl Block {
                 read_only,
                 id: id_bytes,
                 bounce: Vec::new(),
+                failed_requests: 0,
             },
             config,
             acked_features: 0,
@@ -331,6 +346,13 @@ impl Block {
     /// Capacity in 512-byte sectors.
     pub fn sectors(&self) -> u64 {
         self.disk.sectors
+    }
+
+    /// Requests completed with an error status (I/O error, bad request,
+    /// unsupported type). With [`DEBUG_ENV`](crate::devices::DEBUG_ENV) set,
+    /// each one is also reported on stderr.
+    pub fn failed_requests(&self) -> u64 {
+        self.disk.failed_requests
     }
 
     /// Whether writes are refused.
@@ -630,6 +652,7 @@ mod tests {
             let (_, status) = f.request(&mem, VIRTIO_BLK_T_OUT, sector, Some((1024, false)));
             assert_eq!(status, IOERR, "write at sector {sector}");
         }
+        assert_eq!(f.block.failed_requests(), 8);
         // The last sector itself is fine.
         assert_eq!(f.request(&mem, VIRTIO_BLK_T_IN, 7, Some((512, true))).1, OK);
         assert_eq!(file_bytes(&file), before);

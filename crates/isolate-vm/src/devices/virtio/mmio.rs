@@ -18,7 +18,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
-use crate::devices::{BusDevice, DeviceError, Interrupt};
+use crate::devices::{debug_enabled, BusDevice, DeviceError, Interrupt};
 
 /// Size of the MMIO window of one device (registers + config space).
 pub const MMIO_LEN: u64 = 0x1000;
@@ -143,6 +143,19 @@ impl MmioTransport {
         self.device.device_type()
     }
 
+    /// Counts a refused guest access and, with [`DEBUG_ENV`](crate::devices::DEBUG_ENV) set, reports it.
+    fn refuse(&mut self, what: std::fmt::Arguments<'_>) {
+        self.guest_errors += 1;
+        if debug_enabled() {
+            eprintln!(
+                "virtio-mmio (device type {}, status {:#x}, queue {}): refused {what}",
+                self.device.device_type(),
+                self.status,
+                self.queue_sel
+            );
+        }
+    }
+
     /// The selected queue, if the selection is in range and the queue may
     /// still be configured (device not yet live).
     fn configurable_queue(&mut self) -> Option<&mut Queue> {
@@ -217,7 +230,7 @@ impl MmioTransport {
             _ => false,
         };
         if !ok {
-            self.guest_errors += 1;
+            self.refuse(format_args!("write {value:#x} to register {offset:#x}"));
         }
     }
 
@@ -389,7 +402,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            self.guest_errors += 1;
+            self.refuse(format_args!("{}-byte read at {offset:#x}", data.len()));
             data.fill(0);
             return;
         }
@@ -401,14 +414,13 @@ impl BusDevice for MmioTransport {
             self.device.write_config(offset - CONFIG, data);
             return;
         }
-        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            self.guest_errors += 1;
-            return;
+        let bytes = match <[u8; 4]>::try_from(data) {
+            Ok(bytes) if offset.is_multiple_of(4) => bytes,
+            _ => {
+                self.refuse(format_args!("{}-byte write at {offset:#x}", data.len()));
+                return;
+            }
         };
-        if !offset.is_multiple_of(4) {
-            self.guest_errors += 1;
-            return;
-        }
         self.write_register(offset, u32::from_le_bytes(bytes));
     }
 }
