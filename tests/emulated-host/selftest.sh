@@ -62,7 +62,7 @@ expect() {
 
 # 1. the emulated host is what it claims to be.
 host_tests=(kvm-device nested-paging cgroup2-unified cgroup2-controllers cgroup2-limits
-            detect-says-native modules-loaded env-passed output-without-newline)
+            detect-says-native modules-loaded env-passed output-without-newline pivot-root-works)
 script=$tmp/host.sh
 cp "$HERE/selftest/host.sh" "$script"
 args=(--timeout 900 --env "SELFTEST_GREETING=hello, world")

@@ -37,3 +37,16 @@ harness_test env-passed sh -c 'test "$SELFTEST_GREETING" = "hello, world"'
 # The END marker lands on the same line as this output; the host side must
 # still see the output and the result.
 harness_test output-without-newline printf 'last line without a newline'
+
+# The root is a mount that pivot_root(2) can leave, as on a real host
+# (container runtimes need it; the initramfs rootfs itself cannot be left).
+harness_sh pivot-root-works '
+    unshare -m sh -c "
+        set -e
+        mount --make-rprivate /
+        mkdir -p /tmp/newroot
+        mount -t tmpfs newroot /tmp/newroot
+        mkdir /tmp/newroot/old
+        cd /tmp/newroot
+        pivot_root . old
+        echo pivot_root ok"'
