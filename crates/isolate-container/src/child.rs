@@ -43,7 +43,7 @@ pub enum Stage {
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 9] = [
+pub const ROOT_STEPS: [&str; 12] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -53,6 +53,9 @@ pub const ROOT_STEPS: [&str; 9] = [
     "detach the old root",
     "set the hostname",
     "bring up the loopback interface",
+    "join the container's cgroup",
+    "mount the scratch tmpfs",
+    "create a scratch directory",
 ];
 
 /// Names of the [`Stage::App`] steps.
@@ -116,8 +119,14 @@ pub enum RootMount {
 pub struct ChildPlan {
     /// The rootfs directory on the host.
     pub rootfs: CString,
-    /// Where the new root is mounted on the host (inside the run dir).
+    /// Where the scratch tmpfs is mounted (inside this mount namespace only).
+    pub scratch: CString,
+    /// Directories made on the scratch tmpfs (overlay upper, work, root).
+    pub scratch_dirs: Vec<CString>,
+    /// Where the new root is mounted (on the scratch tmpfs).
     pub new_root: CString,
+    /// cgroup v1 `tasks` files to write `0` to (join the cgroup), first thing.
+    pub join_fds: Vec<RawFd>,
     /// Overlay or read-only bind.
     pub root_mount: RootMount,
     /// Host paths of bind-volume sources, opened before the root switch
@@ -196,10 +205,30 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             fail(plan, Stage::Root, i, e, 125)
         }
     };
+    for fd in &plan.join_fds {
+        // "0" moves the calling thread (see spawn::v1_join_files).
+        if let Err(e) = sys::write_exact(*fd, b"0") {
+            fail(plan, Stage::Root, 9, e, 125);
+        }
+        sys::close(*fd);
+    }
     root_step(
         0,
         sys::mount(None, ROOT, None, libc::MS_REC | libc::MS_PRIVATE, None),
     );
+    root_step(
+        10,
+        sys::mount(
+            Some(c"tmpfs"),
+            &plan.scratch,
+            Some(c"tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(c"mode=700"),
+        ),
+    );
+    for d in &plan.scratch_dirs {
+        root_step(11, sys::mkdir(d, 0o755));
+    }
     match &plan.root_mount {
         RootMount::Overlay(data) => root_step(
             1,

@@ -1,21 +1,24 @@
-//! Per-run directories: `ISOLATE_STATE/containers/<id>/` holds the overlay's
-//! `upper` and `work` dirs and the `root` mount point, plus an `owner` file
-//! (pid and start time of the isolate process) so that a later isolate can
-//! tell a crashed run's leftovers from a live run's.
+//! Per-run markers: `ISOLATE_STATE/containers/<id>` is a small file holding
+//! the pid and start time of the isolate process that runs container `<id>`,
+//! so that a later isolate can tell a crashed run's leftovers (its cgroup)
+//! from a live run's. The container's scratch space (the overlay's upper
+//! and work dirs, the new root's mount point) is a tmpfs that the container
+//! mounts on `ISOLATE_STATE/containers` inside its own mount namespace: it
+//! never appears on the host and vanishes with the container.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use isolate_core::{paths, state};
 
 use crate::error::ContainerError;
 
-/// Where the per-run directories live.
+/// Where the markers live (and where each container mounts its scratch tmpfs).
 pub fn base() -> PathBuf {
     paths::state_dir().join("containers")
 }
 
-/// A per-run directory, removed on drop.
+/// A run's marker, removed on drop.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
@@ -26,16 +29,18 @@ fn owner_line() -> String {
     format!("{me} {}\n", state::process_start(me).unwrap_or(0))
 }
 
-/// Whether the isolate process recorded in `dir/owner` still runs.
-pub fn owner_alive(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("owner")) else {
-        // A dir being created right now has no owner file yet: only a dir
-        // whose owner file is missing and is older than a minute is stale.
-        return std::fs::metadata(dir)
-            .and_then(|m| m.modified())
-            .map(|t| t.elapsed().map_or(true, |e| e.as_secs() < 60))
-            .unwrap_or(false);
+/// Whether the isolate process recorded in marker `path` still runs.
+pub fn owner_alive(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
     };
+    if text.is_empty() {
+        // Being written right now (create, then write): young means alive.
+        return std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().map_or(true, |e| e.as_secs() < 10))
+            .unwrap_or(false);
+    }
     let mut it = text.split_whitespace().map(|w| w.parse::<u64>().ok());
     match (it.next().flatten(), it.next().flatten()) {
         (Some(pid), Some(start)) => state::process_start(pid as u32) == Some(start),
@@ -43,47 +48,38 @@ pub fn owner_alive(dir: &Path) -> bool {
     }
 }
 
+fn create_new(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
 impl RunDir {
-    /// Creates `base()/<id>` with `root`, and `upper` and `work` when
-    /// `overlay`. A leftover of a dead isolate with the same id is removed;
-    /// a live one is [`isolate_core::Error::NameInUse`].
-    pub fn create(id: &str, overlay: bool) -> Result<RunDir, isolate_core::Error> {
+    /// Creates the marker of run `id`. A leftover of a dead isolate with the
+    /// same id is replaced; a live one is [`isolate_core::Error::NameInUse`].
+    pub fn create(id: &str) -> Result<RunDir, isolate_core::Error> {
         let base = base();
         let path = base.join(id);
-        let mut made = std::fs::create_dir(&path);
+        let mut made = create_new(&path);
         if matches!(&made, Err(e) if e.kind() == io::ErrorKind::NotFound) {
             std::fs::create_dir_all(&base)
                 .map_err(|e| ContainerError::host(format!("create {}", base.display()), e))?;
-            made = std::fs::create_dir(&path);
+            made = create_new(&path);
         }
         if matches!(&made, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
             if owner_alive(&path) {
                 return Err(isolate_core::Error::NameInUse(id.to_string()));
             }
-            let _ = std::fs::remove_dir_all(&path);
-            made = std::fs::create_dir(&path);
+            remove(&path);
+            made = create_new(&path);
         }
-        made.map_err(|e| ContainerError::host(format!("create {}", path.display()), e))?;
+        let mut file =
+            made.map_err(|e| ContainerError::host(format!("create {}", path.display()), e))?;
         let dir = RunDir { path };
-        let write = |name: &str| -> Result<(), ContainerError> {
-            let p = dir.path.join(name);
-            std::fs::create_dir(&p)
-                .map_err(|e| ContainerError::host(format!("create {}", p.display()), e))
-        };
-        write("root")?;
-        if overlay {
-            write("upper")?;
-            write("work")?;
-        }
-        let owner = dir.path.join("owner");
-        std::fs::write(&owner, owner_line())
-            .map_err(|e| ContainerError::host(format!("write {}", owner.display()), e))?;
+        file.write_all(owner_line().as_bytes())
+            .map_err(|e| ContainerError::host(format!("write {}", dir.path.display()), e))?;
         Ok(dir)
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -93,21 +89,14 @@ impl Drop for RunDir {
     }
 }
 
-/// Removes a run dir; a root still mounted (its namespace is still dying)
-/// is detached first.
-pub fn remove(path: &Path) {
-    if std::fs::remove_dir_all(path).is_ok() {
-        return;
+/// Removes a marker (or a directory left by an older layout).
+fn remove(path: &Path) {
+    if std::fs::remove_file(path).is_err() {
+        let _ = std::fs::remove_dir_all(path);
     }
-    if let Ok(root) =
-        std::ffi::CString::new(path.join("root").into_os_string().into_encoded_bytes())
-    {
-        let _ = crate::sys::umount2(&root, libc::MNT_DETACH);
-    }
-    let _ = std::fs::remove_dir_all(path);
 }
 
-/// Removes the run dirs whose owner is dead; returns their ids.
+/// Removes the markers whose owner is dead; returns their ids.
 pub fn remove_stale() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(base()) else {
         return Vec::new();
@@ -133,4 +122,20 @@ pub fn live_ids() -> Vec<String> {
         .filter(|e| owner_alive(&e.path()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_of_this_process_is_alive_and_a_dead_pid_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        std::fs::write(&live, owner_line()).unwrap();
+        assert!(owner_alive(&live));
+        let dead = dir.path().join("dead");
+        std::fs::write(&dead, format!("{} 1\n", u32::MAX)).unwrap();
+        assert!(!owner_alive(&dead));
+    }
 }

@@ -18,7 +18,7 @@ use isolate_core::{
 use crate::child::{self, ChildPlan, Report, RootMount, Stage};
 use crate::error::ContainerError;
 use crate::mounts::{self, Op};
-use crate::rundir::RunDir;
+use crate::rundir::{self, RunDir};
 use crate::running::{Container, Resources};
 use crate::{caps, seccomp, sys, volumes};
 
@@ -162,9 +162,10 @@ fn stdio_fds(
 fn prepare(
     w: &Workload,
     rootfs: &Path,
-    run: &Path,
+    join: Vec<OwnedFd>,
     res: &mut Resources,
 ) -> Result<Prepared, Error> {
+    let scratch = rundir::base();
     // Resolve every volume target first: bad input fails before anything is made.
     let mut targets = Vec::with_capacity(w.volumes.len());
     for v in &w.volumes {
@@ -210,6 +211,7 @@ fn prepare(
     ];
     keep.extend(stdio.iter().copied().filter(|&fd| fd >= 0));
     keep.extend(res.volumes.iter().map(|a| a.device.as_raw_fd()));
+    keep.extend(join.iter().map(|f| f.as_raw_fd()));
     keep.sort_unstable();
     keep.dedup();
 
@@ -262,16 +264,26 @@ fn prepare(
         let mut data = b"lowerdir=".to_vec();
         data.extend(overlay_escape(rootfs));
         data.extend(b",upperdir=");
-        data.extend(overlay_escape(&run.join("upper")));
+        data.extend(overlay_escape(&scratch.join("upper")));
         data.extend(b",workdir=");
-        data.extend(overlay_escape(&run.join("work")));
+        data.extend(overlay_escape(&scratch.join("work")));
         data.extend(b",volatile");
         RootMount::Overlay(cstr(data, "rootfs")?)
     };
     let user = w.user.unwrap_or(isolate_core::User { uid: 0, gid: 0 });
     let plan = ChildPlan {
         rootfs: path_c(rootfs)?,
-        new_root: path_c(&run.join("root"))?,
+        scratch: path_c(&scratch)?,
+        scratch_dirs: if w.read_only {
+            vec![path_c(&scratch.join("root"))?]
+        } else {
+            ["upper", "work", "root"]
+                .iter()
+                .map(|d| path_c(&scratch.join(d)))
+                .collect::<Result<_, _>>()?
+        },
+        new_root: path_c(&scratch.join("root"))?,
+        join_fds: join.iter().map(|f| f.as_raw_fd()).collect(),
         root_mount,
         volume_sources,
         ops,
@@ -293,6 +305,7 @@ fn prepare(
         envp,
     };
     child_fds.extend([sync_rd, exec_wr, status_wr]);
+    child_fds.extend(join);
     Ok(Prepared {
         plan,
         child_fds,
@@ -428,8 +441,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         .canonicalize()
         .map_err(|e| Error::io("cannot resolve the rootfs", &rootfs, e))?;
     let id = w.name.clone().unwrap_or_else(new_id);
-    let run = RunDir::create(&id, !w.read_only)?;
-    let run_path = run.path().to_path_buf();
+    let run = RunDir::create(&id)?;
     let mut res = Resources::new(run);
     let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
         .map_err(|e| ContainerError::Cgroup(format!("{e}")))?;
@@ -439,9 +451,13 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
             return Err(ContainerError::Cgroup(chain(&e)).into());
         }
     }
-    let prepared = prepare(w, &rootfs, &run_path, &mut res)?;
     let cgroup_fd = res.cgroup.as_ref().and_then(Cgroup::procs_fd);
-    let into_cgroup = cgroup_fd.is_some();
+    let join = match (&cgroup_fd, &res.cgroup) {
+        (None, Some(cg)) => v1_join_files(cg.rel_path())?,
+        _ => Vec::new(),
+    };
+    let into_cgroup = cgroup_fd.is_some() || !join.is_empty();
+    let prepared = prepare(w, &rootfs, join, &mut res)?;
     let (pid, pidfd) = clone_shim(&prepared, cgroup_fd.as_ref())?;
     let Prepared {
         plan,
@@ -514,6 +530,34 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         }
     }
     Ok(handle)
+}
+
+/// On cgroup v1, the `tasks` file of the container's cgroup in each
+/// hierarchy mounted below `/sys/fs/cgroup`, open for writing. The shim
+/// writes `0` to each to move itself in: a thread moving itself skips the
+/// kernel's global threadgroup lock, whose first writer after a quiet spell
+/// waits for an RCU grace period (about 15 ms here), which moving another
+/// process by pid through `cgroup.procs` pays.
+fn v1_join_files(rel: &str) -> Result<Vec<OwnedFd>, Error> {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return Ok(Vec::new());
+    };
+    let mut files = Vec::new();
+    for e in entries.flatten() {
+        // Co-mounted controllers appear once as a directory, then as links.
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let tasks = e.path().join(rel).join("tasks");
+        match std::fs::OpenOptions::new().write(true).open(&tasks) {
+            Ok(f) => files.push(OwnedFd::from(f)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(ContainerError::host(format!("open {}", tasks.display()), err).into())
+            }
+        }
+    }
+    Ok(files)
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

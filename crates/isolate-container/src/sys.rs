@@ -184,6 +184,17 @@ pub fn write_all(fd: RawFd, buf: &[u8]) {
     unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
 }
 
+/// `write(2)` of all of `buf` in one call, with its error.
+pub fn write_exact(fd: RawFd, buf: &[u8]) -> Result<(), Errno> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = check(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) } as c_long)?;
+    if n as usize == buf.len() {
+        Ok(())
+    } else {
+        Err(libc::EIO)
+    }
+}
+
 /// `_exit(2)`: ends the child without running any destructor or atexit.
 pub fn exit(code: c_int) -> ! {
     // SAFETY: _exit never returns and touches no user-space state.
