@@ -292,8 +292,9 @@ impl MmioTransport {
         }
         let old = self.status;
         // The driver may only add bits (a reset is the only way back), and
-        // only the bits it owns.
-        if value & !STATUS_BITS != 0 || value & old & STATUS_BITS != old & STATUS_BITS {
+        // only the bits it owns; it may echo NEEDS_RESET back once set.
+        let writable = STATUS_BITS | (old & VIRTIO_CONFIG_S_NEEDS_RESET);
+        if value & !writable != 0 || value & old != old {
             return false;
         }
         let added = value & !old;
@@ -310,9 +311,15 @@ impl MmioTransport {
                 ok = false;
             } else {
                 self.status = new;
-                if self.activate().is_err() {
+                if let Err(e) = self.activate() {
                     self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
                     self.interrupt.signal(INT_CONFIG);
+                    if debug_enabled() {
+                        eprintln!(
+                            "virtio-mmio (device type {}): activation failed: {e}",
+                            self.device.device_type()
+                        );
+                    }
                     return false;
                 }
                 return true;
@@ -684,6 +691,12 @@ mod tests {
         // Notifications to a device that is not live go nowhere.
         wr(&mut t, QUEUE_NOTIFY, 0);
         assert!(seen.lock().unwrap().notified.is_empty());
+        // The driver gives up: it writes back what it read, plus FAILED.
+        let failed = rd(&mut t, STATUS) | VIRTIO_CONFIG_S_FAILED;
+        wr(&mut t, STATUS, failed);
+        assert_eq!(rd(&mut t, STATUS), failed);
+        wr(&mut t, STATUS, 0);
+        assert_eq!(rd(&mut t, STATUS), 0);
     }
 
     #[test]
