@@ -82,11 +82,13 @@ spec() {
 ROOT_BLOCK=
 VOLUMES=()
 
-# boot NAME MODE SPEC_JSON [STDIN_TEXT]: boots one VM. Leaves, in $WORK/NAME.*:
+# boot NAME MODE SPEC_JSON [STDIN_TEXT [CONTROL_LINE]]: boots one VM; in
+# ports mode, once the guest reports "started", writes STDIN_TEXT to hvc0 and
+# CONTROL_LINE (default stdin_eof) to hvc2. Leaves, in $WORK/NAME.*:
 #   console (ttyS0, \r removed), control (control lines, prefix removed),
 #   out/err (workload stdout/stderr: ports mode only). Sets RC and WALL.
 boot() {
-    local name=$1 mode=$2 spec_json=$3 stdin_text=${4:-}
+    local name=$1 mode=$2 spec_json=$3 stdin_text=${4:-} control_text=${5:-'{"t":"stdin_eof"}'}
     local w="$WORK/$name"
     printf '%s' "$spec_json" >"$w.spec.json"
     local mk=("$MAKE_INITRD" --spec-json "$w.spec.json")
@@ -126,13 +128,16 @@ boot() {
         cat "$w.p1.out" >"$w.err" & readers+=($!)
         cat "$w.p2.out" >"$w.control" & readers+=($!)
         exec {in0}>"$w.p0.in" {in2}>"$w.p2.in"
-        [[ -n "$stdin_text" ]] && printf '%s' "$stdin_text" >&"$in0"
     fi
     local waited=0 eof_sent=0
     while kill -0 "$QEMU_PID" 2>/dev/null && ((waited < TIMEOUT * 10)); do
         if [[ $mode == ports && $eof_sent == 0 ]] && grep -q '"t":"started"' "$w.control" 2>/dev/null; then
-            # The host's stdin ended: tell the guest (after the data above).
-            printf '{"t":"stdin_eof"}\n' >&"$in2"
+            # Like isolate's VMM, send nothing before the guest's first
+            # control message: until the init has put the ports in raw mode,
+            # the tty would echo input back (with \r\n). Then stdin, then
+            # its end.
+            [[ -n "$stdin_text" ]] && printf '%s' "$stdin_text" >&"$in0"
+            printf '%s\n' "$control_text" >&"$in2"
             eof_sent=1
         fi
         sleep 0.1
@@ -175,7 +180,9 @@ check() {
         fail "$mode" "$name" "$what: VM did not end within ${TIMEOUT}s"
         show "$name"
     elif "$@"; then
-        pass "$mode" "$name" "$what (${WALL}s)"
+        local up
+        up=$(sed -n 's/^\[ *\([0-9.]*\)\] reboot: Restarting.*/\1/p' "$WORK/$name.console" | tail -n1)
+        pass "$mode" "$name" "$what (wall ${WALL}s, guest ${up:-?}s)"
     else
         fail "$mode" "$name" "$what"
         show "$name"
@@ -238,7 +245,7 @@ if wanted signal; then
     check signal $M "SIGTERM reported as signaled 15" exit_is signal '{"signaled":15}'
 fi
 if wanted oom; then
-    boot oom $M "$(spec '["sh","-c","x=$(yes | head -c 200000000); echo survived"]' memory=33554432)"
+    boot oom $M "$(spec '["sh","-c","x=$(yes | head -c 64000000); echo survived"]' memory=16777216)"
     check oom $M "memory limit hit: oom_killed" \
         eval 'exit_is oom "\"oom_killed\"" && lacks_text oom.console survived'
 fi
@@ -291,6 +298,10 @@ if wanted ports-stdin; then
     boot ports-stdin $M "$(spec '["sh","-c","cat; echo done"]' stdin=true)" $'line one\nline two\n'
     check ports-stdin $M "stdin piped from hvc0 until stdin_eof" \
         eval 'same_bytes ports-stdin.out "line one\nline two\ndone\n" && exit_is ports-stdin "{\"exited\":0}"'
+fi
+if wanted ports-signal; then
+    boot ports-signal $M "$(spec '["sleep","60"]')" "" '{"t":"signal","signo":15}'
+    check ports-signal $M "signal message forwarded (signaled 15)" exit_is ports-signal '{"signaled":15}'
 fi
 if wanted ports-missing; then
     boot ports-missing $M "$(spec '["/bin/nope"]')"
