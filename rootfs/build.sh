@@ -17,8 +17,6 @@ HOME_DIR="${ISOLATE_HOME:-/var/lib/isolate}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 TRIPLE=x86_64-unknown-linux-gnu
-# Bump when the layout written by build_rootfs changes.
-LAYOUT_VERSION=1
 
 log() { echo "rootfs/build.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -36,7 +34,7 @@ need_busybox() {
 build_rootfs() {
     local dest="$HOME_DIR/rootfs"
     local stamp_want
-    stamp_want="layout=$LAYOUT_VERSION busybox=$(sha256sum /bin/busybox | cut -d' ' -f1)"
+    stamp_want="script=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1) busybox=$(sha256sum /bin/busybox | cut -d' ' -f1)"
     if [ -f "$dest/.isolate-rootfs" ] && [ "$(cat "$dest/.isolate-rootfs")" = "$stamp_want" ]; then
         log "rootfs up to date: $dest"
         return
@@ -81,7 +79,6 @@ NAME="isolate"
 ID=isolate
 PRETTY_NAME="isolate busybox rootfs"
 VERSION_ID="1"
-HOME_URL="https://github.com/isolate"
 EOF
     chmod 0644 "$tmp"/etc/*
     echo "$stamp_want" >"$tmp/.isolate-rootfs"

@@ -66,13 +66,15 @@ cleanup() {
 trap cleanup EXIT
 
 # spec ARGV_JSON [KEY=VALUE...]: a GuestSpec; keys: hostname read_only memory
-# pids stdin volumes (JSON)
+# pids stdin volumes (JSON) uid gid cwd
 spec() {
     local argv=$1; shift
-    local hostname=isolate-test read_only=false memory=67108864 pids=64 stdin=false volumes='[]' kv
+    local hostname=isolate-test read_only=false memory=67108864 pids=64 stdin=false volumes='[]'
+    local uid=0 gid=0 cwd=/ kv
     for kv in "$@"; do local "${kv%%=*}=${kv#*=}"; done
     printf '{"argv":%s,"env":[["PATH","/usr/sbin:/usr/bin:/sbin:/bin"],["HOME","/root"]],' "$argv"
-    printf '"cwd":"/","uid":0,"gid":0,"hostname":"%s","root":"initramfs","read_only":%s,' "$hostname" "$read_only"
+    printf '"cwd":"%s","uid":%s,"gid":%s,"hostname":"%s","root":"initramfs","read_only":%s,' \
+        "$cwd" "$uid" "$gid" "$hostname" "$read_only"
     printf '"volumes":%s,"memory_limit":%s,"pids_limit":%s,"loopback":true,"stdin":%s}\n' \
         "$volumes" "$memory" "$pids" "$stdin"
 }
@@ -239,6 +241,17 @@ if wanted writable; then
     boot writable $M "$(spec '["sh","-c","echo x > /x && cat /x && ls /isolate"]')"
     check writable $M "root writable, spec removed" \
         eval 'has_line writable.console x && lacks_text writable.console spec.json && exit_is writable "{\"exited\":0}"'
+fi
+if wanted user; then
+    boot user $M "$(spec '["sh","-c","id -u; id -g; pwd; touch /root/x 2>/dev/null || echo denied"]' uid=65534 gid=65534 cwd=/tmp)"
+    check user $M "uid/gid 65534, cwd /tmp, no root access" \
+        eval 'has_line user.console 65534 && has_line user.console /tmp && has_line user.console denied && exit_is user "{\"exited\":0}"'
+fi
+if wanted setup-error; then
+    V='[{"device":"/dev/vdq","target":"/data","read_only":false,"fstype":"ext4"}]'
+    boot setup-error $M "$(spec '["true"]' volumes="$V")"
+    check setup-error $M "missing volume device: setup error, clean power-off" \
+        eval 'has_text setup-error.control "{\"t\":\"error\",\"exec\":null,\"message\":\"cannot mount /dev/vdq" && lacks_text setup-error.console "Kernel panic" && [[ $RC == 0 ]]'
 fi
 if wanted signal; then
     boot signal $M "$(spec '["sh","-c","kill -TERM $$"]')"
