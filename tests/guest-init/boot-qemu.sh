@@ -298,6 +298,18 @@ if wanted volume; then
         eval 'has_line volume-ro.console persisted && has_line volume-ro.console refused'
 fi
 
+if wanted block-volume; then
+    volume_image "$WORK/vol2.ext4"
+    ROOT_BLOCK=/dev/vda
+    VOLUMES=("$WORK/vol2.ext4")
+    V='[{"device":"/dev/vdb","target":"/data","read_only":false,"fstype":"ext4"}]'
+    boot block-volume $M "$(spec '["sh","-c","echo on-vdb > /data/f && grep -c \" /data \" /proc/mounts"]' volumes="$V")"
+    ROOT_BLOCK=
+    VOLUMES=()
+    check block-volume $M "block root on vda, volume on vdb" \
+        eval 'has_line block-volume.console 1 && [[ "$(debugfs -R "cat /f" $WORK/vol2.ext4 2>/dev/null)" == on-vdb ]]'
+fi
+
 # ------------------------------------------------------------ virtio console ports
 M=ports
 if wanted ports-echo; then
