@@ -188,11 +188,14 @@ fn fail(plan: &ChildPlan, stage: Stage, index: usize, errno: i32, code: i32) -> 
 }
 
 const ROOT: &CStr = c"/";
+/// What the container sees as PID 1's name and command line.
+static SHIM_NAME: &CStr = c"isolate-init";
 const DOT: &CStr = c".";
 
 /// The shim: runs in the cloned child as PID 1 of the new pid namespace.
 /// Never returns.
 pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
+    sys::set_process_name(SHIM_NAME);
     // Die with the parent; a parent that died before this line is caught by
     // the sync pipe reading end-of-file below.
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
@@ -380,7 +383,12 @@ fn supervise(app: libc::pid_t, status_wr: RawFd) -> ! {
                 break;
             }
             if pid == app {
-                sys::write_all(status_wr, &status.to_ne_bytes());
+                // The wait status, then the shim's own peak RSS (the host
+                // memory isolate spent on the boundary).
+                let mut msg = [0u8; 12];
+                msg[..4].copy_from_slice(&status.to_ne_bytes());
+                msg[4..].copy_from_slice(&sys::max_rss_bytes().to_ne_bytes());
+                sys::write_all(status_wr, &msg);
                 sys::exit(0);
             }
         }

@@ -81,18 +81,10 @@ pub struct Container {
     start: Instant,
     timed_out: Arc<AtomicBool>,
     startup: Option<Duration>,
-    host_overhead: Option<u64>,
     stdio: [Mutex<Option<File>>; 3],
     cgroup: RwLock<Option<Cgroup>>,
     res: Mutex<Resources>,
     outcome: Mutex<Option<Outcome>>,
-}
-
-fn shim_rss(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Kills the container at `deadline` unless it ended before: a thread that
@@ -163,7 +155,6 @@ impl Container {
             start,
             timed_out,
             startup: None,
-            host_overhead: None,
             stdio: [Mutex::new(a), Mutex::new(b), Mutex::new(c)],
             cgroup: RwLock::new(cgroup),
             res: Mutex::new(res),
@@ -186,7 +177,6 @@ impl Container {
 
     pub(crate) fn started(&mut self, startup: Duration) {
         self.startup = Some(startup);
-        self.host_overhead = shim_rss(self.pid);
     }
 
     pub(crate) fn set_registration(&mut self, reg: state::Registration) {
@@ -222,13 +212,16 @@ impl Container {
         }
     }
 
-    /// Reaps the shim; returns the application's wait status if the shim
-    /// reported one, else the shim's own as (exited?, code-or-signal).
-    fn reap(&self) -> Result<Status, Error> {
-        let mut buf = [0u8; 4];
+    /// Reaps the shim; returns the application's status and the shim's peak
+    /// RSS if the shim reported them, else the shim's own status.
+    fn reap(&self) -> Result<(Status, Option<u64>), Error> {
+        let mut buf = [0u8; 12];
         // The shim has exited: the pipe holds its report or is at end-of-file.
         let app = match sys::read(self.status_rd.as_raw_fd(), &mut buf) {
-            Ok(4) => Some(i32::from_ne_bytes(buf)),
+            Ok(12) => {
+                let [s0, s1, s2, s3, r @ ..] = buf;
+                Some((i32::from_ne_bytes([s0, s1, s2, s3]), u64::from_ne_bytes(r)))
+            }
             _ => None,
         };
         // SAFETY: siginfo_t is plain data; waitid fills it.
@@ -251,29 +244,31 @@ impl Container {
                 return Err(ContainerError::host("reap the container's init", e).into());
             }
         }
-        if let Some(ws) = app {
-            return Ok(if libc::WIFEXITED(ws) {
+        if let Some((ws, rss)) = app {
+            let status = if libc::WIFEXITED(ws) {
                 Status::Exited(libc::WEXITSTATUS(ws))
             } else {
                 Status::Signaled(libc::WTERMSIG(ws))
-            });
+            };
+            return Ok((status, (rss > 0).then_some(rss)));
         }
         // SAFETY: waitid filled `info` for a child-exit event.
         let (code, status) = unsafe { (info.si_code, info.si_status()) };
-        Ok(if code == libc::CLD_EXITED {
+        let status = if code == libc::CLD_EXITED {
             Status::Exited(status)
         } else {
             Status::Signaled(status)
-        })
+        };
+        Ok((status, None))
     }
 
     fn finish(&self) -> Result<Outcome, Error> {
         let timed_out = self.await_exit()?;
-        let mut status = self.reap()?;
+        let (mut status, shim_rss) = self.reap()?;
         let wall_time = self.start.elapsed();
         let mut outcome = Outcome::new(status, wall_time);
         outcome.startup_time = self.startup;
-        outcome.host_overhead = self.host_overhead;
+        outcome.host_overhead = shim_rss;
         let cgroup = self
             .cgroup
             .write()

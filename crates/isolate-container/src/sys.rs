@@ -195,6 +195,22 @@ pub fn write_exact(fd: RawFd, buf: &[u8]) -> Result<(), Errno> {
     }
 }
 
+/// Peak resident memory of the calling process, bytes (`getrusage`).
+pub fn max_rss_bytes() -> u64 {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is valid for writing.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
+    }
+    ru.ru_maxrss.max(0) as u64 * 1024
+}
+
+/// Names the calling process `name` (its `comm`, as `ps` shows it).
+pub fn set_process_name(name: &CStr) {
+    let _ = prctl(libc::PR_SET_NAME, name.as_ptr() as c_ulong, 0);
+}
+
 /// `_exit(2)`: ends the child without running any destructor or atexit.
 pub fn exit(code: c_int) -> ! {
     // SAFETY: _exit never returns and touches no user-space state.
