@@ -9,7 +9,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let rootfs = args.next().expect("usage: run ROOTFS CMD [ARGS...]");
     let mut w = Workload::new(args.next().expect("a command"));
-    w.args(args).rootfs(&rootfs).memory(256 << 20).pids(64);
+    w.args(args).rootfs(&rootfs);
+    // Rootless mode has no cgroup: limits only as root.
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        w.memory(256 << 20).pids(64);
+    }
     if let Ok(name) = std::env::var("NAME") {
         w.name(name);
     }

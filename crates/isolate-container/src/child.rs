@@ -110,8 +110,9 @@ impl Report {
 pub enum RootMount {
     /// An overlay with these mount options (lowerdir, upperdir, workdir).
     Overlay(CString),
-    /// A read-only bind mount of the rootfs.
-    ReadOnlyBind,
+    /// A read-only bind mount of the rootfs; the remount keeps these flags
+    /// of the rootfs's own mount.
+    ReadOnlyBind(libc::c_ulong),
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -140,8 +141,11 @@ pub struct ChildPlan {
     pub loopback: bool,
     /// Descriptors the shim keeps (sorted); all others are closed.
     pub keep_fds: Vec<RawFd>,
+    /// Rootless: a user namespace maps the caller to root; the shim waits
+    /// for the parent's id maps before anything else, and sets no groups.
+    pub rootless: bool,
     /// Read end of the pipe the parent writes one byte to once the shim is
-    /// in its cgroup.
+    /// in its cgroup (rootless: once its id maps are written).
     pub sync_rd: RawFd,
     /// Write end of the close-on-exec pipe for [`Report`]s.
     pub exec_wr: RawFd,
@@ -208,6 +212,9 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             fail(plan, Stage::Root, i, e, 125)
         }
     };
+    if plan.rootless {
+        wait_for_parent(plan);
+    }
     for fd in &plan.join_fds {
         // "0" moves the calling thread (see spawn::v1_join_files).
         if let Err(e) = sys::write_exact(*fd, b"0") {
@@ -243,7 +250,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
                 Some(data),
             ),
         ),
-        RootMount::ReadOnlyBind => {
+        RootMount::ReadOnlyBind(keep) => {
             root_step(
                 2,
                 sys::mount(
@@ -260,7 +267,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
                     None,
                     &plan.new_root,
                     None,
-                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep,
                     None,
                 ),
             );
@@ -328,12 +335,9 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     }
     sys::umask(0o022);
 
-    // Wait for the parent: it puts this process into the cgroup first.
-    let mut byte = [0u8; 1];
-    if sys::read(plan.sync_rd, &mut byte) != Ok(1) {
-        sys::exit(125);
+    if !plan.rootless {
+        wait_for_parent(plan);
     }
-    sys::close(plan.sync_rd);
     // The cgroup namespace is rooted at the container's own cgroup.
     let _ = sys::unshare(libc::CLONE_NEWCGROUP);
 
@@ -355,6 +359,16 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         }
     }
     supervise(app_pid, plan.status_wr)
+}
+
+/// Waits for the parent's go-ahead byte (the parent placed this process
+/// in its cgroup or wrote its id maps); end-of-file means the parent died.
+fn wait_for_parent(plan: &ChildPlan) {
+    let mut byte = [0u8; 1];
+    if sys::read(plan.sync_rd, &mut byte) != Ok(1) {
+        sys::exit(125);
+    }
+    sys::close(plan.sync_rd);
 }
 
 /// PID 1's loop: reap every child, forward every other signal to the
@@ -421,7 +435,7 @@ fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
         libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
         0,
     );
-    if let Err((i, e)) = sys::set_ids(plan.uid, plan.gid) {
+    if let Err((i, e)) = sys::set_ids(plan.uid, plan.gid, !plan.rootless) {
         fail(plan, Stage::App, 3 + i as usize, e, 125);
     }
     let caps = if plan.uid == 0 { plan.caps } else { 0 };

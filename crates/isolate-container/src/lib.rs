@@ -88,10 +88,17 @@ impl Isolator for ContainerIsolator {
     fn check_host(&self) -> Result<()> {
         // SAFETY: geteuid has no arguments and cannot fail.
         let euid = unsafe { libc::geteuid() };
-        need(
-            euid == 0,
-            "container mode needs root (rootless mode is not supported yet); run isolate as root",
-        )?;
+        if euid != 0 {
+            let max: u64 = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            need(
+                max > 0,
+                "rootless container mode needs user namespaces (/proc/sys/user/max_user_namespaces is 0); run isolate as root",
+            )?;
+            return Ok(());
+        }
         for ns in ["pid", "mnt", "uts", "ipc", "net", "cgroup"] {
             need(
                 std::path::Path::new(&format!("/proc/self/ns/{ns}")).exists(),
@@ -118,17 +125,25 @@ impl Isolator for ContainerIsolator {
     }
 }
 
-/// Removes what a killed isolate left behind: per-run directories whose
-/// isolate process is gone, and their cgroups (`isolate/ct-*` with no live
-/// run). Called at the start of every spawn; cheap when there is nothing.
+/// Removes what a killed isolate left behind: run markers whose isolate
+/// process is gone, and their cgroups (`isolate/ct-*` with no live run).
+/// Called at the start of every spawn; cheap when there is nothing.
+/// Rootless, only the caller's own markers (it has no cgroups).
 pub fn cleanup_stale() {
     rundir::remove_stale();
-    let live = rundir::live_ids();
-    let _ = isolate_cgroups::Cgroup::remove_stale(&|name: &str| match name
-        .strip_prefix(spawn::CGROUP_PREFIX)
-    {
-        Some(id) => live.iter().any(|l| l == id),
-        // Not a container's cgroup: not ours to judge.
-        None => true,
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let base = rundir::base();
+    // Judged per cgroup when it is looked at, not from an earlier listing: a
+    // run makes its marker before its cgroup, so a cgroup seen here whose
+    // marker is missing or dead is a leftover.
+    let _ = isolate_cgroups::Cgroup::remove_stale(&|name: &str| {
+        match name.strip_prefix(spawn::CGROUP_PREFIX) {
+            Some(id) => rundir::owner_alive(&base.join(id)),
+            // Not a container's cgroup: not ours to judge.
+            None => true,
+        }
     });
 }

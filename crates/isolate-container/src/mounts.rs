@@ -140,7 +140,10 @@ pub const DEVICES: [(&str, u32, u32); 6] = [
 /// masked and read-only paths, and /tmp for a read-only root. Mount points
 /// are created first (they already exist in a normal rootfs; a read-only
 /// root without them fails with the step named).
-pub fn standard(read_only_root: bool) -> Vec<Op> {
+///
+/// `dev_fds`: in rootless mode (no `mknod` in a user namespace) the host's
+/// device nodes, held open as these descriptors, are bound instead.
+pub fn standard(read_only_root: bool, dev_fds: Option<[i32; DEVICES.len()]>) -> Vec<Op> {
     let mut ops = Vec::with_capacity(48);
     let mk = !read_only_root;
     if mk {
@@ -158,12 +161,19 @@ pub fn standard(read_only_root: bool) -> Vec<Op> {
         libc::MS_NOSUID | libc::MS_STRICTATIME,
         "mode=755,size=65536k",
     ));
-    for (name, major, minor) in DEVICES {
-        ops.push(Op::Mknod {
-            path: c(&format!("/dev/{name}")),
-            major,
-            minor,
-        });
+    for (i, (name, major, minor)) in DEVICES.into_iter().enumerate() {
+        let path = format!("/dev/{name}");
+        match dev_fds {
+            None => ops.push(Op::Mknod {
+                path: c(&path),
+                major,
+                minor,
+            }),
+            Some(fds) => {
+                ops.push(Op::File { path: c(&path) });
+                ops.push(bind(&format!("/proc/self/fd/{}", fds[i]), &path, false));
+            }
+        }
     }
     ops.extend([
         mkdir("/dev/pts", 0o755),
@@ -172,7 +182,12 @@ pub fn standard(read_only_root: bool) -> Vec<Op> {
             "/dev/pts",
             "devpts",
             libc::MS_NOSUID | libc::MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+            // gid 5 (tty) is not mapped in a rootless container.
+            if dev_fds.is_some() {
+                "newinstance,ptmxmode=0666,mode=0620"
+            } else {
+                "newinstance,ptmxmode=0666,mode=0620,gid=5"
+            },
         ),
         Op::Symlink {
             target: c("pts/ptmx"),
@@ -244,12 +259,43 @@ pub fn mkdir_p(path: &str, ops: &mut Vec<Op>) {
     }
 }
 
-/// A host object (directory or file, held open as fd `fd`) bound at `target`.
-pub fn bind_fd(fd: i32, target: &str, read_only: bool, ops: &mut Vec<Op>) {
+/// A host object (directory or file, held open as fd `fd`) bound at `target`;
+/// `keep` are the source mount's flags a read-only remount must keep
+/// (a user namespace may not clear them).
+pub fn bind_fd(fd: i32, target: &str, read_only: bool, keep: c_ulong, ops: &mut Vec<Op>) {
     ops.push(bind(&format!("/proc/self/fd/{fd}"), target, false));
     if read_only {
-        ops.push(remount_ro(target, 0, false));
+        ops.push(remount_ro(target, keep, false));
     }
+}
+
+/// The flags of the mount holding `path` that a remount must repeat
+/// (nosuid, nodev, noexec and the atime mode), from `statvfs`.
+pub fn locked_flags(path: &std::path::Path) -> c_ulong {
+    let Ok(p) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs is plain data; the call fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is NUL-terminated and `st` valid for writing.
+    if unsafe { libc::statvfs(p.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    let f = st.f_flag;
+    let mut out = 0;
+    for (st_flag, ms_flag) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f & st_flag != 0 {
+            out |= ms_flag;
+        }
+    }
+    out
 }
 
 /// An ext4 block device (held open as fd `fd`) mounted at `target`.
@@ -309,7 +355,7 @@ mod tests {
 
     #[test]
     fn proc_comes_before_its_masks_and_dev_before_null_binds() {
-        let ops = standard(false);
+        let ops = standard(false, None);
         let t = targets(&ops);
         let proc = t.iter().position(|x| x == "/proc").unwrap();
         let dev = t.iter().position(|x| x == "/dev").unwrap();
@@ -319,7 +365,7 @@ mod tests {
 
     #[test]
     fn proc_is_nosuid_noexec_nodev_and_sys_read_only() {
-        for op in standard(false) {
+        for op in standard(false, None) {
             if let Op::Mount {
                 target,
                 flags,
@@ -339,7 +385,7 @@ mod tests {
 
     #[test]
     fn every_read_only_path_is_remounted() {
-        let ops = standard(false);
+        let ops = standard(false, None);
         for p in READ_ONLY {
             assert!(ops.iter().any(|o| matches!(o,
                 Op::Mount { target, flags, .. }
@@ -349,11 +395,20 @@ mod tests {
 
     #[test]
     fn read_only_root_gets_tmp_and_creates_no_mount_points() {
-        let ops = standard(true);
+        let ops = standard(true, None);
         assert!(targets(&ops).contains(&"/tmp".to_string()));
         assert!(!ops
             .iter()
             .any(|o| matches!(o, Op::Mkdir { path, .. } if path.as_bytes() == b"/proc")));
+    }
+
+    #[test]
+    fn rootless_binds_devices_instead_of_mknod() {
+        let ops = standard(false, Some([10, 11, 12, 13, 14, 15]));
+        assert!(!ops.iter().any(|o| matches!(o, Op::Mknod { .. })));
+        assert!(ops.iter().any(|o| matches!(o,
+            Op::Mount { source: Some(s), target, .. }
+                if s.as_bytes() == b"/proc/self/fd/10" && target.as_bytes() == b"/dev/null")));
     }
 
     #[test]

@@ -14,7 +14,19 @@ use isolate_core::{paths, state};
 use crate::error::ContainerError;
 
 /// Where the markers live (and where each container mounts its scratch tmpfs).
+///
+/// As root: `ISOLATE_STATE/containers`. Rootless, without `ISOLATE_STATE`:
+/// `$XDG_RUNTIME_DIR/isolate/containers`, else `/tmp/isolate-<uid>/containers`.
 pub fn base() -> PathBuf {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 && std::env::var_os("ISOLATE_STATE").is_none() {
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+            .filter(|d| !d.is_empty())
+            .map(|d| PathBuf::from(d).join("isolate"))
+            .unwrap_or_else(|| PathBuf::from(format!("/tmp/isolate-{euid}")));
+        return runtime.join("containers");
+    }
     paths::state_dir().join("containers")
 }
 
@@ -110,18 +122,6 @@ pub fn remove_stale() -> Vec<String> {
         }
     }
     removed
-}
-
-/// Ids of the runs in progress (live owners).
-pub fn live_ids() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(base()) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| owner_alive(&e.path()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 #[cfg(test)]

@@ -164,6 +164,7 @@ fn prepare(
     rootfs: &Path,
     join: Vec<OwnedFd>,
     res: &mut Resources,
+    rootless: bool,
 ) -> Result<Prepared, Error> {
     let scratch = rundir::base();
     // Resolve every volume target first: bad input fails before anything is made.
@@ -215,10 +216,21 @@ fn prepare(
     keep.sort_unstable();
     keep.dedup();
 
-    let mut ops = mounts::standard(w.read_only);
     // Bind sources get descriptor numbers above every kept one.
     let mut next_fd = keep.last().copied().unwrap_or(2) + 1;
     let mut volume_sources = Vec::new();
+    let dev_fds = if rootless {
+        let mut fds = [0; mounts::DEVICES.len()];
+        for (slot, (name, _, _)) in fds.iter_mut().zip(mounts::DEVICES) {
+            volume_sources.push((cstr(format!("/dev/{name}"), "device")?, next_fd));
+            *slot = next_fd;
+            next_fd += 1;
+        }
+        Some(fds)
+    } else {
+        None
+    };
+    let mut ops = mounts::standard(w.read_only, dev_fds);
     let mut named = res.volumes.iter();
     for (v, (target, is_dir)) in w.volumes.iter().zip(&targets) {
         if *is_dir {
@@ -234,7 +246,8 @@ fn prepare(
         match &v.source {
             VolumeSource::Host(src) => {
                 volume_sources.push((path_c(src)?, next_fd));
-                mounts::bind_fd(next_fd, target, v.read_only, &mut ops);
+                let keep = mounts::locked_flags(src);
+                mounts::bind_fd(next_fd, target, v.read_only, keep, &mut ops);
                 next_fd += 1;
             }
             VolumeSource::Named(_) => {
@@ -259,7 +272,7 @@ fn prepare(
         .map(|(k, v)| cstr(format!("{k}={v}"), "environment"))
         .collect::<Result<_, _>>()?;
     let root_mount = if w.read_only {
-        RootMount::ReadOnlyBind
+        RootMount::ReadOnlyBind(mounts::locked_flags(rootfs))
     } else {
         let mut data = b"lowerdir=".to_vec();
         data.extend(overlay_escape(rootfs));
@@ -268,6 +281,10 @@ fn prepare(
         data.extend(b",workdir=");
         data.extend(overlay_escape(&scratch.join("work")));
         data.extend(b",volatile");
+        if rootless {
+            // Whiteouts and opaque dirs as user.* xattrs (no trusted.* here).
+            data.extend(b",userxattr");
+        }
         RootMount::Overlay(cstr(data, "rootfs")?)
     };
     let user = w.user.unwrap_or(isolate_core::User { uid: 0, gid: 0 });
@@ -290,6 +307,7 @@ fn prepare(
         hostname: cstr(w.effective_hostname(), "hostname")?,
         loopback: w.network == Network::Loopback,
         keep_fds: keep,
+        rootless,
         sync_rd: sync_rd.as_raw_fd(),
         exec_wr: exec_wr.as_raw_fd(),
         status_wr: status_wr.as_raw_fd(),
@@ -318,6 +336,11 @@ fn prepare(
 
 /// Starts the shim with `clone3`; returns its pid and pidfd.
 fn clone_shim(p: &Prepared, cgroup_fd: Option<&OwnedFd>) -> Result<(u32, OwnedFd), Error> {
+    let userns = if p.plan.rootless {
+        libc::CLONE_NEWUSER as u64
+    } else {
+        0
+    };
     let argv = child::ptr_array(&p.plan.argv);
     let envp = child::ptr_array(&p.plan.envp);
     let mut pidfd: RawFd = -1;
@@ -327,7 +350,8 @@ fn clone_shim(p: &Prepared, cgroup_fd: Option<&OwnedFd>) -> Result<(u32, OwnedFd
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWNET
-            | libc::CLONE_PIDFD) as u64,
+            | libc::CLONE_PIDFD) as u64
+            | userns,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
@@ -426,11 +450,9 @@ fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Err
 pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let start = Instant::now();
     // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(Error::Unavailable {
-            backend: "container",
-            reason: "container mode needs root (rootless mode is not supported yet); run isolate as root".into(),
-        });
+    let rootless = unsafe { libc::geteuid() } != 0;
+    if rootless {
+        check_rootless(w)?;
     }
     if w.argv.is_empty() {
         return Err(Error::invalid("command", "no command given"));
@@ -443,12 +465,14 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let id = w.name.clone().unwrap_or_else(new_id);
     let run = RunDir::create(&id)?;
     let mut res = Resources::new(run);
-    let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
-        .map_err(|e| ContainerError::Cgroup(format!("{e}")))?;
-    res.cgroup = Some(cg);
-    if let Err(e) = res.cgroup.as_ref().expect("just set").apply(&w.limits) {
-        if !(e.is_unsupported() && w.limits.io_weight.is_some()) {
-            return Err(ContainerError::Cgroup(chain(&e)).into());
+    if !rootless {
+        let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
+            .map_err(|e| ContainerError::Cgroup(chain(&e)))?;
+        res.cgroup = Some(cg);
+        if let Err(e) = res.cgroup.as_ref().expect("just set").apply(&w.limits) {
+            if !(e.is_unsupported() && w.limits.io_weight.is_some()) {
+                return Err(ContainerError::Cgroup(chain(&e)).into());
+            }
         }
     }
     let cgroup_fd = res.cgroup.as_ref().and_then(Cgroup::procs_fd);
@@ -457,7 +481,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         _ => Vec::new(),
     };
     let into_cgroup = cgroup_fd.is_some() || !join.is_empty();
-    let prepared = prepare(w, &rootfs, join, &mut res)?;
+    let prepared = prepare(w, &rootfs, join, &mut res, rootless)?;
     let (pid, pidfd) = clone_shim(&prepared, cgroup_fd.as_ref())?;
     let Prepared {
         plan,
@@ -490,6 +514,12 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     if let Err(e) = placed {
         handle.abort();
         return Err(ContainerError::Cgroup(chain(&e)).into());
+    }
+    if rootless {
+        if let Err(e) = write_id_maps(pid) {
+            handle.abort();
+            return Err(e.into());
+        }
     }
     sys::write_all(sync_wr.as_raw_fd(), &[1]);
     drop(sync_wr);
@@ -530,6 +560,64 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         }
     }
     Ok(handle)
+}
+
+/// What rootless mode cannot do, refused up front with the reason.
+fn check_rootless(w: &Workload) -> Result<(), Error> {
+    let unavailable = |what: &str| {
+        Error::Unavailable {
+        backend: "container",
+        reason: format!(
+            "{what} needs root: run isolate as root, or drop it (rootless mode maps only your user, to root inside)"
+        ),
+    }
+    };
+    let l = &w.limits;
+    if l.memory.is_some() || l.cpus.is_some() || l.pids.is_some() || l.io_weight.is_some() {
+        return Err(unavailable("a resource limit (a cgroup)"));
+    }
+    if w.volumes
+        .iter()
+        .any(|v| matches!(v.source, VolumeSource::Named(_)))
+    {
+        return Err(unavailable("a named volume (a loop device)"));
+    }
+    if w.user.is_some_and(|u| u.uid != 0 || u.gid != 0) {
+        return Err(unavailable("a user other than 0:0"));
+    }
+    if w.name.is_some() {
+        return Err(unavailable(
+            "a named workload (state under ISOLATE_STATE and a cgroup)",
+        ));
+    }
+    if !Path::new("/proc/self/ns/user").exists() {
+        return Err(Error::Unavailable {
+            backend: "container",
+            reason: "this kernel has no user namespaces (CONFIG_USER_NS): run isolate as root"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Maps the caller's uid and gid to 0 in the child's user namespace.
+fn write_id_maps(pid: u32) -> Result<(), ContainerError> {
+    // SAFETY: geteuid/getegid have no arguments and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    for (file, text) in [
+        ("uid_map", format!("0 {uid} 1\n")),
+        ("setgroups", "deny".to_string()),
+        ("gid_map", format!("0 {gid} 1\n")),
+    ] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, text).map_err(|e| {
+            ContainerError::host(
+                format!("write {path} (are unprivileged user namespaces allowed? see /proc/sys/user/max_user_namespaces)"),
+                e,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// On cgroup v1, the `tasks` file of the container's cgroup in each

@@ -243,10 +243,13 @@ pub fn umask(mask: u32) {
 }
 
 /// `setgroups(0, NULL)`, `setresgid`, `setresuid`, through `syscall(2)`.
-pub fn set_ids(uid: u32, gid: u32) -> Result<(), (u8, Errno)> {
-    // SAFETY: setgroups with size 0 reads no memory.
-    check(unsafe { libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) })
-        .map_err(|e| (0, e))?;
+/// (`groups`: false in a user namespace whose setgroups is denied).
+pub fn set_ids(uid: u32, gid: u32, groups: bool) -> Result<(), (u8, Errno)> {
+    if groups {
+        // SAFETY: setgroups with size 0 reads no memory.
+        check(unsafe { libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) })
+            .map_err(|e| (0, e))?;
+    }
     // SAFETY: integer arguments only.
     check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map_err(|e| (1, e))?;
     // SAFETY: integer arguments only.

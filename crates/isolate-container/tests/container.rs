@@ -589,3 +589,83 @@ fn concurrent_spawns_do_not_hold_each_others_pipes() {
         h.join().unwrap();
     }
 }
+
+/// Helper for `rootless_mode_maps_the_caller_to_root`: runs as an
+/// unprivileged user in a child process.
+#[test]
+#[ignore]
+fn helper_rootless() {
+    if std::env::var_os("ISOLATE_TEST_ROOTLESS").is_none() {
+        return;
+    }
+    let iso = ContainerIsolator::new();
+    iso.check_host().unwrap();
+    let (o, out, err) = {
+        let w = sh(
+            "id -u; hostname; echo $$; echo x > /etc/marker && cat /etc/marker; \
+                    grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '; \
+                    wc -c < /proc/keys; ls /dev/null; mount -t tmpfs none /tmp 2>&1 || true",
+        );
+        let r = iso.spawn(&w).unwrap_or_else(|e| panic!("{}", e.chain()));
+        collect(&*r)
+    };
+    assert!(o.success(), "{err}");
+    let expected = format!(
+        "0\nisolate\n2\nx\nCapEff: {:016x}\nNoNewPrivs: 1\nSeccomp: 2\n0\n/dev/null\n",
+        0xa80425fbu64
+    );
+    assert!(out.starts_with(&expected), "{out}");
+    assert!(out.contains("denied"), "mount not denied: {out}");
+    assert_eq!(
+        std::fs::read_to_string(rootfs().unwrap().join("etc/marker")).unwrap(),
+        "original\n"
+    );
+    // What needs root is refused up front, with the reason.
+    let mut w = sh("true");
+    w.memory(64 << 20);
+    let e = spawn_err(&w);
+    assert!(matches!(e, Error::Unavailable { .. }), "{e:?}");
+    assert!(e.to_string().contains("needs root"), "{e}");
+    println!("ROOTLESS-OK");
+}
+
+#[test]
+fn rootless_mode_maps_the_caller_to_root() {
+    if !can_run("rootless_mode_maps_the_caller_to_root") {
+        return;
+    }
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if max.trim() == "0" || max.is_empty() {
+        eprintln!("SKIP rootless_mode_maps_the_caller_to_root: user namespaces are disabled");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    // A rootless user owns its rootfs (files of unmapped owners are read-only).
+    let root = tempfile::tempdir().unwrap();
+    copy_root(rootfs().unwrap(), root.path());
+    let st = std::process::Command::new("chown")
+        .args(["-R", "-h", "65534:65534"])
+        .arg(root.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_rootless", "--ignored", "--nocapture"])
+        .env("ISOLATE_TEST_ROOTLESS", "1")
+        .env("ISOLATE_TEST_ROOTFS", root.path())
+        .env_remove("ISOLATE_STATE")
+        .env("XDG_RUNTIME_DIR", "")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("ROOTLESS-OK"),
+        "{text}"
+    );
+}

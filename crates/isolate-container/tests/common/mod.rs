@@ -41,6 +41,10 @@ fn find_busybox() -> Option<PathBuf> {
 pub fn rootfs() -> Option<&'static Path> {
     static ROOT: OnceLock<Option<PathBuf>> = OnceLock::new();
     ROOT.get_or_init(|| {
+        // A helper process (e.g. the rootless one) reuses its parent's rootfs.
+        if let Some(dir) = std::env::var_os("ISOLATE_TEST_ROOTFS") {
+            return Some(PathBuf::from(dir));
+        }
         let busybox = find_busybox()?;
         let dir =
             std::env::temp_dir().join(format!("isolate-container-rootfs-{}", std::process::id()));
