@@ -5,9 +5,12 @@
 #   - the test binaries of the crates that touch KVM, namespaces or cgroups
 #     (isolate-vm, isolate-container, isolate-cgroups), each as one test.
 #
-# usage: suite.sh [--list] [--timeout SECS] [-- MORE-RUN-OPTIONS...]
-#   --list     print the tests that would run, and exit
-#   --timeout  whole run, boot included (default 3600)
+# usage: suite.sh [--list] [--timeout SECS] [--test-timeout SECS]
+#                 [-- MORE-RUN-OPTIONS...]
+#   --list          print the tests that would run, and exit
+#   --timeout       whole run, boot included (default 3600)
+#   --test-timeout  one test binary (default 1500): a hanging binary fails
+#                   alone, the following ones still run
 # environment: ISOLATE_HOME (default /var/lib/isolate), CARGO_TARGET_DIR,
 # ISOLATE_CONTRACT_TIMEOUT (per case inside, default 600).
 # Needs ./install.sh --no-demo first (binaries, guest kernel, rootfs, init).
@@ -25,11 +28,12 @@ export ISOLATE_HOME=${ISOLATE_HOME:-/var/lib/isolate}
 # The crates whose test binaries run inside (all their test targets).
 readonly PACKAGES=(isolate-contract isolate-vm isolate-container isolate-cgroups)
 
-list=0 timeout=3600 extra=()
+list=0 timeout=3600 test_timeout=1500 extra=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --list) list=1 ;;
         --timeout) timeout=${2:?--timeout needs SECS}; shift ;;
+        --test-timeout) test_timeout=${2:?--test-timeout needs SECS}; shift ;;
         --) shift; extra=("$@"); break ;;
         -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "suite.sh: unknown argument $1" >&2; exit 2 ;;
@@ -108,7 +112,10 @@ done
     while read -r _ _ exe _; do payload+=(--exec "$exe"); done <"$tmp/executables"
     while read -r name exe dir; do
         # Like cargo test: run from the crate directory, CARGO_MANIFEST_DIR set.
-        printf "harness_sh %s 'cd %s && CARGO_MANIFEST_DIR=%s exec %s'\n" "$name" "$dir" "$dir" "$exe"
+        printf "harness_sh %s 'cd %s || exit 1
+    CARGO_MANIFEST_DIR=%s timeout %s %s; rc=\$?
+    [ \$rc -ne 143 ] || echo \"suite: terminated (SIGTERM), most likely by the per-test timeout of %s s\"
+    exit \$rc'\n" "$name" "$dir" "$dir" "$test_timeout" "$exe" "$test_timeout"
     done <"$tmp/tests"
 } >"$tmp/suite.sh"
 
