@@ -10,6 +10,7 @@
 # Absolute times inside the emulated host are 10-50x those of hardware:
 # read the two modes against each other, not against other tables.
 
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -18,6 +18,7 @@
 # 2 harness failure. A crate whose tests do not build is named at the end
 # and fails the suite (status 1 at least); the others still run.
 
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
