@@ -135,6 +135,9 @@ pub fn open_ports() -> Result<Ports, Error> {
             },
         }
     } else {
+        // The console now carries the workload's output and the control
+        // lines: keep kernel messages (all but emergencies) off it.
+        let _ = std::fs::write("/proc/sys/kernel/printk", "1");
         let console = open(CONSOLE, true, false)?;
         make_raw(CONSOLE, &console)?;
         Ports {
