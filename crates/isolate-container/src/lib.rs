@@ -29,10 +29,33 @@
 //!
 //! # Layout on the host
 //!
-//! `ISOLATE_STATE/containers/<id>/` holds the overlay's upper and work
-//! dirs while the container runs; the cgroup is `isolate/ct-<id>`. Both
-//! are removed when the container ends, and by [`cleanup_stale`] after an
-//! isolate that was killed.
+//! `ISOLATE_STATE/containers/<id>` is a small marker file (the isolate
+//! process's pid and start time) while the container runs; the cgroup is
+//! `isolate/ct-<id>`. The overlay's upper and work dirs live on a tmpfs that
+//! the container mounts in its own mount namespace: nothing of them ever
+//! appears on the host, and they vanish with the container (writes to the
+//! root are charged to the container's memory limit). The marker and the
+//! cgroup are removed when the container ends, and by [`cleanup_stale`]
+//! after an isolate that was killed. A named volume's loop device detaches
+//! itself when the container's mount namespace goes away.
+//!
+//! # Rootless mode
+//!
+//! Run by a user other than root, isolate adds a user namespace that maps
+//! that user (and its group) to root inside; the rest is the same, except
+//! that there is no cgroup (resource limits, named volumes, named workloads
+//! and other users inside are refused up front), device nodes are the
+//! host's bound in, and files of the rootfs owned by anyone else than the
+//! caller are read-only inside. Markers go to `$XDG_RUNTIME_DIR/isolate`
+//! (or `/tmp/isolate-<uid>`) unless `ISOLATE_STATE` is set.
+//!
+//! # Performance
+//!
+//! Everything is prepared before the one `clone3`; the child makes system
+//! calls only. On cgroup v2 the shim starts inside its cgroup
+//! (`CLONE_INTO_CGROUP`); on v1 it moves itself in by writing `0` to the
+//! `tasks` files (see `spawn::v1_join_files`), which avoids the RCU grace
+//! period that moving another process costs.
 
 mod caps;
 mod child;
@@ -126,24 +149,44 @@ impl Isolator for ContainerIsolator {
 }
 
 /// Removes what a killed isolate left behind: run markers whose isolate
-/// process is gone, and their cgroups (`isolate/ct-*` with no live run).
-/// Called at the start of every spawn; cheap when there is nothing.
-/// Rootless, only the caller's own markers (it has no cgroups).
+/// process is gone, and their cgroups (`isolate/ct-<id>`). Called at the
+/// start of every spawn; with no stale marker it reads one directory and
+/// stops. A marker goes only once its cgroup is gone, so a cgroup whose
+/// processes were still dying is retried by a later call. Rootless, only
+/// the caller's own markers (it has no cgroups).
 pub fn cleanup_stale() {
-    rundir::remove_stale();
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    let stale = rundir::stale();
+    if stale.is_empty() {
         return;
     }
-    let base = rundir::base();
-    // Judged per cgroup when it is looked at, not from an earlier listing: a
-    // run makes its marker before its cgroup, so a cgroup seen here whose
-    // marker is missing or dead is a leftover.
-    let _ = isolate_cgroups::Cgroup::remove_stale(&|name: &str| {
-        match name.strip_prefix(spawn::CGROUP_PREFIX) {
-            Some(id) => rundir::owner_alive(&base.join(id)),
-            // Not a container's cgroup: not ours to judge.
-            None => true,
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let base = rundir::base();
+        // Judged per cgroup when it is looked at, not from the listing
+        // above: a run makes its marker before its cgroup, so a cgroup seen
+        // here whose marker is missing or dead is a leftover.
+        let _ = isolate_cgroups::Cgroup::remove_stale(&|name: &str| {
+            match name.strip_prefix(spawn::CGROUP_PREFIX) {
+                Some(id) => rundir::owner_alive(&base.join(id)),
+                // Not a container's cgroup: not ours to judge.
+                None => true,
+            }
+        });
+    }
+    for id in stale {
+        let cgroup = format!("{}/{}{id}", isolate_cgroups::PARENT, spawn::CGROUP_PREFIX);
+        let gone = match isolate_cgroups::Cgroup::open(&cgroup) {
+            Err(isolate_cgroups::CgroupError::NotFound { .. }) => true,
+            Err(_) => is_rootless(),
+            Ok(_) => false,
+        };
+        if gone {
+            rundir::remove_marker(&id);
         }
-    });
+    }
+}
+
+fn is_rootless() -> bool {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() != 0 }
 }

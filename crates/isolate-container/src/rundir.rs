@@ -108,20 +108,21 @@ fn remove(path: &Path) {
     }
 }
 
-/// Removes the markers whose owner is dead; returns their ids.
-pub fn remove_stale() -> Vec<String> {
+/// Ids of the markers whose owner is dead.
+pub fn stale() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(base()) else {
         return Vec::new();
     };
-    let mut removed = Vec::new();
-    for e in entries.flatten() {
-        let p = e.path();
-        if !owner_alive(&p) {
-            remove(&p);
-            removed.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    removed
+    entries
+        .flatten()
+        .filter(|e| !owner_alive(&e.path()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Removes the marker of run `id`.
+pub fn remove_marker(id: &str) {
+    remove(&base().join(id));
 }
 
 #[cfg(test)]
