@@ -284,6 +284,18 @@ impl Cache {
     /// (erofs-utils), or ext4 through `mkfs.ext4 -d` when erofs-utils is
     /// not installed. Built once per distinct tree.
     pub fn block_image(&self, rootfs_dir: &Path) -> Result<BlockImage> {
+        let tool = find_tool("mkfs.erofs")
+            .map(|t| (t, "erofs"))
+            .or_else(|| find_tool("mkfs.ext4").map(|t| (t, "ext4")));
+        self.block_image_with(rootfs_dir, tool)
+    }
+
+    /// [`Cache::block_image`] with the builder chosen by the caller.
+    fn block_image_with(
+        &self,
+        rootfs_dir: &Path,
+        tool: Option<(PathBuf, &'static str)>,
+    ) -> Result<BlockImage> {
         let tree = Tree::walk(rootfs_dir)?;
         let mut h = Sha256::new();
         h.update(FORMAT_VERSION);
@@ -296,11 +308,7 @@ impl Cache {
                 return Ok(BlockImage { path: p, fstype });
             }
         }
-        let (tool, fstype) = if let Some(t) = find_tool("mkfs.erofs") {
-            (t, "erofs")
-        } else if let Some(t) = find_tool("mkfs.ext4") {
-            (t, "ext4")
-        } else {
+        let Some((tool, fstype)) = tool else {
             return Err(Error::NoMkfs(rootfs_dir.to_path_buf()));
         };
         let path = self.dir.join(format!("{stem}.{fstype}"));

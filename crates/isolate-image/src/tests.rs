@@ -257,3 +257,34 @@ fn block_image_is_built_once_and_mountable_type_is_named() {
     fs::write(f.rootfs().join("etc/new"), b"x").unwrap();
     assert_ne!(c.block_image(&f.rootfs()).unwrap().path, img.path);
 }
+
+#[test]
+fn ext4_fallback_builds_an_image_holding_the_tree() {
+    let (Some(mkfs), Some(debugfs)) = (find_tool("mkfs.ext4"), find_tool("debugfs")) else {
+        eprintln!("SKIP ext4_fallback_builds_an_image_holding_the_tree: e2fsprogs not installed");
+        return;
+    };
+    let f = Fixture::new();
+    let img = f
+        .cache()
+        .block_image_with(&f.rootfs(), Some((mkfs, "ext4")))
+        .unwrap();
+    assert_eq!(img.fstype, "ext4");
+    assert!(img.path.to_string_lossy().ends_with(".ext4"));
+    let out = Command::new(debugfs)
+        .args(["-R", "cat /bin/tool"])
+        .arg(&img.path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "#!/bin/sh\necho tool\n"
+    );
+}
+
+#[test]
+fn block_image_without_any_mkfs_names_the_package_to_install() {
+    let f = Fixture::new();
+    let err = f.cache().block_image_with(&f.rootfs(), None).unwrap_err();
+    assert!(err.to_string().contains("erofs-utils"), "{err}");
+}
