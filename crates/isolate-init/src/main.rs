@@ -11,6 +11,16 @@
 //! PID 1 must never exit or die (the kernel would panic): every failure
 //! becomes an `error` control message followed by the same power-off, and
 //! the panic hook does the same for bugs.
+//!
+//! Host side, two rules follow from the guest's ttys:
+//! - send nothing on hvc0 or hvc2 before the guest's first control message
+//!   (`started` or `error`): an hvc tty starts in cooked mode, and bytes
+//!   that arrive before the init has made it raw are echoed back with
+//!   `\n` turned into `\r\n` (hvc reads nothing before the first open, so
+//!   anything queued early arrives exactly in that window);
+//! - `stdin_eof` travels on another port than the data: the init keeps
+//!   reading hvc0 until it has been quiet for 20 ms before closing the
+//!   workload's stdin.
 
 mod cgroup;
 mod console;
