@@ -363,7 +363,16 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
         let src_ready = ready(src_idx);
         drop(fds);
 
-        if !ctl_ready.is_empty() {
+        // Error or hang-up with nothing to read: the port is gone for good
+        // (stop polling it rather than spin).
+        if hung_up(ctl_ready) {
+            control_open = false;
+        }
+        if hung_up(src_ready) {
+            source_open = false;
+        }
+
+        if ctl_ready.contains(PollFlags::POLLIN) && control_open {
             let got = match ports.control.input() {
                 Some(f) => read_fd(f.as_fd(), &mut buf),
                 None => Ok(0),
@@ -393,7 +402,7 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
             }
         }
 
-        if !src_ready.is_empty() {
+        if src_ready.contains(PollFlags::POLLIN) && source_open {
             if let Some(src) = &ports.stdin_source {
                 match read_fd(src.as_fd(), &mut buf) {
                     Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
@@ -441,6 +450,11 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
             }
         }
     }
+}
+
+fn hung_up(revents: PollFlags) -> bool {
+    !revents.contains(PollFlags::POLLIN)
+        && revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
 }
 
 /// Reads what is still on its way on hvc0 when `stdin_eof` arrives: the
@@ -519,6 +533,14 @@ mod tests {
             status_of(WaitStatus::Exited(pid(), 137), 1),
             Status::Exited(137)
         );
+    }
+
+    #[test]
+    fn hang_up_without_data_closes_a_port() {
+        assert!(hung_up(PollFlags::POLLHUP));
+        assert!(hung_up(PollFlags::POLLERR));
+        assert!(!hung_up(PollFlags::POLLHUP | PollFlags::POLLIN));
+        assert!(!hung_up(PollFlags::empty()));
     }
 
     #[test]
