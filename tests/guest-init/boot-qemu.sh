@@ -324,6 +324,13 @@ if wanted ports-stdin; then
     check ports-stdin $M "stdin piped from hvc0 until stdin_eof" \
         eval 'same_bytes ports-stdin.out "line one\nline two\ndone\n" && exit_is ports-stdin "{\"exited\":0}"'
 fi
+if wanted ports-stdin-big; then
+    # More than a pipe buffer (64 KiB): the init must apply backpressure.
+    BIG=$(head -c 196608 /dev/urandom | base64 -w 76)
+    boot ports-stdin-big $M "$(spec '["sh","-c","md5sum | cut -d\" \" -f1"]' stdin=true)" "$BIG"$'\n'
+    check ports-stdin-big $M "256 KiB of stdin arrive intact" \
+        eval 'same_bytes ports-stdin-big.out "$(printf "%s\n" "$BIG" | md5sum | cut -d" " -f1)\n"'
+fi
 if wanted ports-signal; then
     boot ports-signal $M "$(spec '["sleep","60"]')" "" '{"t":"signal","signo":15}'
     check ports-signal $M "signal message forwarded (signaled 15)" exit_is ports-signal '{"signaled":15}'
