@@ -144,6 +144,17 @@ pub struct ChildPlan {
     /// Rootless: a user namespace maps the caller to root; the shim waits
     /// for the parent's id maps before anything else, and sets no groups.
     pub rootless: bool,
+    /// Whether the parent must move the shim into its cgroup (cgroup v1
+    /// without `tasks` files found): the shim then waits for the sync byte
+    /// before starting the application.
+    pub parent_places: bool,
+    /// A pidfd of the parent process: if it has already ended when the shim
+    /// sets its parent-death signal, the shim exits (when no sync byte is
+    /// awaited, which would tell the same by end-of-file).
+    pub parent_pidfd: RawFd,
+    /// Signals the parent catches or ignores (bit `n - 1` for signal `n`):
+    /// the application resets them to their default action.
+    pub reset_signals: u64,
     /// Read end of the pipe the parent writes one byte to once the shim is
     /// in its cgroup (rootless: once its id maps are written).
     pub sync_rd: RawFd,
@@ -214,7 +225,10 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     };
     if plan.rootless {
         wait_for_parent(plan);
+    } else if !plan.parent_places && parent_gone(plan.parent_pidfd) {
+        sys::exit(125);
     }
+    sys::close(plan.parent_pidfd);
     for fd in &plan.join_fds {
         // "0" moves the calling thread (see spawn::v1_join_files).
         if let Err(e) = sys::write_exact(*fd, b"0") {
@@ -335,7 +349,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     }
     sys::umask(0o022);
 
-    if !plan.rootless {
+    if plan.parent_places {
         wait_for_parent(plan);
     }
     // The cgroup namespace is rooted at the container's own cgroup.
@@ -359,6 +373,17 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         }
     }
     supervise(app_pid, plan.status_wr)
+}
+
+/// Whether the process behind `pidfd` has ended (a pidfd polls readable).
+fn parent_gone(pidfd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd; a zero timeout never blocks.
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
 }
 
 /// Waits for the parent's go-ahead byte (the parent placed this process
@@ -411,7 +436,7 @@ fn supervise(app: libc::pid_t, status_wr: RawFd) -> ! {
 
 /// The application process: drop privileges, filter, exec.
 fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
-    sys::reset_signals();
+    sys::reset_signals(plan.reset_signals);
     let step = |i: usize, r: Result<(), sys::Errno>| {
         if let Err(e) = r {
             fail(plan, Stage::App, i, e, 125)

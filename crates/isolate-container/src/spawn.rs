@@ -165,6 +165,7 @@ fn prepare(
     join: Vec<OwnedFd>,
     res: &mut Resources,
     rootless: bool,
+    into_cgroup: bool,
 ) -> Result<Prepared, Error> {
     let scratch = rundir::base();
     // Resolve every volume target first: bad input fails before anything is made.
@@ -205,7 +206,14 @@ fn prepare(
     let (exec_rd, exec_wr) = pipe()?;
     let (status_rd, status_wr) = pipe()?;
     let (stdio, parent_stdio) = stdio_fds(w, &mut child_fds)?;
+    let parent_pidfd = sys::pidfd_self().map_err(|e| {
+        ContainerError::host(
+            "open a pidfd of isolate",
+            std::io::Error::from_raw_os_error(e),
+        )
+    })?;
     let mut keep: Vec<RawFd> = vec![
+        parent_pidfd.as_raw_fd(),
         sync_rd.as_raw_fd(),
         exec_wr.as_raw_fd(),
         status_wr.as_raw_fd(),
@@ -308,6 +316,9 @@ fn prepare(
         loopback: w.network == Network::Loopback,
         keep_fds: keep,
         rootless,
+        parent_places: !rootless && !into_cgroup,
+        parent_pidfd: parent_pidfd.as_raw_fd(),
+        reset_signals: sys::handled_signals(),
         sync_rd: sync_rd.as_raw_fd(),
         exec_wr: exec_wr.as_raw_fd(),
         status_wr: status_wr.as_raw_fd(),
@@ -322,7 +333,7 @@ fn prepare(
         argv,
         envp,
     };
-    child_fds.extend([sync_rd, exec_wr, status_wr]);
+    child_fds.extend([parent_pidfd, sync_rd, exec_wr, status_wr]);
     child_fds.extend(join);
     Ok(Prepared {
         plan,
@@ -481,7 +492,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         _ => Vec::new(),
     };
     let into_cgroup = cgroup_fd.is_some() || !join.is_empty();
-    let prepared = prepare(w, &rootfs, join, &mut res, rootless)?;
+    let prepared = prepare(w, &rootfs, join, &mut res, rootless, into_cgroup)?;
     let (pid, pidfd) = clone_shim(&prepared, cgroup_fd.as_ref())?;
     let Prepared {
         plan,

@@ -319,10 +319,13 @@ pub fn seccomp_install(prog: &[seccompiler::sock_filter]) -> Result<(), Errno> {
     .map(drop)
 }
 
-/// Resets every catchable signal to its default action and unblocks all.
-pub fn reset_signals() {
-    for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+/// Resets the signals in `mask` (bit `n - 1` for signal `n`) to their
+/// default action and unblocks all. `execve` resets caught signals itself
+/// but keeps ignored ones; resetting caught ones too means no handler of
+/// the parent can run between here and `execve`.
+pub fn reset_signals(mask: u64) {
+    for sig in 1..=64 {
+        if mask & (1u64 << (sig - 1)) == 0 || sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
         // SAFETY: installing SIG_DFL needs no handler memory; glibc's
@@ -330,6 +333,35 @@ pub fn reset_signals() {
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
     set_sigmask(false);
+}
+
+/// The signals this process catches or ignores, as a mask for
+/// [`reset_signals`] (from `SigCgt` and `SigIgn` of `/proc/self/status`;
+/// all of them if that cannot be read).
+pub fn handled_signals() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return u64::MAX;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    match (field("SigCgt:"), field("SigIgn:")) {
+        (Some(c), Some(i)) => c | i,
+        _ => u64::MAX,
+    }
+}
+
+/// `pidfd_open(2)` of the calling process.
+pub fn pidfd_self() -> Result<std::os::fd::OwnedFd, Errno> {
+    // SAFETY: getpid has no arguments and cannot fail.
+    let me = unsafe { libc::getpid() };
+    // SAFETY: pidfd_open takes integers; it returns a new descriptor.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, me, 0) })?;
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Blocks (`true`) or unblocks (`false`) every signal of the calling
