@@ -5,6 +5,16 @@
 //! (stdout, stderr, a control-line parser). Input comes from any thread
 //! through a [`ConsoleInput`] handle; bytes the guest has no buffers for yet
 //! wait in a pending buffer and are delivered when buffers arrive.
+//!
+//! # When input may flow
+//!
+//! Without `VIRTIO_CONSOLE_F_MULTIPORT` the guest never says when its port
+//! is ready. Linux posts its receive buffers while it is still setting the
+//! port up, and throws away (or frees) whatever arrives before the port is
+//! registered. Input is therefore held until the port is known to be open:
+//! either the guest has transmitted on this console, or the VMM calls
+//! [`ConsoleInput::open`] (e.g. once the guest init reported in on another
+//! console).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -35,12 +45,17 @@ const TX_CHUNK: usize = 4096;
 struct RxState {
     pending: VecDeque<u8>,
     active: Option<ActiveQueue>,
+    /// The guest port is known to be set up: input may be delivered.
+    open: bool,
 }
 
 impl RxState {
     /// Copies pending bytes into the buffers the guest made available,
     /// and interrupts it if any buffer was used.
     fn deliver(&mut self) {
+        if !self.open {
+            return;
+        }
         let Some(rx) = self.active.as_mut() else {
             return;
         };
@@ -83,6 +98,19 @@ impl ConsoleInput {
         let mut rx = lock(&self.rx);
         rx.pending.extend(data);
         rx.deliver();
+    }
+
+    /// Declares the guest port ready for input (see the module docs) and
+    /// delivers what is pending. Idempotent; a device reset closes it again.
+    pub fn open(&self) {
+        let mut rx = lock(&self.rx);
+        rx.open = true;
+        rx.deliver();
+    }
+
+    /// Whether input is being delivered (the port is open, see [`open`](Self::open)).
+    pub fn is_open(&self) -> bool {
+        lock(&self.rx).open
     }
 
     /// Bytes pushed but not yet taken by the guest (for back-pressure: a
@@ -166,6 +194,12 @@ impl Console {
         }
         if used {
             tx.notify_guest();
+            // The guest wrote through its port: the port is set up.
+            let mut rx = lock(&self.rx);
+            if !rx.open {
+                rx.open = true;
+                rx.deliver();
+            }
         }
     }
 }
@@ -247,8 +281,11 @@ impl VirtioDevice for Console {
     fn reset(&mut self) {
         self.tx = None;
         self.acked_features = 0;
-        // Pending input stays: it is delivered once the driver is back.
-        lock(&self.rx).active = None;
+        // Pending input stays: it is delivered once the driver is back and
+        // its port is open again.
+        let mut rx = lock(&self.rx);
+        rx.active = None;
+        rx.open = false;
     }
 }
 
@@ -296,7 +333,14 @@ mod tests {
         }
     }
 
+    /// Activates the console and declares its port open.
     fn activate(f: &mut Fixture<'_>, mem: &GuestMemoryMmap) {
+        activate_closed(f, mem);
+        f.console.input().open();
+    }
+
+    /// Activates the console like a driver that has not set its port up yet.
+    fn activate_closed(f: &mut Fixture<'_>, mem: &GuestMemoryMmap) {
         let queues = vec![f.rxq.create_queue().unwrap(), f.txq.create_queue().unwrap()];
         f.console
             .activate(mem.clone(), queues, f.irq.clone())
@@ -400,6 +444,7 @@ mod tests {
         f.console
             .activate(mem.clone(), vec![rxq, txq], f.irq.clone())
             .unwrap();
+        f.console.input().open();
 
         let mut avail_idx = 0u16;
         let post = |head: u16, idx: &mut u16| {
@@ -447,6 +492,59 @@ mod tests {
         assert!(received == input, "input arrived altered or out of order");
         assert_eq!(handle.pending_len(), 0);
         assert!(f.irq.count() > 1);
+    }
+
+    #[test]
+    fn input_waits_until_the_port_is_opened() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate_closed(&mut f, &mem);
+        add_chain(&f.rxq, 0, &[(0x1_0000, 64, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        let input = f.console.input();
+        input.push(b"early");
+        // Linux would discard this: nothing may be delivered yet.
+        assert!(used_entries(&f.rxq).is_empty());
+        assert_eq!(f.irq.count(), 0);
+        assert!(!input.is_open());
+
+        input.open();
+
+        assert_eq!(used_entries(&f.rxq), vec![(0, 5)]);
+        let mut got = [0u8; 5];
+        mem.read_slice(&mut got, GuestAddress(0x1_0000)).unwrap();
+        assert_eq!(&got, b"early");
+    }
+
+    #[test]
+    fn guest_transmission_opens_the_port() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate_closed(&mut f, &mem);
+        let input = f.console.input();
+        input.push(b"reply");
+        add_chain(&f.rxq, 0, &[(0x1_0000, 64, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        assert_eq!(input.pending_len(), 5);
+
+        mem.write_slice(b"{\"t\":\"started\"}\n", GuestAddress(0x2_0000))
+            .unwrap();
+        add_chain(&f.txq, 0, &[(0x2_0000, 16, false)]);
+        f.console.queue_notify(TX_QUEUE);
+
+        assert!(input.is_open());
+        assert_eq!(input.pending_len(), 0);
+        assert_eq!(used_entries(&f.rxq), vec![(0, 5)]);
+    }
+
+    #[test]
+    fn reset_closes_the_port_again() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        assert!(f.console.input().is_open());
+        f.console.reset();
+        assert!(!f.console.input().is_open());
     }
 
     #[test]
