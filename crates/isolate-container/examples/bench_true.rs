@@ -2,6 +2,8 @@
 //! median, min and max wall time of `spawn` + `wait`.
 //!
 //! `cargo run --release -p isolate-container --example bench_true -- ROOTFS [N]`
+//!
+//! With `BENCH_EACH` set, every run's time is printed too.
 
 use std::time::Instant;
 
@@ -24,6 +26,9 @@ fn main() {
         times.push(t.elapsed());
         startup.push(o.startup_time.unwrap_or_default());
         assert!(o.success(), "{:?}", o.status);
+    }
+    if std::env::var_os("BENCH_EACH").is_some() {
+        eprintln!("each: {times:?}");
     }
     times.sort();
     startup.sort();
