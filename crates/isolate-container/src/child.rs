@@ -203,7 +203,7 @@ fn fail(plan: &ChildPlan, stage: Stage, index: usize, errno: i32, code: i32) -> 
 }
 
 const ROOT: &CStr = c"/";
-/// What the container sees as PID 1's name and command line.
+/// PID 1's name (`comm`) as the container's `ps` shows it.
 static SHIM_NAME: &CStr = c"isolate-init";
 const DOT: &CStr = c".";
 
@@ -211,8 +211,8 @@ const DOT: &CStr = c".";
 /// Never returns.
 pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
     sys::set_process_name(SHIM_NAME);
-    // Die with the parent; a parent that died before this line is caught by
-    // the sync pipe reading end-of-file below.
+    // Die with the parent; a parent that died before this line is caught
+    // below, by its pidfd or by end-of-file on the sync pipe.
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
     // Descriptors of other containers spawned concurrently must not stay open here.
     let _ = sys::close_all_except(&plan.keep_fds);

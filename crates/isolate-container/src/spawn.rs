@@ -219,7 +219,7 @@ fn prepare(
         status_wr.as_raw_fd(),
     ];
     keep.extend(stdio.iter().copied().filter(|&fd| fd >= 0));
-    keep.extend(res.volumes.iter().map(|a| a.device.as_raw_fd()));
+    keep.extend(res.volumes.iter().filter_map(|a| a.device_fd()));
     keep.extend(join.iter().map(|f| f.as_raw_fd()));
     keep.sort_unstable();
     keep.dedup();
@@ -260,7 +260,8 @@ fn prepare(
             }
             VolumeSource::Named(_) => {
                 let att = named.next().expect("one attachment per named volume");
-                mounts::ext4_fd(att.device.as_raw_fd(), target, v.read_only, &mut ops);
+                let fd = att.device_fd().expect("attached until clone");
+                mounts::ext4_fd(fd, target, v.read_only, &mut ops);
             }
         }
     }

@@ -69,11 +69,19 @@ fn components(p: &Path) -> Vec<OsString> {
 /// A named volume attached to a loop device for one run.
 #[derive(Debug)]
 pub struct Attached {
-    /// The loop device, open read-write (or read-only).
-    pub device: OwnedFd,
+    /// The loop device, open read-write (or read-only), until the child
+    /// holds it.
+    pub device: Option<OwnedFd>,
     /// The image, locked (`flock`) for the run so that two runs never
     /// mount the same ext4 image at once.
     pub _image_lock: File,
+}
+
+impl Attached {
+    /// The loop device's descriptor, while this process holds it.
+    pub fn device_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.as_ref().map(AsRawFd::as_raw_fd)
+    }
 }
 
 #[repr(C)]
@@ -149,7 +157,7 @@ pub fn attach(image: &Path, read_only: bool) -> Result<Attached, ContainerError>
             // SAFETY: into_raw_fd hands over sole ownership of the descriptor.
             let device = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(dev)) };
             return Ok(Attached {
-                device,
+                device: Some(device),
                 _image_lock: file,
             });
         }
