@@ -95,6 +95,13 @@ impl RunDir {
     }
 }
 
+impl RunDir {
+    /// Leaves the marker in place (its owner's death later makes it stale).
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for RunDir {
     fn drop(&mut self) {
         remove(&self.path);

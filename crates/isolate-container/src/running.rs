@@ -37,25 +37,26 @@ impl Resources {
         }
     }
 
-    /// Removes the cgroup (killing anything left in it), the run dir and
-    /// the state record, and unlocks the volumes. Returns the first error.
-    fn release(&mut self) -> Result<(), ContainerError> {
-        let mut first = None;
+    /// Removes the cgroup (killing anything left in it), the run marker and
+    /// the state record, and unlocks the volumes. A cgroup that cannot go
+    /// yet keeps its marker, so that a later `cleanup_stale` removes it.
+    fn release(&mut self) {
         if let Some(cg) = self.cgroup.take() {
-            if let Err(e) = cg.remove() {
-                first = Some(ContainerError::Cgroup(e.to_string()));
+            if cg.remove().is_err() {
+                if let Some(marker) = self.run.take() {
+                    marker.keep();
+                }
             }
         }
         self.registration = None;
         self.run = None;
         self.volumes.clear();
-        first.map_or(Ok(()), Err)
     }
 }
 
 impl Drop for Resources {
     fn drop(&mut self) {
-        let _ = self.release();
+        self.release();
     }
 }
 
@@ -271,7 +272,7 @@ impl Container {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let mut cg_err = None;
+        let mut cg_left = false;
         if let Some(cg) = cgroup {
             if let Ok(st) = cg.stats() {
                 outcome.cpu_time = st.cpu_time;
@@ -280,19 +281,22 @@ impl Container {
             if status == Status::Signaled(libc::SIGKILL) && cg.oom_killed().unwrap_or(false) {
                 status = Status::OomKilled;
             }
-            if let Err(e) = cg.remove() {
-                cg_err = Some(ContainerError::Cgroup(e.to_string()));
-            }
+            // A cgroup that cannot go yet (processes still dying) keeps its
+            // run's marker, so the next spawn's `cleanup_stale` removes it
+            // once this process has ended; the outcome is still reported.
+            cg_left = cg.remove().is_err();
         }
         if timed_out {
             status = Status::TimedOut;
         }
         outcome.status = status;
-        let released = lock(&self.res).release();
-        if let Some(e) = cg_err {
-            return Err(e.into());
+        let mut res = lock(&self.res);
+        if cg_left {
+            if let Some(marker) = res.run.take() {
+                marker.keep();
+            }
         }
-        released?;
+        res.release();
         Ok(outcome)
     }
 

@@ -26,6 +26,13 @@ fn run(w: &Workload) -> (Outcome, String, String) {
 fn assert_no_leftovers(id: &str) {
     let left = leftovers(id);
     assert!(left.is_empty(), "left behind: {left:?}");
+    // The container's mounts lived in its own mount namespace only.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let base = isolate_core::paths::state_dir().join("containers");
+    assert!(
+        !mounts.contains(base.to_str().unwrap()),
+        "a container mount is visible on the host:\n{mounts}"
+    );
 }
 
 fn spawn_err(w: &Workload) -> Error {
@@ -374,6 +381,15 @@ fn named_volume_survives_into_the_next_run() {
     let (o, out, err) = run(&w);
     assert!(o.success(), "{err}");
     assert_eq!(out, "persisted\n");
+    // One ext4 image is never mounted by two runs at once.
+    let mut w = sh("sleep 30");
+    w.volume(Volume::named(&name, "/data")).stdout(Stdio::Null);
+    let first = ContainerIsolator::new().spawn(&w).unwrap();
+    let e = spawn_err(&w);
+    assert!(e.chain().contains("in use"), "{}", e.chain());
+    assert_eq!(e.exit_code(), 125);
+    first.kill().unwrap();
+    first.wait().unwrap();
     let image = isolate_core::volume::image_path(&name);
     // The loop devices detached themselves (autoclear).
     let attached = || {
