@@ -210,7 +210,7 @@ main() {
     fi
     for f in "$FRAGMENT" ${EXTRA_FRAGMENT:+"$EXTRA_FRAGMENT"}; do
         dups=$(grep -oE '^(# )?CONFIG_[A-Za-z0-9_]+' "$f" | sed 's/^# //' | sort | uniq -d)
-        [[ -z "$dups" ]] || die "$f sets these symbols more than once: $(echo $dups)"
+        [[ -z "$dups" ]] || die "$f sets these symbols more than once: $(tr "\n" " " <<<"$dups")"
     done
     # The effective fragment: config.fragment, minus the symbols the extra
     # fragment sets, then the extra fragment.

@@ -59,8 +59,8 @@ EXPECT_INIT=(marker mounts smp proc_self_cgroup cgroup2_controllers cgroup2_limi
 HAVE_SYSPROBE=0
 if command -v gcc >/dev/null && gcc -static -O2 -pthread -o "$WORK/sysprobe" "$HERE/sysprobe.c" 2>"$WORK/gcc.err"; then
     HAVE_SYSPROBE=1
-    EXPECT_PROBE=($(grep -oE 'report\("[a-z_]+"' "$HERE/sysprobe.c" | cut -d'"' -f2)
-                  ns_mnt ns_uts ns_ipc ns_pid ns_net ns_user ns_cgroup)
+    mapfile -t EXPECT_PROBE < <(grep -oE 'report\("[a-z_]+"' "$HERE/sysprobe.c" | cut -d'"' -f2)
+    EXPECT_PROBE+=(ns_mnt ns_uts ns_ipc ns_pid ns_net ns_user ns_cgroup)
 else
     SYSPROBE_WHY="cannot build static sysprobe.c: $(command -v gcc >/dev/null && head -c 200 "$WORK/gcc.err" || echo 'gcc not installed')"
 fi
@@ -266,6 +266,7 @@ run_qemu() {
     # acpi=off: QEMU then announces the virtio-mmio devices on the command line
     # (virtio_mmio.device=...), as isolate's VMM does. i8042: the port-0x64
     # reset that reboot=k uses; with -no-reboot QEMU exits on it.
+    # shellcheck disable=SC2054
     local args=(-M microvm,acpi=off -accel tcg -cpu max -smp "$SMP" -m "$MEM"
         -nodefaults -no-user-config -nographic -no-reboot
         -serial "file:$con" -device i8042
@@ -277,8 +278,10 @@ run_qemu() {
         args+=(-device virtio-serial-device -chardev "file,id=hvc$n,path=$WORK/$name.hvc$n"
                -device "virtconsole,chardev=hvc$n")
     done
+    # shellcheck disable=SC2054
     [[ $HAVE_EXT4 == 1 ]] && args+=(-drive "if=none,id=ext4,format=raw,file=$WORK/ext4.img"
                                     -device virtio-blk-device,drive=ext4)
+    # shellcheck disable=SC2054
     [[ $HAVE_EROFS == 1 ]] && args+=(-drive "if=none,id=erofs,format=raw,readonly=on,file=$WORK/erofs.img"
                                      -device virtio-blk-device,drive=erofs)
     local t0 t1
