@@ -670,3 +670,49 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_with_a_slash_is_tried_as_given() {
+        let c = candidates("./run.sh", &[]).unwrap();
+        assert_eq!(c, [CString::new("./run.sh").unwrap()]);
+    }
+
+    #[test]
+    fn bare_program_is_searched_in_the_workloads_path() {
+        let env = vec![("PATH".to_string(), "/opt/bin::/usr/bin/".to_string())];
+        let c = candidates("tool", &env).unwrap();
+        assert_eq!(
+            c,
+            [
+                CString::new("/opt/bin/tool").unwrap(),
+                CString::new("/usr/bin/tool").unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn overlay_options_escape_separators() {
+        assert_eq!(
+            overlay_escape(Path::new("/a,b:c\\d")),
+            b"/a\\,b\\:c\\\\d".to_vec()
+        );
+    }
+
+    #[test]
+    fn rootless_refuses_what_needs_root() {
+        let mut w = Workload::new("/bin/true");
+        w.memory(64 << 20);
+        assert!(matches!(check_rootless(&w), Err(Error::Unavailable { .. })));
+        let mut w = Workload::new("/bin/true");
+        w.volume(isolate_core::Volume::named("v", "/data"));
+        assert!(matches!(check_rootless(&w), Err(Error::Unavailable { .. })));
+        let mut w = Workload::new("/bin/true");
+        w.user(1000, 1000);
+        assert!(matches!(check_rootless(&w), Err(Error::Unavailable { .. })));
+        assert!(check_rootless(&Workload::new("/bin/true")).is_ok());
+    }
+}
