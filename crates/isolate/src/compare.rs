@@ -138,7 +138,9 @@ pub fn compare(
     }
     workload.validate()?;
     let mut w = workload.clone();
-    w.stdin(Stdio::Null).stdout(Stdio::Piped).stderr(Stdio::Piped);
+    w.stdin(Stdio::Null)
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Piped);
     w.name = None;
     let mut reports = Vec::new();
     for &mode in modes {
@@ -182,7 +184,11 @@ pub fn compare(
                 .filter_map(|x| x.outcome.startup_time.map(ms))
                 .collect::<Vec<_>>(),
         );
-        report.wall_ms = Spread::of(&s.iter().map(|x| ms(x.outcome.wall_time)).collect::<Vec<_>>());
+        report.wall_ms = Spread::of(
+            &s.iter()
+                .map(|x| ms(x.outcome.wall_time))
+                .collect::<Vec<_>>(),
+        );
         report.host_overhead_mib = median_of(s, |o| o.host_overhead.map(|b| b as f64 / MIB));
         report.guest_touched_mib = median_of(s, |o| o.guest_memory_touched.map(|b| b as f64 / MIB));
         report.peak_memory_mib = median_of(s, |o| o.peak_memory.map(|b| b as f64 / MIB));

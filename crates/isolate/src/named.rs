@@ -37,10 +37,12 @@ pub fn update(name: &str, limits: &Limits) -> Result<()> {
             "a running VM can change only --cpus: its memory is the guest's RAM (that would need a balloon device) and its processes live inside the guest".into(),
         ));
     }
-    cgroup_of(&record)?.update(limits).map_err(|e| Error::Backend {
-        backend: record.mode.as_str(),
-        source: Box::new(e),
-    })
+    cgroup_of(&record)?
+        .update(limits)
+        .map_err(|e| Error::Backend {
+            backend: record.mode.as_str(),
+            source: Box::new(e),
+        })
 }
 
 /// Sends `signo` to the workload `name` (its container init, which

@@ -63,7 +63,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub opts: WorkloadOpts,
     /// The program to run and its arguments.
-    #[arg(value_name = "APP", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "APP",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }
 
@@ -193,6 +197,11 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub opts: WorkloadOpts,
     /// The program to run and its arguments.
-    #[arg(value_name = "APP", required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "APP",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }

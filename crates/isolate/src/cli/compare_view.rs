@@ -15,10 +15,16 @@ pub fn compare(args: CompareArgs) -> Result<i32> {
     } else {
         args.mode.iter().map(|&m| m.into()).collect()
     };
-    let quiet = args.json;
+    // SAFETY: isatty only inspects file descriptor 2, which stays open.
+    let tty = unsafe { libc::isatty(2) } == 1;
+    let quiet = args.json || !tty;
     let c = isolate::compare::compare(&w, &modes, args.runs, |mode, done, total| {
         if !quiet {
-            let what = if done == 0 { "warm-up".to_string() } else { format!("run {done}/{total}") };
+            let what = if done == 0 {
+                "warm-up".to_string()
+            } else {
+                format!("run {done}/{total}")
+            };
             eprint!("\r\x1b[2Kisolate compare: {mode} {what}");
             let _ = std::io::stderr().flush();
         }
@@ -27,7 +33,10 @@ pub fn compare(args: CompareArgs) -> Result<i32> {
         eprint!("\r\x1b[2K");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&c).expect("comparison serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&c).expect("comparison serializes")
+        );
     } else {
         print_table(&c);
     }
@@ -42,7 +51,9 @@ pub fn compare(args: CompareArgs) -> Result<i32> {
 }
 
 fn ms(s: Option<Spread>, p95: bool) -> String {
-    s.map_or("-".into(), |s| format!("{:.1} ms", if p95 { s.p95 } else { s.median }))
+    s.map_or("-".into(), |s| {
+        format!("{:.1} ms", if p95 { s.p95 } else { s.median })
+    })
 }
 
 fn num(v: Option<f64>, unit: &str) -> String {
@@ -73,8 +84,16 @@ fn print_table(c: &Comparison) {
         row("guest memory touched", &|m| num(m.guest_touched_mib, "MiB"));
         row("workload peak memory", &|m| num(m.peak_memory_mib, "MiB"));
         row("CPU time", &|m| num(m.cpu_ms, "ms"));
-        row("exit code", &|m| m.exit_code.map_or("-".into(), |c| c.to_string()));
-        row("same in every run", &|m| if m.consistent { "yes".into() } else { "NO".into() });
+        row("exit code", &|m| {
+            m.exit_code.map_or("-".into(), |c| c.to_string())
+        });
+        row("same in every run", &|m| {
+            if m.consistent {
+                "yes".into()
+            } else {
+                "NO".into()
+            }
+        });
         if ran.len() > 1 {
             println!(
                 "  exit status parity: {}; output parity: {}",
@@ -99,7 +118,9 @@ fn print_table(c: &Comparison) {
 fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
-            if a.chars().all(|c| c.is_ascii_alphanumeric() || "/-_.=:".contains(c)) {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-_.=:".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', r"'\''"))
@@ -118,7 +139,11 @@ fn plot(c: &Comparison, path: &Path) -> Result<()> {
         .iter()
         .flat_map(|m| {
             let mut v = Vec::new();
-            let wall: Vec<f64> = m.samples.iter().map(|s| s.outcome.wall_time.as_secs_f64() * 1e3).collect();
+            let wall: Vec<f64> = m
+                .samples
+                .iter()
+                .map(|s| s.outcome.wall_time.as_secs_f64() * 1e3)
+                .collect();
             let start: Vec<f64> = m
                 .samples
                 .iter()
@@ -146,7 +171,10 @@ fn plot(c: &Comparison, path: &Path) -> Result<()> {
         let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("isolate compare: {}", shell_words(&c.argv)), ("sans-serif", 20))
+            .caption(
+                format!("isolate compare: {}", shell_words(&c.argv)),
+                ("sans-serif", 20),
+            )
             .margin(20)
             .x_label_area_size(40)
             .y_label_area_size(60)
@@ -181,5 +209,6 @@ fn plot(c: &Comparison, path: &Path) -> Result<()> {
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| Error::Unsupported(format!("cannot draw the plot to {}: {e}", path.display())))
+    draw()
+        .map_err(|e| Error::Unsupported(format!("cannot draw the plot to {}: {e}", path.display())))
 }

@@ -7,7 +7,9 @@ mod compare_view;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isolate::{named, parse, Capabilities, Error, Limits, Mode, Network, Result, VmOptions, Workload};
+use isolate::{
+    named, parse, Capabilities, Error, Limits, Mode, Network, Result, VmOptions, Workload,
+};
 
 use args::{Cli, Command, ModeArg, NetworkArg, RunArgs, WorkloadOpts};
 
@@ -29,7 +31,12 @@ pub fn workload(opts: &WorkloadOpts, command: &[String]) -> Result<Workload> {
         w.rootfs(abs);
     }
     w.limits = Limits {
-        memory: opts.memory.as_deref().map(parse::size).transpose().map_err(|e| rename(e, "memory"))?,
+        memory: opts
+            .memory
+            .as_deref()
+            .map(parse::size)
+            .transpose()
+            .map_err(|e| rename(e, "memory"))?,
         cpus: opts.cpus,
         pids: opts.pids_limit,
         io_weight: opts.io_weight,
@@ -123,7 +130,10 @@ fn run(args: RunArgs) -> Result<i32> {
         ));
     };
     if args.command.is_empty() {
-        return Err(Error::invalid("command", "no command given: isolate --mode <vm|container> [OPTIONS] <APP> [ARGS]..."));
+        return Err(Error::invalid(
+            "command",
+            "no command given: isolate --mode <vm|container> [OPTIONS] <APP> [ARGS]...",
+        ));
     }
     let w = workload(&args.opts, &args.command)?;
     let backend = isolate::isolator(mode.into())?;
@@ -147,7 +157,9 @@ fn run(args: RunArgs) -> Result<i32> {
             "isolate: the workload ran past its timeout of {} and was killed",
             fmt_duration(w.timeout.unwrap_or_default())
         ),
-        isolate::Status::OomKilled => eprintln!("isolate: the workload was killed at its memory limit (OOM)"),
+        isolate::Status::OomKilled => {
+            eprintln!("isolate: the workload was killed at its memory limit (OOM)")
+        }
         _ => {}
     }
     Ok(outcome.exit_code())
@@ -164,13 +176,19 @@ fn fmt_duration(d: Duration) -> String {
 fn ps(json: bool) -> Result<i32> {
     let list = named::list()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&list).expect("records serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).expect("records serialize")
+        );
         return Ok(0);
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    println!("{:<20} {:<10} {:>8} {:>10}  COMMAND", "NAME", "MODE", "PID", "UP");
+    println!(
+        "{:<20} {:<10} {:>8} {:>10}  COMMAND",
+        "NAME", "MODE", "PID", "UP"
+    );
     for r in list {
         println!(
             "{:<20} {:<10} {:>8} {:>9}s  {}",
@@ -191,30 +209,51 @@ fn mib(b: Option<u64>) -> String {
 fn stats(name: &str, json: bool) -> Result<i32> {
     let s = named::stats(name)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).expect("stats serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("stats serialize")
+        );
         return Ok(0);
     }
     println!("name          {name}");
-    println!("cpu time      {}", s.cpu_time.map_or("-".into(), |d| format!("{:.3} s", d.as_secs_f64())));
-    println!("memory        {} (peak {}, limit {})", mib(s.memory_current), mib(s.memory_peak), mib(s.memory_limit));
+    println!(
+        "cpu time      {}",
+        s.cpu_time
+            .map_or("-".into(), |d| format!("{:.3} s", d.as_secs_f64()))
+    );
+    println!(
+        "memory        {} (peak {}, limit {})",
+        mib(s.memory_current),
+        mib(s.memory_peak),
+        mib(s.memory_limit)
+    );
     println!(
         "pids          {} (limit {})",
         s.pids_current.map_or("-".into(), |p| p.to_string()),
         s.pids_limit.map_or("none".into(), |p| p.to_string())
     );
-    println!("cpus limit    {}", s.cpus_limit.map_or("none".into(), |c| format!("{c}")));
+    println!(
+        "cpus limit    {}",
+        s.cpus_limit.map_or("none".into(), |c| format!("{c}"))
+    );
     Ok(0)
 }
 
 fn update(name: &str, memory: Option<&str>, cpus: Option<f64>, pids: Option<u64>) -> Result<i32> {
     let limits = Limits {
-        memory: memory.map(parse::size).transpose().map_err(|e| rename(e, "memory"))?,
+        memory: memory
+            .map(parse::size)
+            .transpose()
+            .map_err(|e| rename(e, "memory"))?,
         cpus,
         pids,
         io_weight: None,
     };
     if limits == Limits::default() {
-        return Err(Error::invalid("update", "nothing to change: give --memory, --cpus or --pids-limit"));
+        return Err(Error::invalid(
+            "update",
+            "nothing to change: give --memory, --cpus or --pids-limit",
+        ));
     }
     named::update(name, &limits)?;
     Ok(0)
@@ -237,7 +276,12 @@ fn signal_number(s: &str) -> Result<i32> {
         "TERM" => libc::SIGTERM,
         "STOP" => libc::SIGSTOP,
         "CONT" => libc::SIGCONT,
-        _ => return Err(Error::invalid("signal", format!("{s:?} is not a signal; use e.g. TERM, KILL, 9"))),
+        _ => {
+            return Err(Error::invalid(
+                "signal",
+                format!("{s:?} is not a signal; use e.g. TERM, KILL, 9"),
+            ))
+        }
     };
     Ok(n)
 }
@@ -258,7 +302,16 @@ mod tests {
 
     #[test]
     fn run_line_keeps_app_flags_for_the_app() {
-        let cli = parse(&["isolate", "--mode", "container", "-m", "64m", "/bin/ls", "-l", "--all"]);
+        let cli = parse(&[
+            "isolate",
+            "--mode",
+            "container",
+            "-m",
+            "64m",
+            "/bin/ls",
+            "-l",
+            "--all",
+        ]);
         assert!(cli.command.is_none());
         assert_eq!(cli.run.command, ["/bin/ls", "-l", "--all"]);
         let w = workload(&cli.run.opts, &cli.run.command).unwrap();
@@ -276,7 +329,9 @@ mod tests {
     fn subcommands_parse() {
         let cli = parse(&["isolate", "update", "job", "--cpus", "2"]);
         assert!(matches!(cli.command, Some(Command::Update { cpus: Some(c), .. }) if c == 2.0));
-        let cli = parse(&["isolate", "compare", "--runs", "3", "--", "/bin/sh", "-c", "echo hi"]);
+        let cli = parse(&[
+            "isolate", "compare", "--runs", "3", "--", "/bin/sh", "-c", "echo hi",
+        ]);
         match cli.command {
             Some(Command::Compare(c)) => {
                 assert_eq!(c.runs, 3);
@@ -288,10 +343,24 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_option() {
-        let cli = parse(&["isolate", "--mode", "container", "--memory", "0", "/bin/true"]);
+        let cli = parse(&[
+            "isolate",
+            "--mode",
+            "container",
+            "--memory",
+            "0",
+            "/bin/true",
+        ]);
         let e = workload(&cli.run.opts, &cli.run.command).unwrap_err();
         assert!(e.to_string().starts_with("invalid memory"), "{e}");
-        let cli = parse(&["isolate", "--mode", "container", "--timeout", "soon", "/bin/true"]);
+        let cli = parse(&[
+            "isolate",
+            "--mode",
+            "container",
+            "--timeout",
+            "soon",
+            "/bin/true",
+        ]);
         let e = workload(&cli.run.opts, &cli.run.command).unwrap_err();
         assert!(e.to_string().starts_with("invalid timeout"), "{e}");
     }
