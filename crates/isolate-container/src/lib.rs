@@ -148,45 +148,12 @@ impl Isolator for ContainerIsolator {
     }
 }
 
-/// Removes what a killed isolate left behind: run markers whose isolate
-/// process is gone, and their cgroups (`isolate/ct-<id>`). Called at the
-/// start of every spawn; with no stale marker it reads one directory and
-/// stops. A marker goes only once its cgroup is gone, so a cgroup whose
-/// processes were still dying is retried by a later call. Rootless, only
-/// the caller's own markers (it has no cgroups).
+/// Removes what a killed isolate left behind: the cgroups
+/// (`isolate/ct-<id>`) of runs whose marker is no longer locked by a live
+/// isolate but still says "in progress". Called at the start of every
+/// spawn; it lists one directory and tries one lock per marker. (The
+/// container's mounts and processes need no cleanup: they die with its
+/// namespaces, and the container's PID 1 dies with isolate.)
 pub fn cleanup_stale() {
-    let stale = rundir::stale();
-    if stale.is_empty() {
-        return;
-    }
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        let base = rundir::base();
-        // Judged per cgroup when it is looked at, not from the listing
-        // above: a run makes its marker before its cgroup, so a cgroup seen
-        // here whose marker is missing or dead is a leftover.
-        let _ = isolate_cgroups::Cgroup::remove_stale(&|name: &str| {
-            match name.strip_prefix(spawn::CGROUP_PREFIX) {
-                Some(id) => rundir::owner_alive(&base.join(id)),
-                // Not a container's cgroup: not ours to judge.
-                None => true,
-            }
-        });
-    }
-    for id in stale {
-        let cgroup = format!("{}/{}{id}", isolate_cgroups::PARENT, spawn::CGROUP_PREFIX);
-        let gone = match isolate_cgroups::Cgroup::open(&cgroup) {
-            Err(isolate_cgroups::CgroupError::NotFound { .. }) => true,
-            Err(_) => is_rootless(),
-            Ok(_) => false,
-        };
-        if gone {
-            rundir::remove_marker(&id);
-        }
-    }
-}
-
-fn is_rootless() -> bool {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    unsafe { libc::geteuid() != 0 }
+    rundir::cleanup_crashed();
 }

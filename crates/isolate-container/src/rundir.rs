@@ -1,17 +1,31 @@
-//! Per-run markers: `ISOLATE_STATE/containers/<id>` is a small file holding
-//! the pid and start time of the isolate process that runs container `<id>`,
-//! so that a later isolate can tell a crashed run's leftovers (its cgroup)
-//! from a live run's. The container's scratch space (the overlay's upper
-//! and work dirs, the new root's mount point) is a tmpfs that the container
-//! mounts on `ISOLATE_STATE/containers` inside its own mount namespace: it
-//! never appears on the host and vanishes with the container.
+//! Run markers: `ISOLATE_STATE/containers/<id>` is a small file per run
+//! slot that a running isolate holds locked (`flock`); its content says
+//! whether the slot's last run ended cleanly (`0`) or is in progress (`1`).
+//! The kernel drops the lock when the isolate process dies, however it
+//! dies, so "unlocked but `1`" marks a crashed run whose cgroup
+//! (`isolate/ct-<id>`) must be removed. Unnamed runs take the first free
+//! `run-N` slot and leave its file for the next run, so they create and
+//! delete no file on the host's disk (on a disk-backed `/run`, creating and
+//! deleting a file costs more than a millisecond); a named run's marker
+//! (its name) is deleted when it ends.
+//!
+//! The container's scratch space (the overlay's upper and work dirs, the
+//! new root's mount point) is a tmpfs that the container mounts on
+//! `ISOLATE_STATE/containers` inside its own mount namespace: it never
+//! appears on the host and vanishes with the container.
 
-use std::io::{self, Write};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use isolate_core::{paths, state};
+use isolate_core::paths;
 
 use crate::error::ContainerError;
+
+const IDLE: &[u8; 2] = b"0\n";
+const BUSY: &[u8; 2] = b"1\n";
 
 /// Where the markers live (and where each container mounts its scratch tmpfs).
 ///
@@ -30,106 +44,198 @@ pub fn base() -> PathBuf {
     paths::state_dir().join("containers")
 }
 
-/// A run's marker, removed on drop.
+/// The marker of a run in progress: held locked until dropped, which
+/// marks it idle again.
 #[derive(Debug)]
 pub struct RunDir {
-    path: PathBuf,
+    id: String,
+    file: File,
+    /// Left "in progress" on drop (see [`RunDir::keep`]).
+    kept: bool,
+    /// A named run's marker, deleted on drop (a slot's stays, idle).
+    path: Option<PathBuf>,
 }
 
-fn owner_line() -> String {
-    let me = std::process::id();
-    format!("{me} {}\n", state::process_start(me).unwrap_or(0))
+/// Whether `id` is an unnamed run's slot (`run-N`), whose file is reused.
+fn is_slot(id: &str) -> bool {
+    id.strip_prefix("run-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Whether the isolate process recorded in marker `path` still runs.
-pub fn owner_alive(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
-    };
-    if text.is_empty() {
-        // Being written right now (create, then write): young means alive.
-        return std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .map(|t| t.elapsed().map_or(true, |e| e.as_secs() < 10))
-            .unwrap_or(false);
-    }
-    let mut it = text.split_whitespace().map(|w| w.parse::<u64>().ok());
-    match (it.next().flatten(), it.next().flatten()) {
-        (Some(pid), Some(start)) => state::process_start(pid as u32) == Some(start),
+/// Whether `file` is still the file at `path` (not deleted and replaced
+/// by a run that ended while this one waited to open it).
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
     }
 }
 
-fn create_new(path: &Path) -> io::Result<std::fs::File> {
+fn open_marker(path: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
 }
 
-impl RunDir {
-    /// Creates the marker of run `id`. A leftover of a dead isolate with the
-    /// same id is replaced; a live one is [`isolate_core::Error::NameInUse`].
-    pub fn create(id: &str) -> Result<RunDir, isolate_core::Error> {
-        let base = base();
-        let path = base.join(id);
-        let mut made = create_new(&path);
-        if matches!(&made, Err(e) if e.kind() == io::ErrorKind::NotFound) {
-            std::fs::create_dir_all(&base)
-                .map_err(|e| ContainerError::host(format!("create {}", base.display()), e))?;
-            made = create_new(&path);
-        }
-        if matches!(&made, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) {
-            if owner_alive(&path) {
-                return Err(isolate_core::Error::NameInUse(id.to_string()));
-            }
-            remove(&path);
-            made = create_new(&path);
-        }
-        let mut file =
-            made.map_err(|e| ContainerError::host(format!("create {}", path.display()), e))?;
-        let dir = RunDir { path };
-        file.write_all(owner_line().as_bytes())
-            .map_err(|e| ContainerError::host(format!("write {}", dir.path.display()), e))?;
-        Ok(dir)
+/// Takes the lock without waiting: `false` if a live run holds it.
+fn try_lock(f: &File) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor `f` owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Whether an unlocked marker says its last run did not end cleanly.
+fn crashed(f: &File) -> bool {
+    let mut b = [0u8; 2];
+    matches!(f.read_at(&mut b, 0), Ok(n) if n > 0 && b[0] != IDLE[0])
+}
+
+/// Removes the cgroup a crashed run `id` left; `true` once it is gone.
+fn remove_leftover_cgroup(id: &str) -> bool {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return true; // rootless runs have no cgroup
+    }
+    let rel = format!(
+        "{}/{}{id}",
+        isolate_cgroups::PARENT,
+        crate::spawn::CGROUP_PREFIX
+    );
+    match isolate_cgroups::Cgroup::open(&rel) {
+        Err(isolate_cgroups::CgroupError::NotFound { .. }) => true,
+        Err(_) => false,
+        Ok(cg) => cg.remove().is_ok(),
     }
 }
 
 impl RunDir {
-    /// Leaves the marker in place (its owner's death later makes it stale).
-    pub fn keep(self) {
-        std::mem::forget(self);
+    fn claim(base: &Path, id: &str) -> Result<Option<RunDir>, ContainerError> {
+        let path = base.join(id);
+        let file = match open_marker(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(base)
+                    .map_err(|e| ContainerError::host(format!("create {}", base.display()), e))?;
+                open_marker(&path)
+                    .map_err(|e| ContainerError::host(format!("open {}", path.display()), e))?
+            }
+            Err(e) => return Err(ContainerError::host(format!("open {}", path.display()), e)),
+        };
+        if !try_lock(&file)
+            .map_err(|e| ContainerError::host(format!("lock {}", path.display()), e))?
+        {
+            return Ok(None);
+        }
+        if !still_at(&file, &path) {
+            // Deleted by the run that held it: claim the new file instead.
+            drop(file);
+            return RunDir::claim(base, id);
+        }
+        if crashed(&file) && !remove_leftover_cgroup(id) {
+            // Its processes are still dying: leave it for a later run.
+            return Ok(None);
+        }
+        file.write_at(BUSY, 0)
+            .map_err(|e| ContainerError::host(format!("write {}", path.display()), e))?;
+        Ok(Some(RunDir {
+            id: id.to_string(),
+            file,
+            kept: false,
+            path: (!is_slot(id)).then_some(path),
+        }))
+    }
+
+    /// Claims the marker of the named run `name`; a live run of that name
+    /// is [`isolate_core::Error::NameInUse`].
+    pub fn claim_named(name: &str) -> Result<RunDir, isolate_core::Error> {
+        RunDir::claim(&base(), name)?.ok_or_else(|| isolate_core::Error::NameInUse(name.into()))
+    }
+
+    /// Claims the first free `run-N` slot.
+    pub fn claim_slot() -> Result<RunDir, isolate_core::Error> {
+        let base = base();
+        for n in 0.. {
+            if let Some(r) = RunDir::claim(&base, &format!("run-{n}"))? {
+                return Ok(r);
+            }
+        }
+        unreachable!("some slot is free")
+    }
+
+    /// The run's id (the marker's name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Leaves the marker saying "in progress": once this process ends (and
+    /// drops the lock), a later `cleanup_stale` or claim removes the cgroup
+    /// that could not be removed now.
+    pub fn keep(mut self) {
+        // Closing the file drops the lock; the content stays "1".
+        self.kept = true;
     }
 }
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        remove(&self.path);
+        if self.kept {
+            return;
+        }
+        match &self.path {
+            // Deleted while still locked: a claimant that opened it before
+            // notices (`still_at`) and creates a new one.
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            None => {
+                let _ = self.file.write_at(IDLE, 0);
+            }
+        }
     }
 }
 
-/// Removes a marker (or a directory left by an older layout).
-fn remove(path: &Path) {
-    if std::fs::remove_file(path).is_err() {
-        let _ = std::fs::remove_dir_all(path);
-    }
-}
-
-/// Ids of the markers whose owner is dead.
-pub fn stale() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(base()) else {
-        return Vec::new();
+/// Removes the cgroups of crashed runs (markers unlocked but in progress)
+/// and marks them idle. Cheap: one directory listing and a lock attempt
+/// per marker.
+pub fn cleanup_crashed() {
+    let base = base();
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return;
     };
-    entries
-        .flatten()
-        .filter(|e| !owner_alive(&e.path()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-/// Removes the marker of run `id`.
-pub fn remove_marker(id: &str) {
-    remove(&base().join(id));
+    for e in entries.flatten() {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(e.path())
+        else {
+            continue;
+        };
+        if try_lock(&file).unwrap_or(false) && crashed(&file) {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if remove_leftover_cgroup(&id) {
+                if is_slot(&id) {
+                    let _ = file.write_at(IDLE, 0);
+                } else if still_at(&file, &e.path()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        // Dropping the file releases the lock.
+    }
 }
 
 #[cfg(test)]
@@ -137,13 +243,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn marker_of_this_process_is_alive_and_a_dead_pid_is_not() {
+    fn a_held_slot_is_busy_and_a_dropped_one_idle() {
         let dir = tempfile::tempdir().unwrap();
-        let live = dir.path().join("live");
-        std::fs::write(&live, owner_line()).unwrap();
-        assert!(owner_alive(&live));
-        let dead = dir.path().join("dead");
-        std::fs::write(&dead, format!("{} 1\n", u32::MAX)).unwrap();
-        assert!(!owner_alive(&dead));
+        let a = RunDir::claim(dir.path(), "run-0").unwrap().unwrap();
+        assert!(RunDir::claim(dir.path(), "run-0").unwrap().is_none());
+        assert_eq!(std::fs::read(dir.path().join("run-0")).unwrap(), BUSY);
+        drop(a);
+        assert_eq!(std::fs::read(dir.path().join("run-0")).unwrap(), IDLE);
+        assert!(RunDir::claim(dir.path(), "run-0").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_named_marker_is_exclusive_and_deleted_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RunDir::claim(dir.path(), "web").unwrap().unwrap();
+        assert!(RunDir::claim(dir.path(), "web").unwrap().is_none());
+        drop(a);
+        assert!(!dir.path().join("web").exists());
+        assert!(is_slot("run-12") && !is_slot("run-x") && !is_slot("web"));
+    }
+
+    #[test]
+    fn a_kept_marker_reads_as_crashed_once_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        RunDir::claim(dir.path(), "run-1").unwrap().unwrap().keep();
+        let f = open_marker(&dir.path().join("run-1")).unwrap();
+        assert!(try_lock(&f).unwrap());
+        assert!(crashed(&f));
     }
 }

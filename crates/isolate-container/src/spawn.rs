@@ -7,7 +7,6 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use isolate_cgroups::Cgroup;
@@ -64,15 +63,6 @@ fn last_cap() -> u32 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40)
     })
-}
-
-fn new_id() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "run-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Paths `execve` is tried on: `argv[0]` itself if it has a `/`, else each
@@ -474,8 +464,11 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let rootfs = rootfs
         .canonicalize()
         .map_err(|e| Error::io("cannot resolve the rootfs", &rootfs, e))?;
-    let id = w.name.clone().unwrap_or_else(new_id);
-    let run = RunDir::create(&id)?;
+    let run = match &w.name {
+        Some(name) => RunDir::claim_named(name)?,
+        None => RunDir::claim_slot()?,
+    };
+    let id = run.id().to_string();
     let mut res = Resources::new(run);
     if !rootless {
         let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))

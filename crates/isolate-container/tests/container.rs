@@ -10,12 +10,28 @@ use common::{can_run, collect, leftovers, rootfs, sh};
 use isolate_container::ContainerIsolator;
 use isolate_core::{Error, ExecFailure, Isolator, Outcome, Status, Stdio, Volume, Workload};
 
+/// Spawns `w` under a name unique to this test run (tests run in parallel:
+/// unnamed runs reuse marker slots, so only a unique name lets a test check
+/// exactly what its own run left), keeping the default hostname.
+fn spawn(w: &Workload) -> Box<dyn isolate_core::Running> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut w = w.clone();
+    if w.name.is_none() {
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        w.name(format!("t{}-{n}", std::process::id()));
+        if w.hostname.is_none() {
+            w.hostname("isolate");
+        }
+    }
+    w.validate().expect("valid workload");
+    ContainerIsolator::new()
+        .spawn(&w)
+        .unwrap_or_else(|e| panic!("{}", e.chain()))
+}
+
 /// Runs `w`, returns outcome and output, and asserts nothing is left behind.
 fn run(w: &Workload) -> (Outcome, String, String) {
-    w.validate().expect("valid workload");
-    let r = ContainerIsolator::new()
-        .spawn(w)
-        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    let r = spawn(w);
     let id = r.id().to_string();
     let got = collect(&*r);
     drop(r);
@@ -100,7 +116,7 @@ fn signals_are_forwarded_to_the_app() {
     }
     let mut w = Workload::new("/bin/sleep");
     w.arg("30").rootfs(rootfs().unwrap());
-    let r = ContainerIsolator::new().spawn(&w).unwrap();
+    let r = spawn(&w);
     r.signal(libc::SIGTERM).unwrap();
     let o = r.wait().unwrap();
     assert_eq!(o.status, Status::Signaled(libc::SIGTERM));
@@ -136,15 +152,21 @@ fn kill_and_drop_end_the_container() {
     }
     let mut w = sh("sleep 30");
     w.stdout(Stdio::Null);
-    let iso = ContainerIsolator::new();
-    let r = iso.spawn(&w).unwrap();
+    let r = spawn(&w);
     r.kill().unwrap();
     assert_eq!(r.wait().unwrap().status, Status::Signaled(libc::SIGKILL));
     assert_no_leftovers(r.id());
-    let r = iso.spawn(&w).unwrap();
+    let r = spawn(&w);
     let id = r.id().to_string();
     drop(r);
     assert_no_leftovers(&id);
+    // Unnamed: the run's slot marker is idle again (unless another test's
+    // run has taken the slot meanwhile) and its cgroup is gone.
+    let r = ContainerIsolator::new().spawn(&w).unwrap();
+    let id = r.id().to_string();
+    assert!(id.starts_with("run-"), "{id}");
+    drop(r);
+    common::assert_slot_released(&id);
 }
 
 #[test]
@@ -154,7 +176,7 @@ fn stdio_is_piped_separately() {
     }
     let mut w = sh("cat; echo err >&2; exit 0");
     w.stdin(Stdio::Piped);
-    let r = ContainerIsolator::new().spawn(&w).unwrap();
+    let r = spawn(&w);
     let mut input = r.take_stdin().unwrap();
     input.write_all(b"hello\nworld\n").unwrap();
     drop(input);
@@ -384,7 +406,7 @@ fn named_volume_survives_into_the_next_run() {
     // One ext4 image is never mounted by two runs at once.
     let mut w = sh("sleep 30");
     w.volume(Volume::named(&name, "/data")).stdout(Stdio::Null);
-    let first = ContainerIsolator::new().spawn(&w).unwrap();
+    let first = spawn(&w);
     let e = spawn_err(&w);
     assert!(e.chain().contains("in use"), "{}", e.chain());
     assert_eq!(e.exit_code(), 125);

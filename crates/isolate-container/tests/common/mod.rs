@@ -112,18 +112,70 @@ pub fn collect(r: &dyn Running) -> (Outcome, String, String) {
     (r.wait().expect("wait"), o, e)
 }
 
-/// The run dir and cgroup a container of `id` would leave.
-pub fn leftovers(id: &str) -> Vec<PathBuf> {
-    let mut v = vec![isolate_core::paths::state_dir().join("containers").join(id)];
-    for root in [
+/// What a finished run `id` would have left: its cgroup in any hierarchy,
+/// or its marker still locked or saying "in progress".
+pub fn leftovers(id: &str) -> Vec<String> {
+    let mut v: Vec<String> = cgroup_dirs(id)
+        .into_iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let marker = isolate_core::paths::state_dir().join("containers").join(id);
+    if let Ok(f) = std::fs::OpenOptions::new().read(true).open(&marker) {
+        // SAFETY: flock on a descriptor `f` owns (released when `f` closes).
+        let free = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } == 0;
+        let idle = std::fs::read(&marker).is_ok_and(|b| b.starts_with(b"0"));
+        if !free || !idle {
+            v.push(format!(
+                "{} (locked: {}, idle: {idle})",
+                marker.display(),
+                !free
+            ));
+        }
+    }
+    v
+}
+
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    [
         "/sys/fs/cgroup/memory",
         "/sys/fs/cgroup/pids",
         "/sys/fs/cgroup/cpu",
         "/sys/fs/cgroup",
-    ] {
-        v.push(Path::new(root).join("isolate").join(format!("ct-{id}")));
+    ]
+    .iter()
+    .map(|root| Path::new(root).join("isolate").join(format!("ct-{id}")))
+    .filter(|p| p.exists())
+    .collect()
+}
+
+/// For an unnamed run's slot: if no other run holds the slot now, its
+/// marker is idle and its cgroup gone.
+pub fn assert_slot_released(id: &str) {
+    let marker = isolate_core::paths::state_dir().join("containers").join(id);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .open(&marker)
+        .unwrap();
+    // SAFETY: flock on a descriptor `f` owns (released when `f` closes).
+    let free = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } == 0;
+    if free {
+        assert_eq!(std::fs::read(&marker).unwrap(), b"0\n");
+        assert!(cgroup_dirs(id).is_empty(), "cgroup of {id} left");
+    } else {
+        eprintln!(
+            "note: slot {id} was taken by another run; its release is checked by the named runs"
+        );
     }
-    v.into_iter().filter(|p| p.exists()).collect()
 }
 
 /// Points `ISOLATE_HOME` at a private directory for this test binary, so
