@@ -21,6 +21,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -388,8 +389,12 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut features =
-            VIRTIO_F_VERSION_1 | (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX);
+        // Indirect descriptors let the driver put a whole request (up to
+        // SEG_MAX data segments) in one ring slot instead of SEG_MAX + 2.
+        let mut features = VIRTIO_F_VERSION_1
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC);
         if self.disk.read_only {
             features |= 1 << VIRTIO_BLK_F_RO;
         }
@@ -608,6 +613,55 @@ mod tests {
         mem.read_slice(&mut b, GuestAddress(DATA + 0x1000)).unwrap();
         a.extend(b);
         assert_eq!(a, file_bytes(&file)[..1024]);
+    }
+
+    #[test]
+    fn requests_in_indirect_tables_are_served() {
+        use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+        use virtio_queue::desc::split::Descriptor;
+
+        let mem = guest_memory();
+        let file = disk_file();
+        let mut f = fixture(&mem, &file, false);
+        assert_ne!(f.block.features() & (1 << VIRTIO_RING_F_INDIRECT_DESC), 0);
+        header(&mem, VIRTIO_BLK_T_IN, 3);
+        // header, two data halves, status: one table of four descriptors.
+        let table = 0x4_0000u64;
+        let next = VRING_DESC_F_NEXT as u16;
+        let write = VRING_DESC_F_WRITE as u16;
+        let descs = [
+            Descriptor::new(HDR, 16, next, 1),
+            Descriptor::new(DATA, 256, next | write, 2),
+            Descriptor::new(DATA + 0x1000, 256, next | write, 3),
+            Descriptor::new(STATUS, 1, write, 0),
+        ];
+        for (i, d) in descs.iter().enumerate() {
+            mem.write_obj(*d, GuestAddress(table + 16 * i as u64))
+                .unwrap();
+        }
+        let indirect = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+        let head = Descriptor::new(table, 64, indirect, 0);
+        f.vq.desc_table()
+            .store(0, virtio_queue::desc::RawDescriptor::from(head))
+            .unwrap();
+        f.vq.avail().ring().ref_at(0).unwrap().store(0);
+        f.vq.avail().idx().store(1);
+
+        f.block.queue_notify(0);
+
+        assert_eq!(used_entries(&f.vq), vec![(0, 513)]);
+        let mut status = [0xffu8];
+        mem.read_slice(&mut status, GuestAddress(STATUS)).unwrap();
+        assert_eq!(status[0], OK);
+        let mut a = vec![0u8; 256];
+        let mut b = vec![0u8; 256];
+        mem.read_slice(&mut a, GuestAddress(DATA)).unwrap();
+        mem.read_slice(&mut b, GuestAddress(DATA + 0x1000)).unwrap();
+        a.extend(b);
+        assert!(
+            a == file_bytes(&file)[3 * 512..4 * 512],
+            "sector 3 not read"
+        );
     }
 
     #[test]
