@@ -32,7 +32,7 @@ for arg in "$@"; do
         --force) FORCE=1 ;;
         --no-install) INSTALL=0 ;;
         -h|--help)
-            sed -n '2,15p' "$SELF" | sed 's/^# \{0,1\}//'
+            awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$SELF"
             exit 0 ;;
         *) echo "build.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
@@ -156,10 +156,15 @@ verify_config() {
             bad=1
             printf '  NOT AS ASKED  %-36s wanted %-6s got %s\n' "$sym" "$want" "$have" >&2
             if [[ "$want" == n ]]; then
-                printf '           forced on; symbols that select it:\n' >&2
-                grep -rn --include='Kconfig*' -E "^[[:space:]]+select ${sym#CONFIG_}([[:space:]]|\$)" "$SRC_TREE/arch/x86" \
+                local sel
+                sel=$(grep -rn --include='Kconfig*' -E "^[[:space:]]+select ${sym#CONFIG_}([[:space:]]|\$)" "$SRC_TREE/arch/x86" \
                     "$SRC_TREE"/{init,kernel,mm,fs,drivers,net,lib,block,crypto,security} 2>/dev/null \
-                    | head -n 6 | sed "s|^$SRC_TREE/|             |" >&2 || true
+                    | head -n 6 | sed "s|^$SRC_TREE/|             |" || true)
+                if [[ -n "$sel" ]]; then
+                    printf '           forced on; symbols that select it:\n%s\n' "$sel" >&2
+                else
+                    printf '           forced on: not user-settable here (no prompt, on by default when its dependencies hold)\n' >&2
+                fi
                 continue
             fi
             def=$(grep -rn --include='Kconfig*' -E "^(menu)?config ${sym#CONFIG_}\$" "$SRC_TREE" | head -n1 || true)
@@ -236,7 +241,10 @@ main() {
     mkdir -p "$CACHE_ROOT"
     # Serialize concurrent runs on the same cache.
     exec 9>"$CACHE_ROOT/.lock"
-    flock 9
+    if ! flock -n 9; then
+        msg "another build.sh run holds $CACHE_ROOT/.lock; waiting for it"
+        flock 9
+    fi
 
     if ((FORCE == 0)) && [[ -f "$OUT/.complete" ]]; then
         msg "using cached kernel build $OUT (no rebuild; --force to rebuild)"
