@@ -241,18 +241,32 @@ pub struct MicroVm {
 
 /// Builds the VM described by `spec` (see the module docs for the order).
 pub fn build(kvm: Kvm, spec: &BootSpec, sinks: ConsoleSinks) -> Result<MicroVm, BuildError> {
+    build_traced(kvm, spec, sinks, &|_| {})
+}
+
+/// [`build`], calling `mark` after each step (for timing).
+pub fn build_traced(
+    kvm: Kvm,
+    spec: &BootSpec,
+    sinks: ConsoleSinks,
+    mark: &dyn Fn(&str),
+) -> Result<MicroVm, BuildError> {
     check_memory_size(spec.mem_size)?;
     let cpuid =
         cpu::supported_cpuid(&kvm).map_err(|e| BuildError::Kvm("read the supported CPUID", e))?;
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
 
     // 1. VM, RAM, irqchip, PIT, vCPUs.
     let machine = create_machine(kvm, spec.mem_size, spec.vcpus, true)?;
+    mark("machine created");
 
     // 2. Kernel.
     let kernel = kernel::load(&machine.mem, &spec.kernel)?;
+    mark("kernel loaded");
 
     // 3. Initrd at the top of RAM.
     let initrd = load_initrd(&machine.mem, &spec.initrd, kernel.end)?;
+    mark("initrd loaded");
 
     // 4. Devices.
     let stop = StopFlag::new();
@@ -266,6 +280,7 @@ pub fn build(kvm: Kvm, spec: &BootSpec, sinks: ConsoleSinks) -> Result<MicroVm, 
     for disk in &spec.disks {
         attach_block(&machine, &mut mmio, &mut slots, disk)?;
     }
+    mark("devices attached");
 
     // 5. Command line and boot information.
     let cmdline = boot::kernel_cmdline(&slots, !spec.console_log, &spec.cmdline_extra)?;
@@ -285,11 +300,18 @@ pub fn build(kvm: Kvm, spec: &BootSpec, sinks: ConsoleSinks) -> Result<MicroVm, 
     )?;
 
     // 6. vCPUs.
+    let boot = cpu::BootCpu {
+        count: spec.vcpus,
+        entry: entry_addr,
+        pvh,
+        tsc_deadline,
+    };
     for (id, vcpu) in machine.vcpus.iter().enumerate() {
         let id = id as u8;
-        cpu::configure_vcpu(vcpu, &machine.mem, &cpuid, id, spec.vcpus, entry_addr, pvh)
+        cpu::configure_vcpu(vcpu, &machine.mem, &cpuid, id, boot)
             .map_err(|e| BuildError::Cpu(id, e))?;
     }
+    mark("vCPUs configured");
 
     Ok(MicroVm {
         machine,

@@ -31,6 +31,8 @@ pub enum CpuError {
 const ECX_HYPERVISOR: u32 = 1 << 31;
 /// CPUID leaf 1 EDX: more than one logical processor per package.
 const EDX_HTT: u32 = 1 << 28;
+/// CPUID leaf 1 ECX: the local APIC has a TSC-deadline mode.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 
 /// The host's supported CPUID, as KVM reports it.
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
@@ -39,14 +41,20 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
 
 /// Adapts the supported CPUID for vCPU `id` of `count`: hypervisor bit on,
 /// the APIC id in leaves 1 and 0xb, the processor count in leaves 1, 4 and
-/// 0xb (one socket, one thread per core, `count` cores).
-pub fn filter_cpuid(cpuid: &mut CpuId, id: u8, count: u8) {
+/// 0xb (one socket, one thread per core, `count` cores), and the
+/// TSC-deadline timer if KVM emulates it (`tsc_deadline`; KVM does not list
+/// it in the supported CPUID). With it, the guest skips calibrating the
+/// APIC timer against the PIT, which is slow and, on nested hosts, fails.
+pub fn filter_cpuid(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
     // Bits needed to number `count` cores (leaf 0xb level shift).
     let core_bits = u32::BITS - (u32::from(count.max(1)) - 1).leading_zeros();
     for e in cpuid.as_mut_slice() {
         match e.function {
             0x1 => {
                 e.ecx |= ECX_HYPERVISOR;
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
                 // CLFLUSH line size stays; HTT says "ebx[23:16] is valid".
                 if count > 1 {
@@ -335,18 +343,35 @@ pub fn boot_regs(entry: u64, pvh: bool) -> kvm_regs {
     regs
 }
 
-/// The whole boot-time state of one vCPU.
+/// Boot parameters shared by all vCPUs.
+#[derive(Debug, Clone, Copy)]
+pub struct BootCpu {
+    /// vCPU count.
+    pub count: u8,
+    /// Kernel entry address.
+    pub entry: u64,
+    /// PVH entry (else the 64-bit Linux entry).
+    pub pvh: bool,
+    /// KVM emulates the TSC-deadline timer.
+    pub tsc_deadline: bool,
+}
+
+/// The whole boot-time state of vCPU `id`.
 pub fn configure_vcpu(
     vcpu: &VcpuFd,
     mem: &GuestMemoryMmap,
     cpuid: &CpuId,
     id: u8,
-    count: u8,
-    entry: u64,
-    pvh: bool,
+    boot: BootCpu,
 ) -> Result<(), CpuError> {
+    let BootCpu {
+        count,
+        entry,
+        pvh,
+        tsc_deadline,
+    } = boot;
     let mut cpuid = cpuid.clone();
-    filter_cpuid(&mut cpuid, id, count);
+    filter_cpuid(&mut cpuid, id, count, tsc_deadline);
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| CpuError::Kvm("set the CPUID", e))?;
     configure_msrs(vcpu)?;
@@ -413,7 +438,8 @@ mod tests {
             entry(0xb, 2),
         ])
         .unwrap();
-        filter_cpuid(&mut c, 2, 3);
+        filter_cpuid(&mut c, 2, 3, true);
+        assert_ne!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 2, "APIC id");
         assert_eq!((e[0].ebx >> 16) & 0xff, 3, "logical processors");
@@ -426,7 +452,8 @@ mod tests {
         assert_eq!((e[4].ebx, e[4].ecx), (0, 2));
 
         let mut one = CpuId::from_entries(&[entry(1, 0)]).unwrap();
-        filter_cpuid(&mut one, 0, 1);
+        filter_cpuid(&mut one, 0, 1, false);
+        assert_eq!(one.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(one.as_slice()[0].edx & EDX_HTT, 0);
     }
 

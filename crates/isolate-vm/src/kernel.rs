@@ -117,8 +117,15 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Reads the kernel's headers: which format, whether the file is whole,
-/// how much memory it occupies, whether it is PVM-capable.
+/// how much memory it occupies, whether it is PVM-capable (the symbol
+/// table is searched only on a PVM host: elsewhere it does not matter).
 pub fn probe(path: &Path) -> Result<KernelInfo, KernelError> {
+    let pvm_host = crate::host::flavor_at(Path::new("/sys/module")) == crate::host::KvmFlavor::Pvm;
+    probe_with(path, pvm_host)
+}
+
+/// [`probe`], searching an ELF's symbols for the PVM hook only if `scan_for_pvm`.
+pub fn probe_with(path: &Path, scan_for_pvm: bool) -> Result<KernelInfo, KernelError> {
     let mut file = File::open(path).map_err(read_err(path))?;
     let actual = file.metadata().map_err(read_err(path))?.len();
     let mut head = vec![0u8; 0x1000.min(actual as usize)];
@@ -169,8 +176,8 @@ pub fn probe(path: &Path) -> Result<KernelInfo, KernelError> {
         if needed > actual {
             return Err(truncated(needed));
         }
-        let pvm_capable =
-            opt_in || file_contains(&mut file, &pvm_symbol()).map_err(read_err(path))?;
+        let pvm_capable = opt_in
+            || (scan_for_pvm && file_contains(&mut file, &pvm_symbol()).map_err(read_err(path))?);
         return Ok(KernelInfo {
             format: Format::Elf,
             footprint_end,
@@ -251,7 +258,7 @@ pub struct LoadedKernel {
 
 /// Loads the kernel at `path` into `mem`.
 pub fn load(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, KernelError> {
-    let info = probe(path)?;
+    let info = probe_with(path, false)?;
     let mut file = File::open(path).map_err(read_err(path))?;
     let load_err = |source| KernelError::Load {
         path: path.to_path_buf(),

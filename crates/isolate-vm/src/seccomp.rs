@@ -3,8 +3,9 @@
 //! descriptors and guest memory, and reports. Any other system call kills
 //! the VMM (SIGSYS), which the library reports as such.
 //!
-//! `ioctl` is limited to `KVM_RUN`: every other KVM call happens before the
-//! filter is installed.
+//! `ioctl` is limited to `KVM_RUN` (every other KVM call happens before the
+//! filter is installed) and `prctl` to `PR_SET_NAME` (threads started just
+//! before the filter name themselves).
 
 use std::collections::BTreeMap;
 
@@ -61,6 +62,11 @@ const ALLOWED: &[i64] = &[
     libc::SYS_mprotect,
     libc::SYS_madvise,
     libc::SYS_brk,
+    // glibc sizes a new thread's malloc arena by the CPUs it may run on.
+    libc::SYS_sched_getaffinity,
+    // A thread started just before the filter registers these as it starts.
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
     // Measuring guest memory residency at the end.
     libc::SYS_mincore,
     // Signals: the forwarding thread, panics.
@@ -90,6 +96,16 @@ pub fn filter() -> Result<BpfProgram, SeccompError> {
     .map_err(SeccompError::Build)?])
     .map_err(SeccompError::Build)?;
     rules.insert(libc::SYS_ioctl, vec![kvm_run]);
+    // A thread started just before the filter names itself when it starts.
+    let set_name = SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::PR_SET_NAME as u64,
+    )
+    .map_err(SeccompError::Build)?])
+    .map_err(SeccompError::Build)?;
+    rules.insert(libc::SYS_prctl, vec![set_name]);
     let f = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use isolate_core::protocol::ControlMessage;
@@ -145,8 +146,28 @@ fn block_forwarded_signals() -> libc::sigset_t {
     }
 }
 
+/// With `ISOLATE_VMM_TRACE=1`, prints the VMM's phases with their time
+/// since the VMM started, to stderr.
+struct Trace(Option<Instant>);
+
+impl Trace {
+    fn new(t0: Instant) -> Self {
+        Trace(std::env::var_os("ISOLATE_VMM_TRACE").map(|_| t0))
+    }
+    fn mark(&self, what: &str) {
+        if let Some(t0) = self.0 {
+            eprintln!(
+                "isolate-vmm: {:>9.3} ms {what}",
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
 fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     let t0 = Instant::now();
+    let trace = Trace::new(t0);
+    trace.mark("config read");
     let sigset = block_forwarded_signals();
     let (tx, rx) = mpsc::channel::<Event>();
 
@@ -173,18 +194,25 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
             tx: tx.clone(),
         }),
     };
-    let mut vm = match builder::build(kvm, &cfg.boot, sinks) {
+    trace.mark("KVM open");
+    let mut vm = match builder::build_traced(kvm, &cfg.boot, sinks, &|m| trace.mark(m)) {
         Ok(vm) => vm,
         Err(e) => return fail(FailKind::Vmm, chain(&e)),
     };
+    trace.mark("VM built");
     let statm = File::open("/proc/self/statm").ok();
 
+    let gate = Gate::new();
     if cfg.stdin {
         let input = vm.stdin.clone();
         let control = vm.control.clone();
+        let gate = gate.clone();
         let _ = std::thread::Builder::new()
             .name("stdin".into())
-            .spawn(move || feed_stdin(input, control));
+            .spawn(move || {
+                gate.wait();
+                feed_stdin(input, control)
+            });
     }
     {
         let tx = tx.clone();
@@ -198,7 +226,10 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
             .name("lifeline".into())
             .spawn(move || watch_lifeline(lifeline, tx));
     }
-    if let Err(e) = vm.start(tx.clone(), Event::Vcpu, || {}) {
+    let first_exit_trace = Trace::new(t0);
+    if let Err(e) = vm.start(tx.clone(), Event::Vcpu, move || {
+        first_exit_trace.mark("first guest exit")
+    }) {
         return fail(FailKind::Vmm, chain(&e));
     }
     if cfg.seccomp {
@@ -207,24 +238,47 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
         }
     }
     drop(tx);
-    supervise(&cfg, &vm, &rx, t0, statm.as_ref(), report)
+    trace.mark("vCPUs started");
+    let run = RunState {
+        t0,
+        statm,
+        trace,
+        gate,
+    };
+    supervise(&cfg, &vm, &rx, &run, report)
 }
 
 /// The lifecycle: waits for the guest's reports, vCPU stops, signals and
 /// deadlines, and returns the final report.
+/// What the main thread keeps while the VM runs.
+struct RunState {
+    t0: Instant,
+    statm: Option<File>,
+    trace: Trace,
+    gate: Gate,
+}
+
 fn supervise(
     cfg: &VmmConfig,
     vm: &MicroVm,
     rx: &mpsc::Receiver<Event>,
-    t0: Instant,
-    statm: Option<&File>,
+    run: &RunState,
     report: &mut File,
 ) -> Report {
+    let RunState {
+        t0,
+        statm,
+        trace,
+        gate,
+    } = run;
+    let (t0, statm) = (*t0, statm.as_ref());
     let boot_deadline = t0 + Duration::from_millis(cfg.boot_timeout_ms);
     let timeout = cfg.timeout_ms.map(|ms| t0 + Duration::from_millis(ms));
     let mut started = false;
     let mut exit: Option<(Status, Option<u64>, Option<u64>)> = None;
     let mut exit_deadline = None;
+    // Signals that arrive before the guest listens.
+    let mut held_signals: Vec<i32> = Vec::new();
     loop {
         let now = Instant::now();
         let deadline = [
@@ -243,6 +297,15 @@ fn supervise(
             Ok(Event::Control(ControlMessage::Started { uptime_ns })) => {
                 if !started {
                     started = true;
+                    // The init's ports are open and raw now: input may flow.
+                    vm.stdin.open();
+                    vm.control.open();
+                    gate.open();
+                    for signo in held_signals.drain(..) {
+                        vm.control
+                            .push(ControlMessage::Signal { signo }.to_line().as_bytes());
+                    }
+                    trace.mark(&format!("workload started (guest uptime {uptime_ns} ns)"));
                     let r = Report::Started {
                         guest_uptime_ns: uptime_ns,
                         vmm_ns: t0.elapsed().as_nanos() as u64,
@@ -256,6 +319,7 @@ fn supervise(
                 cpu_time_ns,
             })) => {
                 if exit.is_none() {
+                    trace.mark("workload exited");
                     exit = Some((status, cpu_time_ns, peak_memory));
                     // The init syncs and unmounts volumes, then resets.
                     exit_deadline =
@@ -282,6 +346,10 @@ fn supervise(
                 );
             }
             Ok(Event::Vcpu(stopped)) => {
+                trace.mark(&format!(
+                    "vCPU {} stopped: {:?}",
+                    stopped.id, stopped.reason
+                ));
                 if let Some((status, cpu, peak)) = exit {
                     return finished(vm, statm, status, cpu, peak);
                 }
@@ -401,17 +469,48 @@ pub fn resident_bytes(statm: &File) -> Option<u64> {
     Some(pages * PAGE as u64)
 }
 
+/// Opens once the guest init reported `started`: before that its ports are
+/// still in cooked mode and would echo (and mangle) what the host sends.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn open(&self) {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.0 .1.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        while !*open {
+            open = self.0 .1.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Feeds fd 0 to console 0; at end-of-file tells the guest init.
+///
+/// `stdin_eof` goes on another port than the data, so it is sent only once
+/// the guest has taken every byte into its buffers, and a moment later
+/// (`EOF_GRACE`): the guest's console driver may still be moving the last
+/// bytes to the tty when the control line arrives.
 fn feed_stdin(input: ConsoleInput, control: ConsoleInput) {
+    const EOF_GRACE: Duration = Duration::from_millis(100);
     // SAFETY: fd 0 is the workload's stdin, handed to this process for
     // exactly this; ManuallyDrop keeps it open (nothing else closes it).
     let mut stdin = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(0) });
     let mut buf = vec![0u8; 64 * 1024];
+    let mut sent_any = false;
     loop {
         match stdin.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 input.push(&buf[..n]);
+                sent_any = true;
                 while input.pending_len() > STDIN_BACKLOG {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -419,6 +518,12 @@ fn feed_stdin(input: ConsoleInput, control: ConsoleInput) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
+    }
+    if sent_any {
+        while input.pending_len() > 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(EOF_GRACE);
     }
     control.push(ControlMessage::StdinEof.to_line().as_bytes());
 }
