@@ -260,7 +260,10 @@ pub fn build_traced(
     let machine = create_machine(kvm, spec.mem_size, spec.vcpus, true)?;
     mark("machine created");
 
-    // 2. Kernel.
+    // 2. Kernel (its pages populated in one call first: see `prefault`).
+    if let Ok(info) = kernel::probe_with(&spec.kernel, false) {
+        prefault(&machine.mem, layout::HIMEM_START, info.footprint_end);
+    }
     let kernel = kernel::load(&machine.mem, &spec.kernel)?;
     mark("kernel loaded");
 
@@ -343,6 +346,33 @@ fn check_memory_size(size: u64) -> Result<(), BuildError> {
 /// see [`crate::sizing`]).
 pub const MIN_MACHINE_MEMORY: u64 = 2 << 20;
 
+/// Populates the host pages behind guest RAM `[start, end)` in one
+/// `madvise(MADV_POPULATE_WRITE)` (Linux 5.14+; ignored where missing).
+/// The range is about to be written anyway (kernel, initrd), so this adds
+/// no memory; it replaces one page fault per 4 KiB with one system call,
+/// which matters on nested and emulated hosts where each fault is costly.
+pub fn prefault(mem: &GuestMemoryMmap, start: u64, end: u64) {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    let last = mem.last_addr().raw_value();
+    let end = end.min(last + 1);
+    if end <= start {
+        return;
+    }
+    let Ok(host) = mem.get_host_address(GuestAddress(start)) else {
+        return;
+    };
+    // Page-align down; the region is one mapping from guest address 0.
+    let offset = (host as usize) & 0xfff;
+    let len = (end - start) as usize + offset;
+    // SAFETY: `host - offset .. + len` lies inside the single guest memory
+    // mapping (start and end are inside guest RAM, which is one region
+    // mapped page-aligned from address 0); MADV_POPULATE_WRITE only faults
+    // pages in and changes no contents.
+    unsafe {
+        libc::madvise(host.sub(offset).cast(), len, MADV_POPULATE_WRITE);
+    }
+}
+
 // --- 3. initrd --------------------------------------------------------------
 
 /// Copies the initrd parts into guest memory, high, above `kernel_end`.
@@ -385,6 +415,7 @@ pub fn load_initrd(
                 mem_size >> 20
             ))
         })?;
+    prefault(mem, region.addr, region.addr + region.size);
     let mut at = region.addr;
     for (p, f) in parts.iter().zip(files) {
         let len = match (p, f) {

@@ -120,24 +120,6 @@ impl VmIsolator {
     }
 }
 
-/// The guest kernel: the one given, else `ISOLATE_KERNEL`, else the
-/// installed `bzImage` if there is one, else the core's discovery
-/// (`vmlinux`). VM mode prefers the installed bzImage over the vmlinux:
-/// the compressed image is an eighth of the size, and loading it was
-/// measured about 1 s faster per boot in the emulated KVM host (the
-/// vmlinux's 17 MB cost more to copy into guest memory than the guest takes
-/// to decompress 2.4 MB).
-fn kernel_path(explicit: Option<&Path>) -> Result<PathBuf> {
-    let env_set = std::env::var_os("ISOLATE_KERNEL").is_some_and(|v| !v.is_empty());
-    if explicit.is_none() && !env_set {
-        let bz = paths::home().join("kernel").join("bzImage");
-        if bz.is_file() {
-            return Ok(bz);
-        }
-    }
-    paths::kernel(explicit)
-}
-
 /// The kernel's headers, or an `invalid kernel` error naming the file.
 fn probe_kernel(path: &Path) -> Result<kernel::KernelInfo> {
     kernel::probe(path).map_err(|e| Error::invalid("kernel", crate::vmm::chain(&e)))
@@ -187,16 +169,27 @@ impl Isolator for VmIsolator {
 
     fn spawn(&self, w: &Workload) -> Result<Box<dyn Running>> {
         let t_spawn = Instant::now();
+        let trace = |what: &str| {
+            if std::env::var_os("ISOLATE_VMM_TRACE").is_some() {
+                eprintln!(
+                    "isolate-vm:  {:>9.3} ms {what}",
+                    t_spawn.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        };
         if let Some(name) = &w.name {
             if state::get_live(name).is_ok() {
                 return Err(Error::NameInUse(name.clone()));
             }
         }
         let prepared = prepare(w)?;
+        trace("inputs checked, initrd and disks ready");
         let vmm = self.find_vmm()?;
         let id = w.name.clone().unwrap_or_else(new_id);
         let mut cgroup = vmm_cgroup(&id, w)?;
+        trace("cgroup ready");
         let started = start(w, &id, &vmm, prepared, &mut cgroup, t_spawn);
+        trace("VMM started, config sent");
         if let Some(cg) = cgroup {
             // Still ours only if the start failed.
             let _ = cg.remove();
@@ -207,7 +200,7 @@ impl Isolator for VmIsolator {
 
 /// Checks the inputs and the host, builds the initrd, sizes the guest.
 fn prepare(w: &Workload) -> Result<Prepared> {
-    let kernel_path = kernel_path(w.vm.kernel.as_deref())?;
+    let kernel_path = paths::kernel(w.vm.kernel.as_deref())?;
     let info = probe_kernel(&kernel_path)?;
     host::check(Some(&info))?;
     let rootfs = paths::rootfs(w.rootfs.as_deref())?;

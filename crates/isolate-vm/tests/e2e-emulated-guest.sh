@@ -55,3 +55,18 @@ harness_sh bin-true-timing '
         i=$((i + 1))
     done
     [ $fails = 0 ]'
+
+harness_sh named-volume-persists '
+    "$VM_RUN" --timeout 120 --volume e2e:/data -- sh -c "echo kept > /data/f; sync" 2>/tmp/err; rc1=$?
+    cat /tmp/err
+    out=$("$VM_RUN" --timeout 120 --volume e2e:/data -- cat /data/f 2>/tmp/err); rc2=$?
+    cat /tmp/err; echo "rc1=$rc1 rc2=$rc2 stdout=[$out]"
+    [ $rc1 = 0 ] && [ $rc2 = 0 ] && [ "$out" = kept ]'
+
+harness_sh vmlinux-timing '
+    i=0
+    while [ $i -lt "${RUNS:-5}" ]; do
+        ISOLATE_KERNEL=$ISOLATE_HOME/kernel/vmlinux ISOLATE_VMM_TRACE=1 "$VM_RUN" --timeout 120 -- /bin/true 2>/tmp/err
+        echo "vmlinux run $i: $(grep -h "kernel loaded" /tmp/err) $(grep -h OUTCOME /tmp/err | cut -c1-120)"
+        i=$((i + 1))
+    done'

@@ -42,8 +42,13 @@ flags=()
 vmm=$target/$profile/isolate-vmm
 driver=$target/$profile/examples/vm-run
 
+tools=()
+# Named volumes are ext4 images made with mkfs.ext4.
+if mkfs=$(command -v mkfs.ext4); then tools+=(--exec "$mkfs"); fi
+[[ ! -f /etc/mke2fs.conf ]] || tools+=(--add /etc/mke2fs.conf)
+
 exec "$root/tests/emulated-host/run" --timeout 1500 \
-    --exec "$vmm" --exec "$driver" \
+    --exec "$vmm" --exec "$driver" "${tools[@]}" \
     --add "$ISOLATE_HOME/kernel" --add "$ISOLATE_HOME/rootfs" --add "$ISOLATE_HOME/init" \
     --env "ISOLATE_HOME=$ISOLATE_HOME" --env "ISOLATE_VMM=$vmm" --env "VM_RUN=$driver" \
     --env "RUNS=$runs" --env ISOLATE_BOOT_TIMEOUT=300s --env RUST_BACKTRACE=1 \

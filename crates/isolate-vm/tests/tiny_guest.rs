@@ -225,3 +225,21 @@ fn measures_setup_to_first_guest_instruction() {
     assert!(us > 0);
     eprintln!("MEASURE in-process KVM open to first guest exit: {us} µs");
 }
+
+#[test]
+fn measures_kernel_load_time() {
+    let k = isolate_core::paths::home().join("kernel");
+    let Some(kvm) = kvm_or_skip("measures_kernel_load_time") else {
+        return;
+    };
+    if !k.join("vmlinux").is_file() {
+        eprintln!("SKIP measures_kernel_load_time: no installed kernel");
+        return;
+    }
+    let m = builder::create_machine(kvm, 256 << 20, 1, false).unwrap();
+    for name in ["vmlinux", "bzImage"] {
+        let t = Instant::now();
+        let loaded = isolate_vm::kernel::load(&m.mem, &k.join(name)).unwrap();
+        eprintln!("MEASURE load {name}: {:?} (end {:#x})", t.elapsed(), loaded.end);
+    }
+}
