@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! vm-run [--memory MIB] [--vcpus N] [--timeout SECS] [--stdin TEXT]
-//!        [--kernel PATH] [--console-log] [--volume NAME:/PATH] -- CMD [ARG...]
+//!        [--kernel PATH] [--console-log] [--volume NAME:/PATH]
+//!        [--signal-after SECS:SIGNO] -- CMD [ARG...]
 //! ```
 //!
 //! stdout and stderr of the workload are inherited; `--stdin TEXT` pipes
@@ -33,6 +34,7 @@ fn run() -> isolate_core::Result<i32> {
     w.argv.clear();
     w.stdin(Stdio::Null);
     let mut stdin_text = None;
+    let mut signal_after: Option<(f64, i32)> = None;
     let bad = |what: &str| isolate_core::Error::invalid("arguments", what.to_string());
     while let Some(a) = args.next() {
         let mut val = || {
@@ -55,6 +57,13 @@ fn run() -> isolate_core::Result<i32> {
             }
             "--kernel" => w.vm.kernel = Some(val()?.into()),
             "--console-log" => w.vm.console_log = true,
+            "--signal-after" => {
+                let v = val()?;
+                let parsed = v
+                    .split_once(':')
+                    .and_then(|(s, n)| Some((s.parse().ok()?, n.parse().ok()?)));
+                signal_after = Some(parsed.ok_or_else(|| bad("--signal-after SECS:SIGNO"))?);
+            }
             "--volume" => {
                 let v = val()?;
                 let (name, target) = v
@@ -71,7 +80,16 @@ fn run() -> isolate_core::Result<i32> {
     w.validate()?;
     // `spawn` checks the host for this workload's kernel itself.
     let vm = VmIsolator::new();
-    let running = vm.spawn(&w)?;
+    let running: std::sync::Arc<dyn isolate_core::Running> = vm.spawn(&w)?.into();
+    if let Some((secs, signo)) = signal_after {
+        let r = running.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            if let Err(e) = r.signal(signo) {
+                eprintln!("vm-run: signal: {}", e.chain());
+            }
+        });
+    }
     if let (Some(text), Some(mut pipe)) = (stdin_text, running.take_stdin()) {
         // Ignore EPIPE: the workload may not read its input.
         let _ = pipe.write_all(text.as_bytes());

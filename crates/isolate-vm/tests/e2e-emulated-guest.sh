@@ -39,6 +39,10 @@ harness_sh timeout '
     "$VM_RUN" --timeout 3 -- sleep 600 2>/tmp/err; rc=$?
     cat /tmp/err; echo "rc=$rc"; [ $rc = 124 ]'
 
+harness_sh signal-forwarded '
+    "$VM_RUN" --timeout 120 --signal-after 0.2:15 -- sleep 600 2>/tmp/err; rc=$?
+    cat /tmp/err; echo "rc=$rc"; [ $rc = 143 ]'
+
 harness_sh two-vcpus '
     out=$("$VM_RUN" --timeout 120 --vcpus 2 -- nproc 2>/tmp/err); rc=$?
     cat /tmp/err; echo "stdout=[$out] rc=$rc"; [ "$out" = 2 ]'
@@ -70,3 +74,8 @@ harness_sh vmlinux-timing '
         echo "vmlinux run $i: $(grep -h "kernel loaded" /tmp/err) $(grep -h OUTCOME /tmp/err | cut -c1-120)"
         i=$((i + 1))
     done'
+
+# isolate-vm's own test binaries (e2e-emulated.sh --tests), on a real KVM.
+for bin in $TEST_BINS; do
+    harness_test "cargo-test-$(basename "$bin" | sed 's/-[0-9a-f]*$//')" "$bin" --test-threads=1
+done
