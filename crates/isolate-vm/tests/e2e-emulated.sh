@@ -48,7 +48,7 @@ tools=()
 test_bins=''
 if [[ $with_tests == 1 ]]; then
     test_bins=$(cd "$root" && cargo test -q "${flags[@]}" -p isolate-vm --no-run --message-format=json 2>/dev/null \
-        | grep '"test":true' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tr '\n' ' ')
+        | grep -E '"overflow_checks":(true|false),"test":true' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tr '\n' ' ')
     for b in $test_bins; do tools+=(--exec "$b"); done
 fi
 # Named volumes are ext4 images made with mkfs.ext4.
