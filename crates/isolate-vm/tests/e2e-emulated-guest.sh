@@ -43,6 +43,11 @@ harness_sh signal-forwarded '
     "$VM_RUN" --timeout 120 --signal-after 0.2:15 -- sleep 600 2>/tmp/err; rc=$?
     cat /tmp/err; echo "rc=$rc"; [ $rc = 143 ]'
 
+harness_sh guest-panic-is-an-error-with-console-lines '
+    ISOLATE_KERNEL_CMDLINE=rdinit=/no/such/init "$VM_RUN" --timeout 120 -- /bin/true 2>/tmp/err; rc=$?
+    cat /tmp/err; echo "rc=$rc"
+    [ $rc = 125 ] && grep -q "before starting the workload" /tmp/err && grep -qi "panic" /tmp/err'
+
 harness_sh two-vcpus '
     out=$("$VM_RUN" --timeout 120 --vcpus 2 -- nproc 2>/tmp/err); rc=$?
     cat /tmp/err; echo "stdout=[$out] rc=$rc"; [ "$out" = 2 ]'
