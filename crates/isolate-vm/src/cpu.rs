@@ -291,7 +291,7 @@ fn setup_segments(
     Ok(())
 }
 
-/// Identity-maps the first GiB with 2 MiB pages: PML4[0] → PDPT[0] → PD.
+/// Identity-maps the first GiB with 2 MiB pages: `PML4[0] → PDPT[0] → PD`.
 pub fn setup_page_tables(mem: &GuestMemoryMmap) -> Result<u64, CpuError> {
     let w = |v: u64, at: u64| {
         mem.write_obj(v, GuestAddress(at))

@@ -1,5 +1,5 @@
 //! Can this host boot a guest? Fast checks (a few syscalls and file
-//! reads), done by [`crate::VmIsolator::check_host`] and before every spawn.
+//! reads), done by `VmIsolator::check_host` and before every spawn.
 //! Each failure is an [`isolate_core::Error::Unavailable`] that says which
 //! check failed and what to do.
 

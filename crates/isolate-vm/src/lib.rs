@@ -28,7 +28,7 @@
 //! ([`seccomp`]) covers only it, its memory is measurable, and nothing the
 //! guest does can exit or crash the library user's process.
 //!
-//! [`VmIsolator::spawn`] (library side, [`isolator`](VmIsolator)):
+//! `VmIsolator::spawn` (library side, [`VmIsolator`]):
 //! 1. checks the inputs and the host, in well under a second: the kernel's
 //!    headers ([`kernel::probe`]: not a kernel, truncated), `/dev/kvm`
 //!    (missing, no permission, API version, capabilities) and PVM hosts

@@ -3,7 +3,7 @@
 //! last KiB of base memory for the floating pointer, so it goes at
 //! [`MPTABLE_START`] (excluded from the e820 RAM map).
 //!
-//! Built as bytes by [`mptable`] (unit-tested), written by [`write`].
+//! Built as bytes by [`mptable()`] (unit-tested), written by [`write()`].
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 

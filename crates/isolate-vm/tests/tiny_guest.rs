@@ -240,6 +240,10 @@ fn measures_kernel_load_time() {
     for name in ["vmlinux", "bzImage"] {
         let t = Instant::now();
         let loaded = isolate_vm::kernel::load(&m.mem, &k.join(name)).unwrap();
-        eprintln!("MEASURE load {name}: {:?} (end {:#x})", t.elapsed(), loaded.end);
+        eprintln!(
+            "MEASURE load {name}: {:?} (end {:#x})",
+            t.elapsed(),
+            loaded.end
+        );
     }
 }
