@@ -644,7 +644,11 @@ impl VmRunning {
                 FailKind::Boot => Failure::Boot(message),
                 FailKind::Vmm => Failure::Vmm(message),
             }),
-            _ if self.killed.load(Ordering::SeqCst) => {
+            // Killed by us, or SIGKILLed by someone else (`isolate kill NAME`
+            // signals the VMM's pid): the workload was killed, as in container mode.
+            _ if self.killed.load(Ordering::SeqCst)
+                || matches!(&status, Ok(s) if s.signal() == Some(libc::SIGKILL)) =>
+            {
                 let mut o = Outcome::new(Status::Signaled(libc::SIGKILL), wall);
                 o.startup_time = startup;
                 Ok(o)

@@ -143,3 +143,21 @@ fn dropping_a_handle_kills_the_vmm() {
     assert!(state::get_live(&name).is_err(), "record left behind");
     assert!(!cgroup_exists(&record.cgroup), "cgroup left behind");
 }
+
+#[test]
+fn vmm_killed_from_outside_reports_a_killed_workload() {
+    if !ready("vmm_killed_from_outside_reports_a_killed_workload") {
+        return;
+    }
+    let name = format!("outside-{}", std::process::id());
+    let mut w = Workload::new("/bin/sleep");
+    w.arg("600").name(&name);
+    let running = vm().spawn(&w).unwrap();
+    let record = state::get_live(&name).unwrap();
+    // What `isolate kill NAME` does from another process.
+    // SAFETY: kill(2) on the live VMM pid of the record just read.
+    assert_eq!(unsafe { libc::kill(record.pid as i32, libc::SIGKILL) }, 0);
+    let outcome = running.wait().unwrap();
+    assert_eq!(outcome.status, Status::Signaled(libc::SIGKILL));
+    assert!(!cgroup_exists(&record.cgroup), "cgroup left behind");
+}
