@@ -106,8 +106,14 @@ pub enum ControlMessage {
         /// What went wrong.
         message: String,
     },
-    /// Host→guest: stdin reached end-of-file.
-    StdinEof,
+    /// Host→guest: stdin reached end-of-file after `bytes` bytes in all
+    /// (the guest reads hvc0 until it has them: data and this message
+    /// travel on different ports, so the message may overtake the data).
+    StdinEof {
+        /// Bytes sent on the stdin port in all; `None` if unknown.
+        #[serde(default)]
+        bytes: Option<u64>,
+    },
     /// Host→guest: deliver this signal to the workload.
     Signal {
         /// Signal number.
@@ -154,7 +160,8 @@ mod tests {
                 exec: Some(ExecFailure::NotFound),
                 message: "x".into(),
             },
-            ControlMessage::StdinEof,
+            ControlMessage::StdinEof { bytes: Some(3) },
+            ControlMessage::StdinEof { bytes: None },
             ControlMessage::Signal { signo: 15 },
         ];
         for m in msgs {
@@ -163,8 +170,13 @@ mod tests {
             assert_eq!(ControlMessage::from_line(&format!("{line}\r")), Some(m));
         }
         assert_eq!(
-            ControlMessage::StdinEof.to_line(),
-            "{\"t\":\"stdin_eof\"}\n"
+            ControlMessage::StdinEof { bytes: Some(7) }.to_line(),
+            "{\"t\":\"stdin_eof\",\"bytes\":7}\n"
+        );
+        // A bare stdin_eof (no count) still parses.
+        assert_eq!(
+            ControlMessage::from_line("{\"t\":\"stdin_eof\"}"),
+            Some(ControlMessage::StdinEof { bytes: None })
         );
     }
 }

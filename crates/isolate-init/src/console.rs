@@ -228,7 +228,7 @@ mod tests {
             got,
             [
                 ControlMessage::Signal { signo: 15 },
-                ControlMessage::StdinEof
+                ControlMessage::StdinEof { bytes: None }
             ]
         );
     }
@@ -241,7 +241,7 @@ mod tests {
         assert!(lb.push(&long).is_empty());
         assert_eq!(
             lb.push(b"\n{\"t\":\"stdin_eof\"}\n"),
-            [ControlMessage::StdinEof]
+            [ControlMessage::StdinEof { bytes: None }]
         );
     }
 

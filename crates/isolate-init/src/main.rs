@@ -18,9 +18,10 @@
 //!   that arrive before the init has made it raw are echoed back with
 //!   `\n` turned into `\r\n` (hvc reads nothing before the first open, so
 //!   anything queued early arrives exactly in that window);
-//! - `stdin_eof` travels on another port than the data: the init keeps
-//!   reading hvc0 until it has been quiet for 20 ms before closing the
-//!   workload's stdin.
+//! - `stdin_eof` travels on another port than the data: it carries the
+//!   number of bytes the host sent, and the init keeps reading hvc0 until it
+//!   has them (or, without a count, until hvc0 has been quiet for 20 ms)
+//!   before closing the workload's stdin.
 
 mod cgroup;
 mod console;

@@ -322,6 +322,8 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
     let mut pending: Vec<u8> = Vec::new();
     let mut source_open = ports.stdin_pipe.is_some();
     let mut eof = false;
+    // Bytes read from hvc0 so far, to compare with stdin_eof's count.
+    let mut received: u64 = 0;
     let mut control_open = ports.control.input().is_some();
     let mut lines = LineBuffer::default();
     let mut buf = vec![0u8; 64 * 1024];
@@ -381,10 +383,10 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
                 Ok(n) if n > 0 => {
                     for msg in lines.push(&buf[..n]) {
                         match msg {
-                            ControlMessage::StdinEof => {
+                            ControlMessage::StdinEof { bytes } => {
                                 eof = true;
                                 if source_open {
-                                    drain_source(ports, &mut pending);
+                                    drain_source(ports, &mut pending, &mut received, bytes);
                                 }
                             }
                             ControlMessage::Signal { signo } => {
@@ -405,7 +407,10 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
         if src_ready.contains(PollFlags::POLLIN) && source_open {
             if let Some(src) = &ports.stdin_source {
                 match read_fd(src.as_fd(), &mut buf) {
-                    Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                    Ok(n) if n > 0 => {
+                        received += n as u64;
+                        pending.extend_from_slice(&buf[..n]);
+                    }
                     Err(Errno::EAGAIN | Errno::EINTR) => {}
                     // Hang-up or error: no more input will come.
                     _ => source_open = false,
@@ -459,18 +464,26 @@ fn hung_up(revents: PollFlags) -> bool {
 
 /// Reads what is still on its way on hvc0 when `stdin_eof` arrives: the
 /// host sent the data before the message, but the two ports deliver
-/// independently, so data may trail the message by a few milliseconds.
-/// Reads until hvc0 stays quiet for 20 ms.
-fn drain_source(ports: &Ports, pending: &mut Vec<u8>) {
+/// independently, so data may trail the message. With the host's count
+/// (`total`), reads until `received` reaches it (giving up after 5 s with
+/// no byte arriving); without one, until hvc0 stays quiet for 20 ms.
+fn drain_source(ports: &Ports, pending: &mut Vec<u8>, received: &mut u64, total: Option<u64>) {
     let Some(src) = &ports.stdin_source else {
         return;
     };
+    let wait_ms: u16 = if total.is_some() { 5000 } else { 20 };
     let mut buf = [0u8; 16 * 1024];
     loop {
+        if total.is_some_and(|t| *received >= t) {
+            return;
+        }
         let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(20u8)) {
+        match poll(&mut fds, PollTimeout::from(wait_ms)) {
             Ok(n) if n > 0 => match read_fd(src.as_fd(), &mut buf) {
-                Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                Ok(n) if n > 0 => {
+                    *received += n as u64;
+                    pending.extend_from_slice(&buf[..n]);
+                }
                 Err(Errno::EAGAIN | Errno::EINTR) => {}
                 _ => return,
             },

@@ -495,22 +495,20 @@ impl Gate {
 /// Feeds fd 0 to console 0; at end-of-file tells the guest init.
 ///
 /// `stdin_eof` goes on another port than the data, so it is sent only once
-/// the guest has taken every byte into its buffers, and a moment later
-/// (`EOF_GRACE`): the guest's console driver may still be moving the last
-/// bytes to the tty when the control line arrives.
+/// the guest has taken every byte into its buffers, and it carries the
+/// total count: the guest init reads hvc0 until it has that many bytes.
 fn feed_stdin(input: ConsoleInput, control: ConsoleInput) {
-    const EOF_GRACE: Duration = Duration::from_millis(100);
     // SAFETY: fd 0 is the workload's stdin, handed to this process for
     // exactly this; ManuallyDrop keeps it open (nothing else closes it).
     let mut stdin = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(0) });
     let mut buf = vec![0u8; 64 * 1024];
-    let mut sent_any = false;
+    let mut sent: u64 = 0;
     loop {
         match stdin.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 input.push(&buf[..n]);
-                sent_any = true;
+                sent += n as u64;
                 while input.pending_len() > STDIN_BACKLOG {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -519,13 +517,16 @@ fn feed_stdin(input: ConsoleInput, control: ConsoleInput) {
             Err(_) => break,
         }
     }
-    if sent_any {
+    if sent > 0 {
         while input.pending_len() > 0 {
             std::thread::sleep(Duration::from_millis(2));
         }
-        std::thread::sleep(EOF_GRACE);
     }
-    control.push(ControlMessage::StdinEof.to_line().as_bytes());
+    control.push(
+        ControlMessage::StdinEof { bytes: Some(sent) }
+            .to_line()
+            .as_bytes(),
+    );
 }
 
 fn forward_signals(set: libc::sigset_t, tx: Sender<Event>) {

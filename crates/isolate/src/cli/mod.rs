@@ -24,8 +24,10 @@ impl From<ModeArg> for Mode {
 
 /// Builds the workload from the options and the command.
 pub fn workload(opts: &WorkloadOpts, command: &[String]) -> Result<Workload> {
-    let mut w = Workload::default();
-    w.argv = command.to_vec();
+    let mut w = Workload {
+        argv: command.to_vec(),
+        ..Default::default()
+    };
     if let Some(r) = &opts.rootfs {
         let abs = std::path::absolute(r).map_err(|e| Error::io("cannot resolve", r, e))?;
         w.rootfs(abs);
