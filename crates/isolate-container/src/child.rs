@@ -126,8 +126,6 @@ pub struct ChildPlan {
     pub scratch_dirs: Vec<CString>,
     /// Where the new root is mounted (on the scratch tmpfs).
     pub new_root: CString,
-    /// cgroup v1 `tasks` files to write `0` to (join the cgroup), first thing.
-    pub join_fds: Vec<RawFd>,
     /// Overlay or read-only bind.
     pub root_mount: RootMount,
     /// Host paths of bind-volume sources, opened before the root switch
@@ -144,10 +142,11 @@ pub struct ChildPlan {
     /// Rootless: a user namespace maps the caller to root; the shim waits
     /// for the parent's id maps before anything else, and sets no groups.
     pub rootless: bool,
-    /// Whether the parent must move the shim into its cgroup (cgroup v1
-    /// without `tasks` files found): the shim then waits for the sync byte
-    /// before starting the application.
-    pub parent_places: bool,
+    /// Whether the shim joins its cgroup after its filesystem set-up (cgroup
+    /// v1): it then waits for the parent's go-ahead, which carries the
+    /// cgroup's `tasks` files to write `0` to (the parent creates the
+    /// cgroup meanwhile), before starting the application.
+    pub late_join: bool,
     /// A pidfd of the parent process: if it has already ended when the shim
     /// sets its parent-death signal, the shim exits (when no sync byte is
     /// awaited, which would tell the same by end-of-file).
@@ -155,8 +154,9 @@ pub struct ChildPlan {
     /// Signals the parent catches or ignores (bit `n - 1` for signal `n`):
     /// the application resets them to their default action.
     pub reset_signals: u64,
-    /// Read end of the pipe the parent writes one byte to once the shim is
-    /// in its cgroup (rootless: once its id maps are written).
+    /// The shim's end of a unix socket on which the parent sends one byte
+    /// once the shim may go on (rootless: its id maps are written; late
+    /// join: its cgroup is made), with the descriptors to join the cgroup.
     pub sync_rd: RawFd,
     /// Write end of the close-on-exec pipe for [`Report`]s.
     pub exec_wr: RawFd,
@@ -225,17 +225,10 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     };
     if plan.rootless {
         wait_for_parent(plan);
-    } else if !plan.parent_places && parent_gone(plan.parent_pidfd) {
+    } else if !plan.late_join && parent_gone(plan.parent_pidfd) {
         sys::exit(125);
     }
     sys::close(plan.parent_pidfd);
-    for fd in &plan.join_fds {
-        // "0" moves the calling thread (see spawn::v1_join_files).
-        if let Err(e) = sys::write_exact(*fd, b"0") {
-            fail(plan, Stage::Root, 9, e, 125);
-        }
-        sys::close(*fd);
-    }
     root_step(
         0,
         sys::mount(None, ROOT, None, libc::MS_REC | libc::MS_PRIVATE, None),
@@ -349,7 +342,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     }
     sys::umask(0o022);
 
-    if plan.parent_places {
+    if plan.late_join {
         wait_for_parent(plan);
     }
     // The cgroup namespace is rooted at the container's own cgroup.
@@ -386,12 +379,22 @@ fn parent_gone(pidfd: RawFd) -> bool {
     unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
 }
 
-/// Waits for the parent's go-ahead byte (the parent placed this process
-/// in its cgroup or wrote its id maps); end-of-file means the parent died.
+/// Waits for the parent's go-ahead byte (it wrote the id maps, or made the
+/// cgroup) and joins the cgroup through the `tasks` files that come with
+/// it; end-of-file or a failure of the parent's means the parent gave up.
 fn wait_for_parent(plan: &ChildPlan) {
-    let mut byte = [0u8; 1];
-    if sys::read(plan.sync_rd, &mut byte) != Ok(1) {
-        sys::exit(125);
+    let mut fds = [-1; sys::MAX_FDS];
+    match sys::recv_fds(plan.sync_rd, &mut fds) {
+        Ok((Some(1), n)) => {
+            for fd in &fds[..n] {
+                // "0" moves the calling thread (see spawn::v1_join_files).
+                if let Err(e) = sys::write_exact(*fd, b"0") {
+                    fail(plan, Stage::Root, 9, e, 125);
+                }
+                sys::close(*fd);
+            }
+        }
+        _ => sys::exit(125),
     }
     sys::close(plan.sync_rd);
 }

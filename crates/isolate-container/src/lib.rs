@@ -53,9 +53,12 @@
 //!
 //! Everything is prepared before the one `clone3`; the child makes system
 //! calls only. On cgroup v2 the shim starts inside its cgroup
-//! (`CLONE_INTO_CGROUP`); on v1 it moves itself in by writing `0` to the
-//! `tasks` files (see `spawn::v1_join_files`), which avoids the RCU grace
-//! period that moving another process costs.
+//! (`CLONE_INTO_CGROUP`). On v1 the parent makes the cgroup while the shim
+//! builds its namespaces and root (on another CPU), then passes it the
+//! cgroup's `tasks` files over a unix socket; the shim moves itself in by
+//! writing `0` to them (see `spawn::v1_join_files`), which avoids the RCU
+//! grace period that moving another process costs, before it starts the
+//! application.
 
 mod caps;
 mod child;

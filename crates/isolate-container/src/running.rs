@@ -173,6 +173,11 @@ impl Container {
             .as_ref()
     }
 
+    /// Hands the container its cgroup, made after the shim started (v1).
+    pub(crate) fn set_cgroup(&mut self, cg: Cgroup) {
+        *self.cgroup.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(cg);
+    }
+
     pub(crate) fn started(&mut self, startup: Duration) {
         self.startup = Some(startup);
     }

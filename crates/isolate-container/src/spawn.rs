@@ -1,6 +1,8 @@
 //! The parent's side of starting a container: everything is prepared here
 //! (paths, strings, descriptors, cgroup, loop devices), then one `clone3`
-//! starts the shim in new pid, mount, uts, ipc and net namespaces.
+//! starts the shim in new pid, mount, uts, ipc and net namespaces. On
+//! cgroup v1 the cgroup is made after the `clone3`, while the shim builds
+//! its root, and handed to the shim with its go-ahead.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -30,6 +32,25 @@ fn cstr(bytes: impl Into<Vec<u8>>, what: &str) -> Result<CString, Error> {
 
 fn path_c(p: &Path) -> Result<CString, Error> {
     cstr(p.as_os_str().as_bytes(), "path")
+}
+
+/// A connected pair of unix stream sockets, both close-on-exec.
+fn socketpair() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(ContainerError::last_os("create a socket pair"));
+    }
+    // SAFETY: socketpair returned two new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// A pipe: (read end, write end), both close-on-exec.
@@ -152,10 +173,9 @@ fn stdio_fds(
 fn prepare(
     w: &Workload,
     rootfs: &Path,
-    join: Vec<OwnedFd>,
     res: &mut Resources,
     rootless: bool,
-    into_cgroup: bool,
+    late_join: bool,
 ) -> Result<Prepared, Error> {
     let scratch = rundir::base();
     // Resolve every volume target first: bad input fails before anything is made.
@@ -192,7 +212,7 @@ fn prepare(
     }
 
     let mut child_fds: Vec<OwnedFd> = Vec::new();
-    let (sync_rd, sync_wr) = pipe()?;
+    let (sync_rd, sync_wr) = socketpair()?;
     let (exec_rd, exec_wr) = pipe()?;
     let (status_rd, status_wr) = pipe()?;
     let (stdio, parent_stdio) = stdio_fds(w, &mut child_fds)?;
@@ -210,7 +230,6 @@ fn prepare(
     ];
     keep.extend(stdio.iter().copied().filter(|&fd| fd >= 0));
     keep.extend(res.volumes.iter().filter_map(|a| a.device_fd()));
-    keep.extend(join.iter().map(|f| f.as_raw_fd()));
     keep.sort_unstable();
     keep.dedup();
 
@@ -299,7 +318,6 @@ fn prepare(
                 .collect::<Result<_, _>>()?
         },
         new_root: path_c(&scratch.join("root"))?,
-        join_fds: join.iter().map(|f| f.as_raw_fd()).collect(),
         root_mount,
         volume_sources,
         ops,
@@ -307,7 +325,7 @@ fn prepare(
         loopback: w.network == Network::Loopback,
         keep_fds: keep,
         rootless,
-        parent_places: !rootless && !into_cgroup,
+        late_join,
         parent_pidfd: parent_pidfd.as_raw_fd(),
         reset_signals: sys::handled_signals(),
         sync_rd: sync_rd.as_raw_fd(),
@@ -325,7 +343,6 @@ fn prepare(
         envp,
     };
     child_fds.extend([parent_pidfd, sync_rd, exec_wr, status_wr]);
-    child_fds.extend(join);
     Ok(Prepared {
         plan,
         child_fds,
@@ -470,23 +487,18 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     };
     let id = run.id().to_string();
     let mut res = Resources::new(run);
-    if !rootless {
-        let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
-            .map_err(|e| ContainerError::Cgroup(chain(&e)))?;
+    // On cgroup v2 the shim starts inside its cgroup (CLONE_INTO_CGROUP),
+    // so the cgroup comes first. On v1 the cgroup is made while the shim
+    // builds its namespaces and root (the two overlap on separate CPUs),
+    // and the shim joins it before it starts the application.
+    let late_join = !rootless && !cgroup_root_is_v2();
+    let mut cgroup_fd = None;
+    if !rootless && !late_join {
+        let cg = make_cgroup(&id, w)?;
+        cgroup_fd = cg.procs_fd();
         res.cgroup = Some(cg);
-        if let Err(e) = res.cgroup.as_ref().expect("just set").apply(&w.limits) {
-            if !(e.is_unsupported() && w.limits.io_weight.is_some()) {
-                return Err(ContainerError::Cgroup(chain(&e)).into());
-            }
-        }
     }
-    let cgroup_fd = res.cgroup.as_ref().and_then(Cgroup::procs_fd);
-    let join = match (&cgroup_fd, &res.cgroup) {
-        (None, Some(cg)) => v1_join_files(cg.rel_path())?,
-        _ => Vec::new(),
-    };
-    let into_cgroup = cgroup_fd.is_some() || !join.is_empty();
-    let prepared = prepare(w, &rootfs, join, &mut res, rootless, into_cgroup)?;
+    let prepared = prepare(w, &rootfs, &mut res, rootless, late_join)?;
     let (pid, pidfd) = clone_shim(&prepared, cgroup_fd.as_ref())?;
     let Prepared {
         plan,
@@ -497,13 +509,14 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         parent_stdio,
     } = prepared;
     drop(child_fds);
+    let into_cgroup = cgroup_fd.is_some();
     drop(cgroup_fd);
     // Named volumes: the child holds the loop devices now.
     for a in &mut res.volumes {
         a.release_device();
     }
     let mut handle = Container::new(
-        id,
+        id.clone(),
         pid,
         pidfd,
         status_rd,
@@ -512,13 +525,38 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         parent_stdio,
         res,
     );
+    // The shim's go-ahead, with the cgroup's v1 `tasks` files to join.
+    let mut join: Vec<OwnedFd> = Vec::new();
+    if late_join {
+        match make_cgroup(&id, w) {
+            Ok(cg) => handle.set_cgroup(cg),
+            Err(e) => {
+                handle.abort();
+                return Err(e);
+            }
+        }
+    }
     let placed = match handle.cgroup_mut() {
-        Some(cg) if !into_cgroup => cg.add_process(pid),
+        Some(cg) if late_join => match v1_join_files(cg.rel_path()) {
+            Ok(files) if !files.is_empty() => {
+                join = files;
+                Ok(())
+            }
+            // No v1 `tasks` file found (e.g. an empty v1 layout that
+            // turned out unified): move the shim from here.
+            Ok(_) => cg
+                .add_process(pid)
+                .map_err(|e| ContainerError::Cgroup(chain(&e)).into()),
+            Err(e) => Err(e),
+        },
+        Some(cg) if !into_cgroup => cg
+            .add_process(pid)
+            .map_err(|e| ContainerError::Cgroup(chain(&e)).into()),
         _ => Ok(()),
     };
     if let Err(e) = placed {
         handle.abort();
-        return Err(ContainerError::Cgroup(chain(&e)).into());
+        return Err(e);
     }
     if rootless {
         if let Err(e) = write_id_maps(pid) {
@@ -526,7 +564,16 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
             return Err(e.into());
         }
     }
-    sys::write_all(sync_wr.as_raw_fd(), &[1]);
+    let join_raw: Vec<RawFd> = join.iter().map(|f| f.as_raw_fd()).collect();
+    if let Err(e) = sys::send_fds(sync_wr.as_raw_fd(), 1, &join_raw) {
+        handle.abort();
+        return Err(ContainerError::host(
+            "tell the container to go on",
+            std::io::Error::from_raw_os_error(e),
+        )
+        .into());
+    }
+    drop(join);
     drop(sync_wr);
     match read_report(&exec_rd) {
         Ok(None) => {}
@@ -565,6 +612,32 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         }
     }
     Ok(handle)
+}
+
+/// Makes the container's cgroup `isolate/ct-<id>` with the workload's limits.
+fn make_cgroup(id: &str, w: &Workload) -> Result<Cgroup, Error> {
+    let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
+        .map_err(|e| ContainerError::Cgroup(chain(&e)))?;
+    if let Err(e) = cg.apply(&w.limits) {
+        if !(e.is_unsupported() && w.limits.io_weight.is_some()) {
+            // Nothing is in it yet: remove it before reporting.
+            let _ = cg.remove();
+            return Err(ContainerError::Cgroup(chain(&e)).into());
+        }
+    }
+    Ok(cg)
+}
+
+/// Whether `/sys/fs/cgroup` is a cgroup2 mount (a unified host), where
+/// the shim can start inside its cgroup.
+fn cgroup_root_is_v2() -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: the path is a NUL-terminated literal and `st` points to
+    // writable memory of the size of `struct statfs`.
+    let rc = unsafe { libc::statfs(c"/sys/fs/cgroup".as_ptr(), st.as_mut_ptr()) };
+    // SAFETY: statfs returned 0, so it filled `st`.
+    rc == 0 && unsafe { st.assume_init() }.f_type == CGROUP2_SUPER_MAGIC
 }
 
 /// What rootless mode cannot do, refused up front with the reason.

@@ -195,6 +195,110 @@ pub fn write_exact(fd: RawFd, buf: &[u8]) -> Result<(), Errno> {
     }
 }
 
+/// Most descriptors one [`recv_fds`] takes (cgroup v1 has at most a dozen
+/// hierarchies).
+pub const MAX_FDS: usize = 16;
+
+/// `CMSG_SPACE` for [`MAX_FDS`] descriptors, rounded up to 8 bytes.
+const FDS_SPACE: usize = 16 + MAX_FDS * 4;
+
+/// Receives one byte and up to [`MAX_FDS`] descriptors (`SCM_RIGHTS`,
+/// close-on-exec) on the unix socket `sock`, retried on EINTR. Returns the
+/// byte (`None` at end-of-file) and the number of descriptors stored in
+/// `fds`.
+pub fn recv_fds(sock: RawFd, fds: &mut [RawFd; MAX_FDS]) -> Result<(Option<u8>, usize), Errno> {
+    let mut byte = [0u8; 1];
+    // u64 storage keeps the control buffer aligned for cmsghdr.
+    let mut control = [0u64; FDS_SPACE / 8];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: msghdr is plain data; every field used is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = FDS_SPACE as _;
+    let n = loop {
+        // SAFETY: `msg` points to the live `iov` (one byte of `byte`) and
+        // to `control`, whose size msg_controllen gives.
+        let rc = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match check(rc as c_long) {
+            Err(libc::EINTR) => continue,
+            r => break r?,
+        }
+    };
+    let mut count = 0;
+    // SAFETY: `msg` was filled by recvmsg; the CMSG_* walk stays within
+    // msg_controllen bytes of `control`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    let fd = data.add(i).read_unaligned();
+                    if count < MAX_FDS {
+                        fds[count] = fd;
+                        count += 1;
+                    } else {
+                        close(fd);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(((n > 0).then_some(byte[0]), count))
+}
+
+/// Sends the byte `byte` with the descriptors `fds` (`SCM_RIGHTS`, at most
+/// [`MAX_FDS`]) on the unix socket `sock`.
+pub fn send_fds(sock: RawFd, byte: u8, fds: &[RawFd]) -> Result<(), Errno> {
+    if fds.len() > MAX_FDS {
+        return Err(libc::E2BIG);
+    }
+    let mut data = [byte];
+    let mut control = [0u64; FDS_SPACE / 8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: msghdr is plain data; every field used is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let bytes = std::mem::size_of_val(fds) as u32;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(bytes) } as _;
+        // SAFETY: the control buffer holds CMSG_SPACE(bytes) <= FDS_SPACE
+        // bytes, so the header and `fds` fit; CMSG_DATA points inside it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(bytes) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c).cast::<RawFd>(),
+                fds.len(),
+            );
+        }
+    }
+    loop {
+        // SAFETY: `msg` points to the live `iov` and `control` set above.
+        let rc = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        match check(rc as c_long) {
+            Err(libc::EINTR) => continue,
+            r => return r.map(|_| ()),
+        }
+    }
+}
+
 /// Peak resident memory of the calling process, bytes (`getrusage`).
 pub fn max_rss_bytes() -> u64 {
     // SAFETY: rusage is plain data; getrusage fills it.
