@@ -9,7 +9,9 @@
 //! application's wait status on a pipe and exits, which ends every process
 //! left in the pid namespace.
 //!
-//! The application process drops to the workload's user and capabilities,
+//! The application process starts `vfork`-style (it shares the shim's
+//! memory on a stack of its own until `execve`, so no page tables are
+//! copied), drops to the workload's user and capabilities,
 //! sets `no_new_privs`, installs the seccomp filters and executes the
 //! program. Failures before `execve` are written as a [`Report`] on a
 //! close-on-exec pipe; the pipe closing without data tells the parent the
@@ -348,16 +350,10 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     // The cgroup namespace is rooted at the container's own cgroup.
     let _ = sys::unshare(libc::CLONE_NEWCGROUP);
 
-    // SAFETY: fork-like clone (no new stack): the child continues on a copy
-    // of this stack and only calls `app`, which never returns.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) };
-    if pid == 0 {
-        app(plan, argv, envp);
-    }
-    if pid < 0 {
-        fail(plan, Stage::App, 0, sys::errno(), 125);
-    }
-    let app_pid = pid as libc::pid_t;
+    let app_pid = match spawn_app(plan, argv, envp) {
+        Ok(pid) => pid,
+        Err(e) => fail(plan, Stage::App, 0, e, 125),
+    };
     // Only the application keeps these now.
     sys::close(plan.exec_wr);
     for fd in plan.stdio {
@@ -366,6 +362,72 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         }
     }
     supervise(app_pid, plan.status_wr)
+}
+
+/// Size of the application's stack until `execve`.
+const APP_STACK: usize = 256 << 10;
+
+/// What [`app_entry`] gets through `clone`'s argument.
+struct AppArgs<'a> {
+    plan: &'a ChildPlan,
+    argv: &'a [*const c_char],
+    envp: &'a [*const c_char],
+}
+
+extern "C" fn app_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `AppArgs` of `spawn_app`, whose frame lives on
+    // while this child runs: the shim is suspended (CLONE_VFORK) until
+    // this child has called execve or exited.
+    let a = unsafe { &*(arg as *const AppArgs) };
+    app(a.plan, a.argv, a.envp)
+}
+
+/// Starts the application `vfork`-style: it shares the shim's memory (no
+/// copy of the page tables) on a stack of its own, and the shim sleeps
+/// until it has called `execve` (or exited on a failure). The stack is
+/// unmapped once the application no longer uses it.
+fn spawn_app(
+    plan: &ChildPlan,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+) -> Result<libc::pid_t, sys::Errno> {
+    // SAFETY: an anonymous private mapping; nothing else refers to it.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            APP_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(sys::errno());
+    }
+    let args = AppArgs { plan, argv, envp };
+    // SAFETY: the child runs `app_entry` on the top of `stack` (stacks grow
+    // down on the supported architectures), sharing this memory; with
+    // CLONE_VFORK this thread does not run until the child has executed a
+    // program or exited, so `args` and `stack` stay valid and unshared
+    // for as long as the child uses them. The child allocates nothing and
+    // calls only `sys` wrappers and execve.
+    let pid = unsafe {
+        libc::clone(
+            app_entry,
+            stack.cast::<u8>().add(APP_STACK).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const AppArgs as *mut libc::c_void,
+        )
+    };
+    let err = sys::errno();
+    // SAFETY: the child no longer runs on `stack` (see above).
+    unsafe { libc::munmap(stack, APP_STACK) };
+    if pid < 0 {
+        Err(err)
+    } else {
+        Ok(pid)
+    }
 }
 
 /// Whether the process behind `pidfd` has ended (a pidfd polls readable).
