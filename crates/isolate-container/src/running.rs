@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -81,6 +82,9 @@ pub struct Container {
     startup: Option<Duration>,
     stdio: [Mutex<Option<File>>; 3],
     cgroup: RwLock<Option<Cgroup>>,
+    /// The cgroup's directories (one per v1 hierarchy), for the quick
+    /// removal of an empty cgroup.
+    cgroup_dirs: Vec<PathBuf>,
     res: Mutex<Resources>,
     outcome: Mutex<Option<Outcome>>,
 }
@@ -123,6 +127,17 @@ fn watchdog(pidfd: &OwnedFd, deadline: Instant, timed_out: Arc<AtomicBool>) {
     });
 }
 
+/// Removes the directories of a cgroup that holds no process any more with
+/// one `rmdir` each; `false` if one could not go (processes still dying, a
+/// child cgroup): [`Cgroup::remove`] then kills, waits and removes the rest.
+/// Saves the listing and checking of each directory that `remove` does,
+/// which the common case (the container's processes all ended) needs not.
+fn remove_empty(dirs: &[PathBuf]) -> bool {
+    // Anything unexpected (even a directory already gone) is left to
+    // `Cgroup::remove`, which knows the layout.
+    !dirs.is_empty() && dirs.iter().all(|d| std::fs::remove_dir(d).is_ok())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -155,6 +170,7 @@ impl Container {
             startup: None,
             stdio: [Mutex::new(a), Mutex::new(b), Mutex::new(c)],
             cgroup: RwLock::new(cgroup),
+            cgroup_dirs: Vec::new(),
             res: Mutex::new(res),
             outcome: Mutex::new(None),
         }
@@ -176,6 +192,11 @@ impl Container {
     /// Hands the container its cgroup, made after the shim started (v1).
     pub(crate) fn set_cgroup(&mut self, cg: Cgroup) {
         *self.cgroup.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(cg);
+    }
+
+    /// The directories of the container's cgroup (see [`remove_empty`]).
+    pub(crate) fn set_cgroup_dirs(&mut self, dirs: Vec<PathBuf>) {
+        self.cgroup_dirs = dirs;
     }
 
     pub(crate) fn started(&mut self, startup: Duration) {
@@ -289,7 +310,7 @@ impl Container {
             // A cgroup that cannot go yet (processes still dying) keeps its
             // run's marker, so the next spawn's `cleanup_stale` removes it
             // once this process has ended; the outcome is still reported.
-            cg_left = cg.remove().is_err();
+            cg_left = !remove_empty(&self.cgroup_dirs) && cg.remove().is_err();
         }
         if timed_out {
             status = Status::TimedOut;

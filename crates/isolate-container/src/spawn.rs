@@ -527,6 +527,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     );
     // The shim's go-ahead, with the cgroup's v1 `tasks` files to join.
     let mut join: Vec<OwnedFd> = Vec::new();
+    let mut cgroup_dirs = Vec::new();
     if late_join {
         match make_cgroup(&id, w) {
             Ok(cg) => handle.set_cgroup(cg),
@@ -538,8 +539,9 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     }
     let placed = match handle.cgroup_mut() {
         Some(cg) if late_join => match v1_join_files(cg.rel_path()) {
-            Ok(files) if !files.is_empty() => {
+            Ok((files, dirs)) if !files.is_empty() => {
                 join = files;
+                cgroup_dirs = dirs;
                 Ok(())
             }
             // No v1 `tasks` file found (e.g. an empty v1 layout that
@@ -558,6 +560,12 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         handle.abort();
         return Err(e);
     }
+    if let Some(cg) = handle.cgroup_mut() {
+        if into_cgroup {
+            cgroup_dirs = vec![Path::new("/sys/fs/cgroup").join(cg.rel_path())];
+        }
+    }
+    handle.set_cgroup_dirs(cgroup_dirs);
     if rootless {
         if let Err(e) = write_id_maps(pid) {
             handle.abort();
@@ -704,26 +712,33 @@ fn write_id_maps(pid: u32) -> Result<(), ContainerError> {
 /// kernel's global threadgroup lock, whose first writer after a quiet spell
 /// waits for an RCU grace period (about 15 ms here), which moving another
 /// process by pid through `cgroup.procs` pays.
-fn v1_join_files(rel: &str) -> Result<Vec<OwnedFd>, Error> {
+///
+/// Also returns the directories of the cgroup these files are in.
+fn v1_join_files(rel: &str) -> Result<(Vec<OwnedFd>, Vec<PathBuf>), Error> {
     let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let mut files = Vec::new();
+    let mut dirs = Vec::new();
     for e in entries.flatten() {
         // Co-mounted controllers appear once as a directory, then as links.
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let tasks = e.path().join(rel).join("tasks");
+        let dir = e.path().join(rel);
+        let tasks = dir.join("tasks");
         match std::fs::OpenOptions::new().write(true).open(&tasks) {
-            Ok(f) => files.push(OwnedFd::from(f)),
+            Ok(f) => {
+                files.push(OwnedFd::from(f));
+                dirs.push(dir);
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
                 return Err(ContainerError::host(format!("open {}", tasks.display()), err).into())
             }
         }
     }
-    Ok(files)
+    Ok((files, dirs))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
