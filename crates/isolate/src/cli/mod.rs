@@ -144,15 +144,18 @@ fn run(args: RunArgs) -> Result<i32> {
     let mut signals = signal_hook::iterator::Signals::new(FORWARDED)
         .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))?;
     let handle = signals.handle();
-    let target = Arc::clone(&running);
-    let forwarder = std::thread::spawn(move || {
+    // The forwarder holds the workload weakly and is not joined: it ends
+    // with the process, and the handle is still dropped at the end here.
+    let target = Arc::downgrade(&running);
+    std::thread::spawn(move || {
         for sig in signals.forever() {
-            let _ = target.signal(sig);
+            if let Some(t) = target.upgrade() {
+                let _ = t.signal(sig);
+            }
         }
     });
     let outcome = running.wait();
     handle.close();
-    let _ = forwarder.join();
     let outcome = outcome?;
     match outcome.status {
         isolate::Status::TimedOut => eprintln!(
