@@ -134,7 +134,7 @@ impl Isolator for ContainerIsolator {
                 ),
             )?;
         }
-        let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        let fs = sys::read_proc("/proc/filesystems").unwrap_or_default();
         need(
             fs.contains("overlay"),
             "the kernel has no overlayfs; load it with `modprobe overlay`",

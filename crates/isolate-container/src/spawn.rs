@@ -79,8 +79,7 @@ fn overlay_escape(p: &Path) -> Vec<u8> {
 fn last_cap() -> u32 {
     static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *LAST.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
+        sys::read_proc("/proc/sys/kernel/cap_last_cap")
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40)
     })

@@ -443,7 +443,7 @@ pub fn reset_signals(mask: u64) {
 /// [`reset_signals`] (from `SigCgt` and `SigIgn` of `/proc/self/status`;
 /// all of them if that cannot be read).
 pub fn handled_signals() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+    let Some(status) = read_proc("/proc/self/status") else {
         return u64::MAX;
     };
     let field = |name: &str| {
@@ -456,6 +456,33 @@ pub fn handled_signals() -> u64 {
         (Some(c), Some(i)) => c | i,
         _ => u64::MAX,
     }
+}
+
+/// A small file of /proc or /sys, read into a 16 KiB buffer: one `read`
+/// gets it whole and a second one the end-of-file, where
+/// `std::fs::read_to_string` makes about ten calls (a size query, then
+/// reads from 32 bytes up). Parent side only: it
+/// allocates. `None` if it cannot be read or is not UTF-8.
+pub fn read_proc(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut len = 0;
+    loop {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len == buf.len() {
+                    buf.resize(buf.len() * 2, 0);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
 }
 
 /// `pidfd_open(2)` of the calling process.
@@ -515,4 +542,23 @@ pub fn loopback_up() -> Result<(), Errno> {
     });
     close(s);
     res.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_proc_reads_whole_generated_files() {
+        let fs = read_proc("/proc/filesystems").unwrap();
+        assert_eq!(fs, std::fs::read_to_string("/proc/filesystems").unwrap());
+        // Far more than a page, which the kernel hands out a page at a
+        // time: a reader that stopped at a short read would lose lines.
+        let want = std::fs::read_to_string("/proc/kallsyms").unwrap();
+        let got = read_proc("/proc/kallsyms").unwrap();
+        assert!(got.len() > 64 << 10, "{}", got.len());
+        assert_eq!(got.lines().count(), want.lines().count());
+        assert!(read_proc("/proc/self/status").unwrap().contains("SigCgt:"));
+        assert!(read_proc("/nonexistent").is_none());
+    }
 }
