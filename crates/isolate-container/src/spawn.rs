@@ -571,14 +571,12 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
             return Err(e.into());
         }
     }
-    let join_raw: Vec<RawFd> = join.iter().map(|f| f.as_raw_fd()).collect();
-    if let Err(e) = sys::send_fds(sync_wr.as_raw_fd(), 1, &join_raw) {
-        handle.abort();
-        return Err(ContainerError::host(
-            "tell the container to go on",
-            std::io::Error::from_raw_os_error(e),
-        )
-        .into());
+    // Only a shim that waits for it reads the go-ahead (rootless, or v1):
+    // on v2 it may have run its program and ended already. If sending
+    // fails, the shim has ended: its report, read next, says why.
+    if rootless || late_join {
+        let join_raw: Vec<RawFd> = join.iter().map(|f| f.as_raw_fd()).collect();
+        let _ = sys::send_fds(sync_wr.as_raw_fd(), 1, &join_raw);
     }
     drop(join);
     drop(sync_wr);
