@@ -59,6 +59,19 @@
 //! writing `0` to them (see `spawn::v1_join_files`), which avoids the RCU
 //! grace period that moving another process costs, before it starts the
 //! application.
+//!
+//! The application starts `vfork`-style (no copy of the shim's page
+//! tables), and its seccomp filter is one small program that finds the
+//! call by binary search (the kernel's cost to install a filter grows with
+//! its length). At the end, a cgroup whose processes have all gone is
+//! removed with one `rmdir` per directory.
+//!
+//! What a run of `/bin/true` still costs, by profile (2 vCPUs): creating
+//! the network namespace (~0.7 ms of kernel time, mostly per-namespace
+//! sysctl tables and the loopback device), the cgroup (creating, joining,
+//! reading and removing six v1 hierarchies, ~1 ms), the mounts of the root
+//! and their teardown at exit (~0.6 ms), and isolate's own start
+//! (dynamic linking, ~0.4 ms).
 
 mod caps;
 mod child;
