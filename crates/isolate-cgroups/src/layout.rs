@@ -162,6 +162,12 @@ pub fn layout() -> Result<Layout, CgroupError> {
     Hierarchies::probe().map(|h| h.layout)
 }
 
+/// Whether `/sys/fs/cgroup` itself is a cgroup2 mount (a unified host):
+/// one `statfs`, for hot paths that need no more than that.
+pub fn root_is_unified() -> bool {
+    fs_magic(Path::new(CGROUP_ROOT)).is_ok_and(|m| m == CGROUP2_SUPER_MAGIC)
+}
+
 /// `f_type` of the filesystem holding `path`.
 fn fs_magic(path: &Path) -> io::Result<i64> {
     use std::os::unix::ffi::OsStrExt;

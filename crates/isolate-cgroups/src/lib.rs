@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use isolate_core::{Limits, Stats};
 
 pub use error::CgroupError;
-pub use layout::{layout, Layout};
+pub use layout::{layout, root_is_unified, Layout};
 
 use layout::Hierarchies;
 
@@ -139,6 +139,21 @@ impl Cgroup {
             imp,
             origin: Mutex::new(None),
             peak_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// On cgroup v1, this cgroup's `tasks` file in each hierarchy, open for
+    /// writing, with the directory it is in; empty on v2.
+    ///
+    /// A process that writes `0` to each moves itself in. Moving oneself
+    /// skips the kernel's global threadgroup lock, whose first writer after
+    /// a quiet spell waits for an RCU grace period (about 15 ms), which
+    /// [`Cgroup::add_process`] (moving another process by pid) pays. The
+    /// files can be handed to a child before it runs anything.
+    pub fn self_join_files(&self) -> Result<Vec<(OwnedFd, PathBuf)>, CgroupError> {
+        match &self.imp {
+            Imp::V1(v) => v.tasks_files(),
+            Imp::V2(_) => Ok(Vec::new()),
         }
     }
 

@@ -95,6 +95,22 @@ impl V1 {
         out
     }
 
+    /// The `tasks` file of each directory, open for writing (see
+    /// `Cgroup::self_join_files`).
+    pub fn tasks_files(&self) -> Result<Vec<(std::os::fd::OwnedFd, PathBuf)>, CgroupError> {
+        self.unique_dirs()
+            .into_iter()
+            .map(|dir| {
+                let tasks = dir.join("tasks");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&tasks)
+                    .map(|f| (std::os::fd::OwnedFd::from(f), dir.to_path_buf()))
+                    .map_err(|e| CgroupError::write(&tasks, "0", e))
+            })
+            .collect()
+    }
+
     /// This cgroup's directory in the hierarchy of `controller`.
     pub fn dir(&self, controller: &str) -> Option<&Path> {
         self.dirs

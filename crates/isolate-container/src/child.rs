@@ -449,7 +449,7 @@ fn wait_for_parent(plan: &ChildPlan) {
     match sys::recv_fds(plan.sync_rd, &mut fds) {
         Ok((Some(1), n)) => {
             for fd in &fds[..n] {
-                // "0" moves the calling thread (see spawn::v1_join_files).
+                // "0" moves the calling thread (see isolate_cgroups::Cgroup::self_join_files).
                 if let Err(e) = sys::write_exact(*fd, b"0") {
                     fail(plan, Stage::Root, 9, e, 125);
                 }

@@ -490,7 +490,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     // so the cgroup comes first. On v1 the cgroup is made while the shim
     // builds its namespaces and root (the two overlap on separate CPUs),
     // and the shim joins it before it starts the application.
-    let late_join = !rootless && !cgroup_root_is_v2();
+    let late_join = !rootless && !isolate_cgroups::root_is_unified();
     let mut cgroup_fd = None;
     if !rootless && !late_join {
         let cg = make_cgroup(&id, w)?;
@@ -537,10 +537,11 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         }
     }
     let placed = match handle.cgroup_mut() {
-        Some(cg) if late_join => match v1_join_files(cg.rel_path()) {
-            Ok((files, dirs)) if !files.is_empty() => {
-                join = files;
-                cgroup_dirs = dirs;
+        // The shim moves itself in through the v1 `tasks` files: cheaper
+        // than moving it by pid (see `Cgroup::self_join_files`).
+        Some(cg) if late_join => match cg.self_join_files() {
+            Ok(files) if !files.is_empty() => {
+                (join, cgroup_dirs) = files.into_iter().unzip();
                 Ok(())
             }
             // No v1 `tasks` file found (e.g. an empty v1 layout that
@@ -548,7 +549,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
             Ok(_) => cg
                 .add_process(pid)
                 .map_err(|e| ContainerError::Cgroup(chain(&e)).into()),
-            Err(e) => Err(e),
+            Err(e) => Err(ContainerError::Cgroup(chain(&e)).into()),
         },
         Some(cg) if !into_cgroup => cg
             .add_process(pid)
@@ -633,18 +634,6 @@ fn make_cgroup(id: &str, w: &Workload) -> Result<Cgroup, Error> {
     Ok(cg)
 }
 
-/// Whether `/sys/fs/cgroup` is a cgroup2 mount (a unified host), where
-/// the shim can start inside its cgroup.
-fn cgroup_root_is_v2() -> bool {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: the path is a NUL-terminated literal and `st` points to
-    // writable memory of the size of `struct statfs`.
-    let rc = unsafe { libc::statfs(c"/sys/fs/cgroup".as_ptr(), st.as_mut_ptr()) };
-    // SAFETY: statfs returned 0, so it filled `st`.
-    rc == 0 && unsafe { st.assume_init() }.f_type == CGROUP2_SUPER_MAGIC
-}
-
 /// What rootless mode cannot do, refused up front with the reason.
 fn check_rootless(w: &Workload) -> Result<(), Error> {
     let unavailable = |what: &str| {
@@ -701,41 +690,6 @@ fn write_id_maps(pid: u32) -> Result<(), ContainerError> {
         })?;
     }
     Ok(())
-}
-
-/// On cgroup v1, the `tasks` file of the container's cgroup in each
-/// hierarchy mounted below `/sys/fs/cgroup`, open for writing. The shim
-/// writes `0` to each to move itself in: a thread moving itself skips the
-/// kernel's global threadgroup lock, whose first writer after a quiet spell
-/// waits for an RCU grace period (about 15 ms here), which moving another
-/// process by pid through `cgroup.procs` pays.
-///
-/// Also returns the directories of the cgroup these files are in.
-fn v1_join_files(rel: &str) -> Result<(Vec<OwnedFd>, Vec<PathBuf>), Error> {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return Ok((Vec::new(), Vec::new()));
-    };
-    let mut files = Vec::new();
-    let mut dirs = Vec::new();
-    for e in entries.flatten() {
-        // Co-mounted controllers appear once as a directory, then as links.
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let dir = e.path().join(rel);
-        let tasks = dir.join("tasks");
-        match std::fs::OpenOptions::new().write(true).open(&tasks) {
-            Ok(f) => {
-                files.push(OwnedFd::from(f));
-                dirs.push(dir);
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(ContainerError::host(format!("open {}", tasks.display()), err).into())
-            }
-        }
-    }
-    Ok((files, dirs))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
