@@ -4,7 +4,7 @@
 //! below it:
 //!
 //! 1. [`create_machine`]: open KVM → create the VM → guest RAM (one region
-//!    from 0) → KVM's TSS and identity-map pages → in-kernel irqchip (PIC,
+//!    from 0, its host mapping 2 MiB aligned: see [`crate::ram`]) → KVM's TSS and identity-map pages → in-kernel irqchip (PIC,
 //!    IOAPIC, LAPICs) → PIT → vCPUs;
 //! 2. [`kernel::load`]: the ELF `vmlinux` (PVH entry if it has the note) or
 //!    the bzImage;
@@ -46,6 +46,7 @@ use crate::devices::virtio::{Console, ConsoleInput, MmioTransport};
 use crate::devices::{Bus, BusDevice, DeviceError, Interrupt};
 use crate::kernel::{self, Entry, KernelError};
 use crate::layout::{self, KVM_IDENTITY_MAP_START, KVM_TSS_START, MMIO_LEN};
+use crate::ram::RamMapping;
 use crate::vcpu::{self, ExitCounts, StopFlag, StopReason};
 
 /// Errors while building the VM. Each names the step that failed.
@@ -55,8 +56,8 @@ pub enum BuildError {
     #[error("cannot {0}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
     /// Guest memory could not be allocated.
-    #[error("cannot allocate {0} MiB of guest memory")]
-    Memory(u64, #[source] vm_memory::mmap::FromRangesError),
+    #[error(transparent)]
+    Memory(#[from] crate::ram::RamError),
     /// Guest memory size out of range.
     #[error(
         "guest memory of {size} MiB is out of range: it must be between {min} MiB and {max} MiB"
@@ -110,6 +111,8 @@ pub struct Machine {
     pub mem: GuestMemoryMmap,
     /// The vCPUs, in id order.
     pub vcpus: Vec<VcpuFd>,
+    /// Owner of the host mapping behind `mem` (dropped last).
+    pub ram: RamMapping,
 }
 
 /// Creates the VM: RAM of `mem_size` bytes at guest address 0, the
@@ -124,8 +127,7 @@ pub fn create_machine(
     let vm = kvm
         .create_vm()
         .map_err(|e| BuildError::Kvm("create the VM", e))?;
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)])
-        .map_err(|e| BuildError::Memory(mem_size >> 20, e))?;
+    let (mem, ram) = crate::ram::map(mem_size)?;
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -134,10 +136,10 @@ pub fn create_machine(
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
         };
-        // SAFETY: `userspace_addr..+memory_size` is the mapping owned by
+        // SAFETY: `userspace_addr..+memory_size` is the mapping behind
         // `mem`, which the returned `Machine` keeps alive as long as `vm`
-        // (fields drop in order: `vm` before `mem`), and no other slot
-        // overlaps it.
+        // (fields drop in order: `vm` before `mem` and `ram`, its owner),
+        // and no other slot overlaps it.
         unsafe { vm.set_user_memory_region(r) }
             .map_err(|e| BuildError::Kvm("register guest memory", e))?;
     }
@@ -166,6 +168,7 @@ pub fn create_machine(
         vm,
         mem,
         vcpus,
+        ram,
     })
 }
 

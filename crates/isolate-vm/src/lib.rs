@@ -103,6 +103,7 @@ pub mod kernel;
 pub mod layout;
 pub mod mptable;
 mod probe;
+pub mod ram;
 pub mod seccomp;
 pub mod sizing;
 pub mod vcpu;
