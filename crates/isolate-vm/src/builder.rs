@@ -263,10 +263,10 @@ pub fn build_traced(
     let machine = create_machine(kvm, spec.mem_size, spec.vcpus, true)?;
     mark("machine created");
 
-    // 2. Kernel (its pages populated in one call first: see `prefault`).
-    if let Ok(info) = kernel::probe_with(&spec.kernel, false) {
-        prefault(&machine.mem, layout::HIMEM_START, info.footprint_end);
-    }
+    // 2. Kernel. Its pages are not populated ahead: guest RAM is backed by
+    // huge pages (see `crate::ram`), so the copy faults once per 2 MiB, and
+    // populating the whole footprint would also zero the memory below the
+    // kernel, which the guest may never touch.
     let kernel = kernel::load(&machine.mem, &spec.kernel)?;
     mark("kernel loaded");
 
@@ -351,7 +351,7 @@ pub const MIN_MACHINE_MEMORY: u64 = 2 << 20;
 
 /// Populates the host pages behind guest RAM `[start, end)` in one
 /// `madvise(MADV_POPULATE_WRITE)` (Linux 5.14+; ignored where missing).
-/// The range is about to be written anyway (kernel, initrd), so this adds
+/// The range is about to be written anyway (the initrd), so this adds
 /// no memory; it replaces one page fault per 4 KiB with one system call,
 /// which matters on nested and emulated hosts where each fault is costly.
 pub fn prefault(mem: &GuestMemoryMmap, start: u64, end: u64) {
