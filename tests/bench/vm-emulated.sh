@@ -30,11 +30,15 @@ JSON
     --spec-json "$work/spec.json" "$work/initrd.cpio") >&2
 
 kernel=$ISOLATE_HOME/kernel/vmlinux
-cmdline="console=ttyS0 quiet reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd"
+# The fixed part of isolate's own command line (crates/isolate-vm/src/boot.rs,
+# kernel_cmdline); QEMU adds the virtio_mmio.device= entries of its own slots.
+cmdline="console=ttyS0 quiet reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd i8042.nopnp tsc=reliable no_timer_check"
 # Scripts run inside the emulated host, from /bench.
 cat >"$work/qemu.sh" <<SCRIPT
 #!/bin/sh
-exec qemu-system-x86_64 -M microvm,pit=on,pic=on,rtc=off -enable-kvm -cpu host -smp 1 -m 256 \\
+# An i8042, as isolate's VMM has: the init's reset (reboot=k) ends QEMU
+# through it (-no-reboot); without one the guest would spin in the BIOS.
+exec qemu-system-x86_64 -M microvm,acpi=off -device i8042 -enable-kvm -cpu host -smp 1 -m 256 \\
     -nodefaults -no-user-config -nographic -no-reboot -serial null \\
     -kernel $kernel -initrd /bench/initrd.cpio -append "$cmdline"
 SCRIPT
