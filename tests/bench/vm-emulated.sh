@@ -74,5 +74,7 @@ payload+=(--exec "$(command -v qemu-system-x86_64)" --exec "$(command -v hyperfi
     --add "$(isolate_binary isolate):/usr/local/bin/isolate")
 "$root/tests/emulated-host/run" --timeout "${EMULATED_HOST_TIMEOUT:-2400}" --mem 6144 \
     --log "$out/vm-console.log" "${payload[@]}" -- "$work/bench.sh" | tee "$out/vm-run.txt"
-awk '/@@JSON/{f=1;next} /@@ISOLATE-HARNESS END/{f=0} f' "$out/vm-run.txt" | sed -n '/^{/,/^}/p' >"$out/vm.json" || true
-awk '/@@COMPARE/{f=1;next} /@@ISOLATE-HARNESS END/{f=0} f' "$out/vm-run.txt" | sed -n '/^{/,/^}/p' >"$out/vm-compare.json" || true
+# Each JSON document runs from its marker to the end of its test's output.
+extract() { awk -v m="$1" '$0 == m {f=1; next} /^(--- |=== |@@)/ {f=0} f' "$out/vm-run.txt" | sed -n '/^{/,/^}/p'; }
+extract @@JSON >"$out/vm.json" || true
+extract @@COMPARE >"$out/vm-compare.json" || true
