@@ -12,7 +12,7 @@
 #   --test-timeout  one test binary (default 1500): a hanging binary fails
 #                   alone, the following ones still run
 # environment: ISOLATE_HOME (default /var/lib/isolate), CARGO_TARGET_DIR,
-# ISOLATE_CONTRACT_TIMEOUT (per case inside, default 600).
+# ISOLATE_CONTRACT_TIMEOUT (per case inside, default 180).
 # Needs ./install.sh --no-demo first (binaries, guest kernel, rootfs, init).
 # Exit status as tests/emulated-host/run: 0 all passed, 1 a test failed,
 # 2 harness failure. A crate whose tests do not build is named at the end
@@ -109,7 +109,7 @@ done
 {
     echo "# Made by tests/emulated-host/suite.sh: one test per test binary."
     printf 'export ISOLATE_CONTRACT_MODES=vm,container ISOLATE_CONTRACT_TIMEOUT=%s\n' \
-        "${ISOLATE_CONTRACT_TIMEOUT:-600}"
+        "${ISOLATE_CONTRACT_TIMEOUT:-180}"
     while read -r _ _ exe _; do payload+=(--exec "$exe"); done <"$tmp/executables"
     while read -r name exe dir; do
         # Like cargo test: run from the crate directory, CARGO_MANIFEST_DIR set.

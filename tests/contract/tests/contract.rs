@@ -58,6 +58,8 @@ struct Suite {
     passed: usize,
     failed: Vec<String>,
     skipped: usize,
+    /// Cases whose first run hung (they were run once more).
+    hung: Vec<String>,
 }
 
 impl Suite {
@@ -81,18 +83,19 @@ impl Suite {
                 let _ = w.write_all(input.as_bytes());
             });
         }
-        let mut out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let o = std::thread::spawn(move || {
-            let mut b = String::new();
-            let _ = out.read_to_string(&mut b);
-            b
-        });
-        let e = std::thread::spawn(move || {
-            let mut b = String::new();
-            let _ = err.read_to_string(&mut b);
-            b
-        });
+        // Readers report through channels, so that a process that outlives
+        // isolate and keeps its stdout or stderr open cannot block the suite.
+        let reader = |mut f: Box<dyn Read + Send>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut b = String::new();
+                let _ = f.read_to_string(&mut b);
+                let _ = tx.send(b);
+            });
+            rx
+        };
+        let o = reader(Box::new(child.stdout.take().unwrap()));
+        let e = reader(Box::new(child.stderr.take().unwrap()));
         let code = loop {
             if let Some(st) = child.try_wait().unwrap() {
                 break st.code().unwrap_or(-1);
@@ -104,10 +107,20 @@ impl Suite {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
+        let grace = self
+            .per_case
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_secs(5));
+        let (stdout, stderr) = (o.recv_timeout(grace), e.recv_timeout(grace));
+        let leaked = stdout.is_err() || stderr.is_err();
+        let mut stderr = stderr.unwrap_or_default();
+        if leaked {
+            stderr.push_str("\n[contract] stdout or stderr stayed open after isolate ended: a process outlived isolate\n");
+        }
         Run {
-            code,
-            stdout: o.join().unwrap(),
-            stderr: e.join().unwrap(),
+            code: if leaked { -2 } else { code },
+            stdout: stdout.unwrap_or_default(),
+            stderr,
             elapsed: start.elapsed(),
         }
     }
@@ -425,6 +438,7 @@ fn main() {
         passed: 0,
         failed: Vec::new(),
         skipped: 0,
+        hung: Vec::new(),
     };
     println!(
         "contract suite: {} against modes {modes}",
@@ -447,7 +461,17 @@ fn main() {
         for c in &table {
             let mut args = s(&["--mode", mode]);
             args.extend(c.args.iter().cloned());
-            let run = suite.isolate(&args, c.stdin);
+            let mut run = suite.isolate(&args, c.stdin);
+            if run.code == -2 {
+                // A hang is a bug either way; say so loudly, and run the
+                // case once more so that one hang does not hide the rest.
+                println!(
+                    "HUNG {mode}/{}: isolate did not end within {:?}; stderr so far: {:?}; running it once more",
+                    c.name, suite.per_case, run.stderr
+                );
+                suite.hung.push(format!("{mode}/{}", c.name));
+                run = suite.isolate(&args, c.stdin);
+            }
             suite.check(&format!("{mode}/{}", c.name), &run, &c.expect);
         }
         // The rootfs on disk never changes.
@@ -471,6 +495,12 @@ fn main() {
         suite.failed.len(),
         suite.skipped
     );
+    if !suite.hung.is_empty() {
+        println!(
+            "hung once (passed or failed on the second run, see above): {}",
+            suite.hung.join(", ")
+        );
+    }
     if !suite.failed.is_empty() {
         println!("failed: {}", suite.failed.join(", "));
         std::process::exit(1);
