@@ -20,21 +20,9 @@ done
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/bundle"
-cp -a "$ISOLATE_HOME/rootfs" "$work/bundle/rootfs"
-(cd "$work/bundle" && runc spec)
-python3 - "$work/bundle/config.json" <<'PY'
-import json, sys
-p = sys.argv[1]
-c = json.load(open(p))
-c["process"]["args"] = ["/bin/true"]
-c["process"]["terminal"] = False
-c["root"]["readonly"] = False
-c["linux"].setdefault("resources", {})
-c["linux"]["resources"]["memory"] = {"limit": 268435456, "swap": 268435456}
-c["linux"]["resources"]["pids"] = {"limit": 100}
-json.dump(c, open(p, "w"), indent=2)
-PY
+# shellcheck source=oci-bundle.sh
+. "$(dirname "${BASH_SOURCE[0]}")/oci-bundle.sh"
+make_bundle "$work/bundle" "$ISOLATE_HOME/rootfs"
 cat >"$work/bench.sh" <<SCRIPT
 #!/bin/sh
 hyperfine -N --warmup 3 --runs $runs --export-json /tmp/ct.json \\

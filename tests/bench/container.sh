@@ -19,21 +19,9 @@ work=$(mktemp -d)
 trap 'runc delete -f isolate-bench >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
 # An OCI bundle of the same rootfs with the same limits for runc/crun.
-mkdir -p "$work/bundle"
-cp -a "$rootfs" "$work/bundle/rootfs"
-(cd "$work/bundle" && runc spec)
-python3 - "$work/bundle/config.json" <<'PY'
-import json, sys
-p = sys.argv[1]
-c = json.load(open(p))
-c["process"]["args"] = ["/bin/true"]
-c["process"]["terminal"] = False
-c["root"]["readonly"] = False
-c["linux"].setdefault("resources", {})
-c["linux"]["resources"]["memory"] = {"limit": 268435456, "swap": 268435456}
-c["linux"]["resources"]["pids"] = {"limit": 100}
-json.dump(c, open(p, "w"), indent=2)
-PY
+# shellcheck source=oci-bundle.sh
+. "$(dirname "${BASH_SOURCE[0]}")/oci-bundle.sh"
+make_bundle "$work/bundle" "$rootfs"
 
 cmds=(
     -n "isolate container" "$isolate --mode container -m 256m --pids-limit 100 /bin/true"
