@@ -9,9 +9,12 @@
 //! touches, which on nested or emulated hosts costs more than the work of
 //! a whole boot phase (the kernel's `struct page` initialisation alone
 //! touches 16 KiB per MiB of RAM). Here the mapping is over-allocated by
-//! 2 MiB, trimmed to an aligned start, and marked `MADV_HUGEPAGE` (for
-//! hosts where THP is `madvise` only). Memory is still allocated on first
-//! touch; only the granularity changes.
+//! 2 MiB and trimmed to an aligned start. It is deliberately *not* marked
+//! `MADV_HUGEPAGE`: with the common THP defrag setting `madvise`, a fault
+//! in such a region compacts memory synchronously, which stalled boots for
+//! minutes on a fragmented (emulated) host; where THP is `always` the
+//! alignment alone gets huge pages when they are free. Memory is still
+//! allocated on first touch; only the granularity changes.
 
 use std::sync::Arc;
 
@@ -125,8 +128,6 @@ pub fn map(size: u64) -> Result<(GuestMemoryMmap, RamMapping), RamError> {
         if tail > 0 {
             libc::munmap((start + len) as *mut libc::c_void, tail);
         }
-        // Advice only: without THP support it fails and changes nothing.
-        libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
     let addr = start as *mut libc::c_void;
     let unmap = |addr: *mut libc::c_void| {
