@@ -29,7 +29,7 @@ export ISOLATE_HOME=${ISOLATE_HOME:-/var/lib/isolate}
 # The crates whose test binaries run inside (all their test targets).
 readonly PACKAGES=(isolate-contract isolate-vm isolate-container isolate-cgroups)
 
-list=0 timeout=3600 test_timeout=1500 extra=()
+list=0 timeout=1800 test_timeout=1500 extra=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --list) list=1 ;;
@@ -81,7 +81,11 @@ grep '"executable":"/' "$tmp/cargo.json" | while IFS= read -r msg; do
         printf 'bin %s %s %s\n' "$pkg/$target" "$exe" "$dir"
     fi
 done | sort -u >"$tmp/executables"
-grep '^test ' "$tmp/executables" | cut -d' ' -f2- >"$tmp/tests" || true
+# tiny_guest drives hand-made guests (triple fault, unclaimed ports) and runs
+# natively in tests/run's unit-test step, PVM hosts included; under nested
+# TCG its triple fault can soft-lock the emulated host's vCPU, so not here.
+grep '^test ' "$tmp/executables" | cut -d' ' -f2- | grep -v '^isolate-vm/tiny_guest ' >"$tmp/tests" || true
+echo "emulated-host suite: SKIP isolate-vm/tiny_guest here: it runs natively in the unit-test step (a nested triple fault can soft-lock the emulated host)" >&2
 
 if [[ $list == 1 ]]; then
     cat "$tmp/tests"
