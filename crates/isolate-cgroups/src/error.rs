@@ -71,6 +71,20 @@ pub enum CgroupError {
         /// How to make it available.
         hint: String,
     },
+    /// The device filter of a cgroup v2 could not be installed.
+    #[error(
+        "cannot restrict device access of cgroup {path}: {what} failed (the kernel needs \
+         CONFIG_CGROUP_BPF and the caller CAP_SYS_ADMIN or CAP_BPF)"
+    )]
+    Devices {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The step that failed.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// A cgroup file could not be read.
     #[error("cannot read {path}")]
     Read {

@@ -49,8 +49,9 @@ impl fmt::Display for Layout {
 }
 
 /// The v1 controllers isolate uses, in the order it creates cgroups in them.
-pub(crate) const V1_CONTROLLERS: [&str; 6] =
-    ["memory", "cpu", "cpuacct", "pids", "blkio", "freezer"];
+pub(crate) const V1_CONTROLLERS: [&str; 7] = [
+    "memory", "cpu", "cpuacct", "pids", "blkio", "freezer", "devices",
+];
 
 /// The cgroup mounts of this host, as isolate needs them.
 #[derive(Debug, Clone, PartialEq, Eq)]

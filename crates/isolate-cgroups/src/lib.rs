@@ -4,7 +4,7 @@
 //!
 //! isolate's cgroups live at `isolate/<name>` below the cgroup root: in the
 //! cgroup2 root on unified hosts, in each of the memory, cpu, cpuacct,
-//! pids, blkio and freezer hierarchies on v1 hosts. [`layout`] says which
+//! pids, blkio, freezer and devices hierarchies on v1 hosts. [`layout`] says which
 //! kind of host this is.
 //!
 //! ```no_run
@@ -38,6 +38,7 @@
 //! delete the workload's cgroup. Call [`Cgroup::remove`], and
 //! [`Cgroup::remove_stale`] to clean up after an isolate that was killed.
 
+pub mod devices;
 mod error;
 mod fs;
 mod layout;
@@ -219,6 +220,28 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// Lets the cgroup's processes open only the devices `rules` allow
+    /// ([`devices::DEFAULT_RULES`] is Docker's default), whatever device
+    /// nodes they can make or see: the v1 `devices` controller, or on v2 a
+    /// device program attached to the cgroup. Call it before any process
+    /// joins.
+    pub fn restrict_devices(&self, rules: &[devices::DeviceRule]) -> Result<(), CgroupError> {
+        match &self.imp {
+            Imp::V1(c) => match c.dir("devices") {
+                Some(dir) => devices::apply_v1(dir, rules),
+                None => Err(CgroupError::ControllerMissing {
+                    controller: "devices",
+                    rel_path: self.rel.clone(),
+                    hint: "no cgroup v1 hierarchy has it; mount one: `mkdir -p \
+                           /sys/fs/cgroup/devices && mount -t cgroup -o devices cgroup \
+                           /sys/fs/cgroup/devices`"
+                        .into(),
+                }),
+            },
+            Imp::V2(c) => devices::apply_v2(c.dir(), rules),
+        }
     }
 
     /// Moves process `pid` (all its threads) into this cgroup, in every

@@ -47,6 +47,11 @@ impl V2 {
         })
     }
 
+    /// This cgroup's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn open(root: &Path, rel: &str) -> Result<Self, CgroupError> {
         let dir = root.join(rel);
         if !dir.join("cgroup.procs").exists() {

@@ -45,7 +45,7 @@ pub enum Stage {
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 12] = [
+pub const ROOT_STEPS: [&str; 13] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -58,6 +58,7 @@ pub const ROOT_STEPS: [&str; 12] = [
     "join the container's cgroup",
     "mount the scratch tmpfs",
     "create a scratch directory",
+    "start a new session",
 ];
 
 /// Names of the [`Stage::App`] steps.
@@ -112,9 +113,9 @@ impl Report {
 pub enum RootMount {
     /// An overlay with these mount options (lowerdir, upperdir, workdir).
     Overlay(CString),
-    /// A read-only bind mount of the rootfs; the remount keeps these flags
-    /// of the rootfs's own mount.
-    ReadOnlyBind(libc::c_ulong),
+    /// A recursive bind mount of the rootfs, read-only with every mount
+    /// below it.
+    ReadOnlyBind,
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -231,6 +232,10 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         sys::exit(125);
     }
     sys::close(plan.parent_pidfd);
+    // A session of the container's own, without a controlling terminal:
+    // nothing in it can reach the caller's terminal through `/dev/tty`,
+    // job control or `TIOCSTI`.
+    root_step(12, sys::setsid());
     root_step(
         0,
         sys::mount(None, ROOT, None, libc::MS_REC | libc::MS_PRIVATE, None),
@@ -259,7 +264,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
                 Some(data),
             ),
         ),
-        RootMount::ReadOnlyBind(keep) => {
+        RootMount::ReadOnlyBind => {
             root_step(
                 2,
                 sys::mount(
@@ -270,20 +275,14 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
                     None,
                 ),
             );
-            root_step(
-                3,
-                sys::mount(
-                    None,
-                    &plan.new_root,
-                    None,
-                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep,
-                    None,
-                ),
-            );
+            root_step(3, sys::set_read_only_recursive(&plan.new_root));
         }
     }
+    // Host objects to bind (volumes; rootless: devices) are taken now, as
+    // detached copies of their mounts: they are attached after the old
+    // root is gone.
     for (i, (path, fd)) in plan.volume_sources.iter().enumerate() {
-        match sys::open(path, libc::O_PATH) {
+        match sys::open_tree_clone(path) {
             Ok(got) => {
                 if got != *fd {
                     if let Err(e) = sys::dup_to(got, *fd, true) {
@@ -296,12 +295,13 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         }
     }
     root_step(4, sys::chdir(&plan.new_root));
-    // The old root ends up stacked on the new one; paths walked from "/"
-    // start below it, in the new root. It stays attached during the recipe
-    // so that bind sources opened from it above are still in this mount
-    // namespace (the kernel binds only from mounts of the caller's
-    // namespace), and is detached right after.
+    // The old root ends up stacked on the new one, where a `..` at the new
+    // root would step into it: it is detached before any path from the
+    // image (mount points, volume targets, the working directory) is
+    // walked, so that every such path resolves inside the new root and
+    // nothing here can reach the host's files.
     root_step(5, sys::pivot_root(DOT, DOT));
+    root_step(6, sys::umount2(DOT, libc::MNT_DETACH));
     root_step(4, sys::chdir(ROOT));
 
     for (i, op) in plan.ops.iter().enumerate() {
@@ -323,6 +323,8 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
                 Err(libc::ENOENT) if *if_exists => Ok(()),
                 r => r,
             },
+            Op::Attach { fd, target } => sys::move_mount(*fd, target),
+            Op::ReadOnly { target } => sys::set_read_only_recursive(target),
             Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
             Op::Mknod { path, major, minor } => sys::mknod_char(path, *major, *minor),
             Op::Symlink { target, link } => sys::symlink(target, link),
@@ -335,9 +337,6 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     for (_, fd) in &plan.volume_sources {
         sys::close(*fd);
     }
-    // The working directory is the new root, under the old one's mount.
-    root_step(6, sys::umount2(DOT, libc::MNT_DETACH));
-    root_step(4, sys::chdir(ROOT));
     root_step(7, sys::sethostname(&plan.hostname));
     if plan.loopback {
         root_step(8, sys::loopback_up());

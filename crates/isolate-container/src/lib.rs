@@ -77,6 +77,7 @@ mod caps;
 mod child;
 mod error;
 mod mounts;
+mod relay;
 mod rundir;
 mod running;
 mod seccomp;

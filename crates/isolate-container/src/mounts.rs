@@ -48,6 +48,19 @@ pub enum Op {
         /// Path inside the new root.
         path: CString,
     },
+    /// Attaches a mount tree held as descriptor `fd` (a detached copy of a
+    /// host object, made before the root switch) at `target`.
+    Attach {
+        /// The descriptor, from `open_tree(OPEN_TREE_CLONE)`.
+        fd: i32,
+        /// Mount point inside the new root.
+        target: CString,
+    },
+    /// Makes the mount at `target`, and every mount below it, read-only.
+    ReadOnly {
+        /// Mount point inside the new root.
+        target: CString,
+    },
     /// `symlink(2)`.
     Symlink {
         /// What the link points to.
@@ -115,7 +128,13 @@ pub const MASKED_FILES: [&str; 6] = [
 ];
 
 /// Docker's masked directories: an empty read-only tmpfs covers them.
-pub const MASKED_DIRS: [&str; 3] = ["/proc/acpi", "/proc/scsi", "/sys/firmware"];
+pub const MASKED_DIRS: [&str; 5] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
 
 /// Docker's read-only paths under /proc.
 pub const READ_ONLY: [&str; 5] = [
@@ -171,7 +190,10 @@ pub fn standard(read_only_root: bool, dev_fds: Option<[i32; DEVICES.len()]>) -> 
             }),
             Some(fds) => {
                 ops.push(Op::File { path: c(&path) });
-                ops.push(bind(&format!("/proc/self/fd/{}", fds[i]), &path, false));
+                ops.push(Op::Attach {
+                    fd: fds[i],
+                    target: c(&path),
+                });
             }
         }
     }
@@ -259,43 +281,17 @@ pub fn mkdir_p(path: &str, ops: &mut Vec<Op>) {
     }
 }
 
-/// A host object (directory or file, held open as fd `fd`) bound at `target`;
-/// `keep` are the source mount's flags a read-only remount must keep
-/// (a user namespace may not clear them).
-pub fn bind_fd(fd: i32, target: &str, read_only: bool, keep: c_ulong, ops: &mut Vec<Op>) {
-    ops.push(bind(&format!("/proc/self/fd/{fd}"), target, false));
+/// A host object (directory or file, held as the detached mount tree `fd`)
+/// attached at `target`; read-only makes it and every mount below it
+/// read-only.
+pub fn bind_fd(fd: i32, target: &str, read_only: bool, ops: &mut Vec<Op>) {
+    ops.push(Op::Attach {
+        fd,
+        target: c(target),
+    });
     if read_only {
-        ops.push(remount_ro(target, keep, false));
+        ops.push(Op::ReadOnly { target: c(target) });
     }
-}
-
-/// The flags of the mount holding `path` that a remount must repeat
-/// (nosuid, nodev, noexec and the atime mode), from `statvfs`.
-pub fn locked_flags(path: &std::path::Path) -> c_ulong {
-    let Ok(p) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return 0;
-    };
-    // SAFETY: statvfs is plain data; the call fills it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `p` is NUL-terminated and `st` valid for writing.
-    if unsafe { libc::statvfs(p.as_ptr(), &mut st) } != 0 {
-        return 0;
-    }
-    let f = st.f_flag;
-    let mut out = 0;
-    for (st_flag, ms_flag) in [
-        (libc::ST_NOSUID, libc::MS_NOSUID),
-        (libc::ST_NODEV, libc::MS_NODEV),
-        (libc::ST_NOEXEC, libc::MS_NOEXEC),
-        (libc::ST_NOATIME, libc::MS_NOATIME),
-        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
-    ] {
-        if f & st_flag != 0 {
-            out |= ms_flag;
-        }
-    }
-    out
 }
 
 /// An ext4 block device (held open as fd `fd`) mounted at `target`.
@@ -332,6 +328,10 @@ impl Op {
                     format!("mount {} on {t}", f.unwrap_or_default())
                 }
             }
+            Op::Attach { target, .. } => {
+                format!("bind-mount a volume on {}", target.to_string_lossy())
+            }
+            Op::ReadOnly { target } => format!("make {} read-only", target.to_string_lossy()),
             Op::Mkdir { path, .. } => format!("create directory {}", path.to_string_lossy()),
             Op::Mknod { path, .. } => format!("create device {}", path.to_string_lossy()),
             Op::Symlink { link, .. } => format!("create symlink {}", link.to_string_lossy()),
@@ -407,8 +407,7 @@ mod tests {
         let ops = standard(false, Some([10, 11, 12, 13, 14, 15]));
         assert!(!ops.iter().any(|o| matches!(o, Op::Mknod { .. })));
         assert!(ops.iter().any(|o| matches!(o,
-            Op::Mount { source: Some(s), target, .. }
-                if s.as_bytes() == b"/proc/self/fd/10" && target.as_bytes() == b"/dev/null")));
+            Op::Attach { fd: 10, target } if target.as_bytes() == b"/dev/null")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use isolate_cgroups::Cgroup;
 use isolate_core::{state, Error, Limits, Outcome, Running, Stats, Status};
 
 use crate::error::ContainerError;
+use crate::relay::Relays;
 use crate::rundir::RunDir;
 use crate::sys;
 use crate::volumes::Attached;
@@ -81,6 +82,8 @@ pub struct Container {
     timed_out: Arc<AtomicBool>,
     startup: Option<Duration>,
     stdio: [Mutex<Option<File>>; 3],
+    /// Copies between the caller's terminal and the container.
+    relays: Mutex<Relays>,
     cgroup: RwLock<Option<Cgroup>>,
     /// The cgroup's directories (one per v1 hierarchy), for the quick
     /// removal of an empty cgroup.
@@ -152,6 +155,7 @@ impl Container {
         start: Instant,
         timeout: Option<Duration>,
         stdio: [Option<File>; 3],
+        relays: Relays,
         mut res: Resources,
     ) -> Self {
         let [a, b, c] = stdio;
@@ -169,6 +173,7 @@ impl Container {
             timed_out,
             startup: None,
             stdio: [Mutex::new(a), Mutex::new(b), Mutex::new(c)],
+            relays: Mutex::new(relays),
             cgroup: RwLock::new(cgroup),
             cgroup_dirs: Vec::new(),
             res: Mutex::new(res),
@@ -289,6 +294,7 @@ impl Container {
     fn finish(&self) -> Result<Outcome, Error> {
         let timed_out = self.await_exit()?;
         let (mut status, shim_rss) = self.reap()?;
+        lock(&self.relays).finish();
         let wall_time = self.start.elapsed();
         let mut outcome = Outcome::new(status, wall_time);
         outcome.startup_time = self.startup;

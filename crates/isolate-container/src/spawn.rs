@@ -19,6 +19,7 @@ use isolate_core::{
 use crate::child::{self, ChildPlan, Report, RootMount, Stage};
 use crate::error::ContainerError;
 use crate::mounts::{self, Op};
+use crate::relay::{self, Relays};
 use crate::rundir::{self, RunDir};
 use crate::running::{Container, Resources};
 use crate::{caps, seccomp, sys, volumes};
@@ -128,17 +129,35 @@ struct Prepared {
     exec_rd: OwnedFd,
     status_rd: OwnedFd,
     parent_stdio: [Option<File>; 3],
+    relays: Relays,
 }
 
+/// The application's standard streams: descriptors for the child, the
+/// caller's ends of piped streams, and the relays for streams that are the
+/// caller's terminal (see [`relay`](crate::relay)).
 fn stdio_fds(
     w: &Workload,
     child_fds: &mut Vec<OwnedFd>,
-) -> Result<([RawFd; 3], [Option<File>; 3]), Error> {
+) -> Result<([RawFd; 3], [Option<File>; 3], Relays), Error> {
     let mut fds = [-1; 3];
     let mut mine: [Option<File>; 3] = [None, None, None];
+    let mut relays = Relays::default();
     let mut null: Option<RawFd> = None;
     for (i, s) in [w.stdin, w.stdout, w.stderr].into_iter().enumerate() {
         match s {
+            Stdio::Inherit if relay::is_terminal(i as RawFd) => {
+                let (r, wr) = pipe()?;
+                let (theirs, ours) = if i == 0 { (r, wr) } else { (wr, r) };
+                fds[i] = theirs.as_raw_fd();
+                child_fds.push(theirs);
+                if i == 0 {
+                    relays.input(File::from(ours)).map_err(|e| {
+                        ContainerError::host("relay the terminal to the container", e)
+                    })?;
+                } else {
+                    relays.output(File::from(ours), i as RawFd);
+                }
+            }
             Stdio::Inherit => {}
             Stdio::Null => {
                 let fd = match null {
@@ -166,7 +185,7 @@ fn stdio_fds(
             }
         }
     }
-    Ok((fds, mine))
+    Ok((fds, mine, relays))
 }
 
 fn prepare(
@@ -214,7 +233,7 @@ fn prepare(
     let (sync_rd, sync_wr) = socketpair()?;
     let (exec_rd, exec_wr) = pipe()?;
     let (status_rd, status_wr) = pipe()?;
-    let (stdio, parent_stdio) = stdio_fds(w, &mut child_fds)?;
+    let (stdio, parent_stdio, relays) = stdio_fds(w, &mut child_fds)?;
     let parent_pidfd = sys::pidfd_self().map_err(|e| {
         ContainerError::host(
             "open a pidfd of isolate",
@@ -262,8 +281,7 @@ fn prepare(
         match &v.source {
             VolumeSource::Host(src) => {
                 volume_sources.push((path_c(src)?, next_fd));
-                let keep = mounts::locked_flags(src);
-                mounts::bind_fd(next_fd, target, v.read_only, keep, &mut ops);
+                mounts::bind_fd(next_fd, target, v.read_only, &mut ops);
                 next_fd += 1;
             }
             VolumeSource::Named(_) => {
@@ -289,7 +307,7 @@ fn prepare(
         .map(|(k, v)| cstr(format!("{k}={v}"), "environment"))
         .collect::<Result<_, _>>()?;
     let root_mount = if w.read_only {
-        RootMount::ReadOnlyBind(mounts::locked_flags(rootfs))
+        RootMount::ReadOnlyBind
     } else {
         let mut data = b"lowerdir=".to_vec();
         data.extend(overlay_escape(rootfs));
@@ -349,6 +367,7 @@ fn prepare(
         exec_rd,
         status_rd,
         parent_stdio,
+        relays,
     })
 }
 
@@ -506,6 +525,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         exec_rd,
         status_rd,
         parent_stdio,
+        relays,
     } = prepared;
     drop(child_fds);
     let into_cgroup = cgroup_fd.is_some();
@@ -522,6 +542,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         start,
         w.timeout,
         parent_stdio,
+        relays,
         res,
     );
     // The shim's go-ahead, with the cgroup's v1 `tasks` files to join.
@@ -624,6 +645,11 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
 fn make_cgroup(id: &str, w: &Workload) -> Result<Cgroup, Error> {
     let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
         .map_err(|e| ContainerError::Cgroup(chain(&e)))?;
+    // Only Docker's default devices open, whatever nodes the workload makes.
+    if let Err(e) = cg.restrict_devices(isolate_cgroups::devices::DEFAULT_RULES) {
+        let _ = cg.remove();
+        return Err(ContainerError::Cgroup(chain(&e)).into());
+    }
     if let Err(e) = cg.apply(&w.limits) {
         if !(e.is_unsupported() && w.limits.io_weight.is_some()) {
             // Nothing is in it yet: remove it before reporting.

@@ -56,6 +56,81 @@ pub fn mount(
     check(rc.into()).map(drop)
 }
 
+/// `OPEN_TREE_CLONE` of `open_tree(2)`.
+const OPEN_TREE_CLONE: c_ulong = 1;
+/// `AT_RECURSIVE` of `open_tree(2)` and `mount_setattr(2)`.
+const AT_RECURSIVE: c_ulong = 0x8000;
+/// `MOVE_MOUNT_F_EMPTY_PATH` of `move_mount(2)`.
+const MOVE_MOUNT_F_EMPTY_PATH: c_ulong = 0x4;
+/// `MOUNT_ATTR_RDONLY` of `mount_setattr(2)`.
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// A detached copy of the mount tree at `path` (`open_tree(2)` with
+/// `OPEN_TREE_CLONE | AT_RECURSIVE`), close-on-exec: a bind mount held as
+/// a descriptor, attached later with [`move_mount`] wherever this process
+/// then is, even after the tree it came from is gone.
+pub fn open_tree_clone(path: &CStr) -> Result<RawFd, Errno> {
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as c_ulong | AT_RECURSIVE;
+    // SAFETY: `path` is a NUL-terminated string valid for the call; the
+    // other arguments are integers.
+    check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })
+        .map(|fd| fd as RawFd)
+}
+
+/// Attaches the detached mount tree `fd` (from [`open_tree_clone`]) at
+/// `target` (`move_mount(2)`).
+pub fn move_mount(fd: RawFd, target: &CStr) -> Result<(), Errno> {
+    // SAFETY: both paths are NUL-terminated strings valid for the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// Makes the mount at `target` and every mount below it read-only
+/// (`mount_setattr(2)` with `AT_RECURSIVE`); the mounts' other flags stay.
+pub fn set_read_only_recursive(target: &CStr) -> Result<(), Errno> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `target` is a NUL-terminated string and `attr` a mount_attr
+    // of the size passed, both valid for the call; the kernel only reads them.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// `setsid(2)`: a new session without a controlling terminal.
+pub fn setsid() -> Result<(), Errno> {
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() }.into()).map(drop)
+}
+
 /// `umount2(2)`.
 pub fn umount2(target: &CStr, flags: c_int) -> Result<(), Errno> {
     // SAFETY: `target` is a NUL-terminated string valid for the call.
@@ -95,14 +170,6 @@ pub fn mknod_char(path: &CStr, major: u32, minor: u32) -> Result<(), Errno> {
 pub fn symlink(target: &CStr, link: &CStr) -> Result<(), Errno> {
     // SAFETY: both are NUL-terminated strings valid for the call.
     check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }.into()).map(drop)
-}
-
-/// `open(2)` with `O_CLOEXEC` added.
-pub fn open(path: &CStr, flags: c_int) -> Result<RawFd, Errno> {
-    // SAFETY: `path` is a NUL-terminated string valid for the call; the
-    // mode argument is ignored without O_CREAT.
-    check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0) }.into())
-        .map(|fd| fd as RawFd)
 }
 
 /// Creates an empty file if missing (`open(O_CREAT)`, then close).
