@@ -45,7 +45,7 @@ pub enum Stage {
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 13] = [
+pub const ROOT_STEPS: [&str; 14] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -59,6 +59,7 @@ pub const ROOT_STEPS: [&str; 13] = [
     "mount the scratch tmpfs",
     "create a scratch directory",
     "start a new session",
+    "mount the container's proc or sysfs",
 ];
 
 /// Names of the [`Stage::App`] steps.
@@ -131,6 +132,10 @@ pub struct ChildPlan {
     pub new_root: CString,
     /// Overlay or read-only bind.
     pub root_mount: RootMount,
+    /// The [`PREMOUNTS`](crate::mounts::PREMOUNTS): type, mount point on
+    /// the scratch tmpfs, flags, and the descriptor number their detached
+    /// copy gets.
+    pub premounts: Vec<(CString, CString, libc::c_ulong, RawFd)>,
     /// Host paths of bind-volume sources, opened before the root switch
     /// onto the given descriptor numbers.
     pub volume_sources: Vec<(CString, RawFd)>,
@@ -278,6 +283,24 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             root_step(3, sys::set_read_only_recursive(&plan.new_root));
         }
     }
+    // procfs and sysfs of the container's namespaces, mounted while the
+    // host's instances are still visible (see `mounts::PREMOUNTS`) and held
+    // as detached copies.
+    for (fstype, path, flags, fd) in &plan.premounts {
+        root_step(
+            13,
+            sys::mount(Some(fstype), path, Some(fstype), *flags, None),
+        );
+        match sys::open_tree_clone(path) {
+            Ok(got) => {
+                if got != *fd {
+                    root_step(13, sys::dup_to(got, *fd, true));
+                    sys::close(got);
+                }
+            }
+            Err(e) => fail(plan, Stage::Root, 13, e, 125),
+        }
+    }
     // Host objects to bind (volumes; rootless: devices) are taken now, as
     // detached copies of their mounts: they are attached after the old
     // root is gone.
@@ -335,6 +358,9 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         }
     }
     for (_, fd) in &plan.volume_sources {
+        sys::close(*fd);
+    }
+    for (_, _, _, fd) in &plan.premounts {
         sys::close(*fd);
     }
     root_step(7, sys::sethostname(&plan.hostname));

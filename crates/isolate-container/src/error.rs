@@ -29,6 +29,21 @@ pub enum ContainerError {
     /// A named volume's image is in use by another running workload.
     #[error("named volume image {} is in use by another running workload", .0.display())]
     VolumeBusy(PathBuf),
+    /// A named volume's file system failed its check before the host
+    /// kernel would mount it.
+    #[error(
+        "named volume image {} is damaged (e2fsck -n -f: {detail}); a VM guest, which is \
+         untrusted, may have written it: inspect it, then repair it with `e2fsck -f {}` or \
+         remove it",
+        .image.display(),
+        .image.display()
+    )]
+    VolumeDamaged {
+        /// The image.
+        image: PathBuf,
+        /// What e2fsck said.
+        detail: String,
+    },
     /// A capability name is not known.
     #[error("unknown capability {0:?}; use names like NET_ADMIN or CAP_NET_ADMIN")]
     UnknownCapability(String),

@@ -145,6 +145,16 @@ pub const READ_ONLY: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
+/// File systems the shim mounts before the root switch, on its scratch
+/// tmpfs, and attaches in the new root once the old one is gone: the
+/// kernel lets a user namespace mount procfs and sysfs only where a full
+/// instance of each is visible, which is no longer so after the old root is
+/// detached. Type, mount point in the container, flags.
+pub const PREMOUNTS: [(&str, &str, c_ulong); 2] = [
+    ("proc", "/proc", NOSUID_NODEV_NOEXEC),
+    ("sysfs", "/sys", NOSUID_NODEV_NOEXEC | libc::MS_RDONLY),
+];
+
 /// Character devices made in the container's /dev: name, major, minor.
 pub const DEVICES: [(&str, u32, u32); 6] = [
     ("null", 1, 3),
@@ -160,9 +170,14 @@ pub const DEVICES: [(&str, u32, u32); 6] = [
 /// are created first (they already exist in a normal rootfs; a read-only
 /// root without them fails with the step named).
 ///
+/// `premount_fds`: the descriptors of the [`PREMOUNTS`], in order.
 /// `dev_fds`: in rootless mode (no `mknod` in a user namespace) the host's
-/// device nodes, held open as these descriptors, are bound instead.
-pub fn standard(read_only_root: bool, dev_fds: Option<[i32; DEVICES.len()]>) -> Vec<Op> {
+/// device nodes, held as these descriptors, are bound instead.
+pub fn standard(
+    read_only_root: bool,
+    premount_fds: [i32; PREMOUNTS.len()],
+    dev_fds: Option<[i32; DEVICES.len()]>,
+) -> Vec<Op> {
     let mut ops = Vec::with_capacity(48);
     let mk = !read_only_root;
     if mk {
@@ -172,7 +187,10 @@ pub fn standard(read_only_root: bool, dev_fds: Option<[i32; DEVICES.len()]>) -> 
             mkdir("/sys", 0o555),
         ]);
     }
-    ops.push(mount("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""));
+    ops.push(Op::Attach {
+        fd: premount_fds[0],
+        target: c(PREMOUNTS[0].1),
+    });
     ops.push(mount(
         "tmpfs",
         "/dev",
@@ -238,13 +256,10 @@ pub fn standard(read_only_root: bool, dev_fds: Option<[i32; DEVICES.len()]>) -> 
             link: c(link),
         });
     }
-    ops.push(mount(
-        "sysfs",
-        "/sys",
-        "sysfs",
-        NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
-        "",
-    ));
+    ops.push(Op::Attach {
+        fd: premount_fds[1],
+        target: c(PREMOUNTS[1].1),
+    });
     for f in MASKED_FILES {
         ops.push(bind("/dev/null", f, true));
     }
@@ -296,7 +311,8 @@ pub fn bind_fd(fd: i32, target: &str, read_only: bool, ops: &mut Vec<Op>) {
 
 /// An ext4 block device (held open as fd `fd`) mounted at `target`.
 pub fn ext4_fd(fd: i32, target: &str, read_only: bool, ops: &mut Vec<Op>) {
-    let flags = libc::MS_NODEV | if read_only { libc::MS_RDONLY } else { 0 };
+    // A guest may have written it: no set-id programs, no device nodes.
+    let flags = libc::MS_NODEV | libc::MS_NOSUID | if read_only { libc::MS_RDONLY } else { 0 };
     ops.push(mount(
         &format!("/proc/self/fd/{fd}"),
         target,
@@ -353,39 +369,42 @@ mod tests {
             .collect()
     }
 
+    fn attach_index(ops: &[Op], path: &str) -> usize {
+        ops.iter()
+            .position(
+                |o| matches!(o, Op::Attach { target, .. } if target.as_bytes() == path.as_bytes()),
+            )
+            .unwrap()
+    }
+
     #[test]
     fn proc_comes_before_its_masks_and_dev_before_null_binds() {
-        let ops = standard(false, None);
-        let t = targets(&ops);
-        let proc = t.iter().position(|x| x == "/proc").unwrap();
-        let dev = t.iter().position(|x| x == "/dev").unwrap();
-        let kcore = t.iter().position(|x| x == "/proc/kcore").unwrap();
-        assert!(proc < kcore && dev < kcore);
+        let ops = standard(false, [7, 8], None);
+        let at = |p: &str| {
+            ops.iter()
+                .position(
+                    |o| matches!(o, Op::Mount { target, .. } if target.as_bytes() == p.as_bytes()),
+                )
+                .unwrap()
+        };
+        let proc = attach_index(&ops, "/proc");
+        let kcore = at("/proc/kcore");
+        assert!(proc < kcore && at("/dev") < kcore);
+        assert!(attach_index(&ops, "/sys") < at("/sys/firmware"));
     }
 
     #[test]
     fn proc_is_nosuid_noexec_nodev_and_sys_read_only() {
-        for op in standard(false, None) {
-            if let Op::Mount {
-                target,
-                flags,
-                fstype,
-                ..
-            } = op
-            {
-                if target.as_bytes() == b"/proc" {
-                    assert_eq!(flags & NOSUID_NODEV_NOEXEC, NOSUID_NODEV_NOEXEC);
-                }
-                if fstype.as_deref().map(|f| f.to_bytes()) == Some(b"sysfs") {
-                    assert_ne!(flags & libc::MS_RDONLY, 0);
-                }
-            }
-        }
+        let [(proc, _, proc_flags), (sys, _, sys_flags)] = PREMOUNTS;
+        assert_eq!((proc, sys), ("proc", "sysfs"));
+        assert_eq!(proc_flags & NOSUID_NODEV_NOEXEC, NOSUID_NODEV_NOEXEC);
+        assert_eq!(sys_flags & NOSUID_NODEV_NOEXEC, NOSUID_NODEV_NOEXEC);
+        assert_ne!(sys_flags & libc::MS_RDONLY, 0);
     }
 
     #[test]
     fn every_read_only_path_is_remounted() {
-        let ops = standard(false, None);
+        let ops = standard(false, [7, 8], None);
         for p in READ_ONLY {
             assert!(ops.iter().any(|o| matches!(o,
                 Op::Mount { target, flags, .. }
@@ -395,7 +414,7 @@ mod tests {
 
     #[test]
     fn read_only_root_gets_tmp_and_creates_no_mount_points() {
-        let ops = standard(true, None);
+        let ops = standard(true, [7, 8], None);
         assert!(targets(&ops).contains(&"/tmp".to_string()));
         assert!(!ops
             .iter()
@@ -404,7 +423,7 @@ mod tests {
 
     #[test]
     fn rootless_binds_devices_instead_of_mknod() {
-        let ops = standard(false, Some([10, 11, 12, 13, 14, 15]));
+        let ops = standard(false, [7, 8], Some([10, 11, 12, 13, 14, 15]));
         assert!(!ops.iter().any(|o| matches!(o, Op::Mknod { .. })));
         assert!(ops.iter().any(|o| matches!(o,
             Op::Attach { fd: 10, target } if target.as_bytes() == b"/dev/null")));

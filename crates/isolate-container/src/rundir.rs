@@ -122,18 +122,24 @@ fn remove_leftover_cgroup(id: &str) -> bool {
 }
 
 impl RunDir {
+    /// Makes the markers' directory, private to this user (0700, not a
+    /// planted symlink or another user's directory; checked at every run,
+    /// since each run's scratch tmpfs is mounted below it).
+    fn private_base() -> Result<PathBuf, ContainerError> {
+        let base = base();
+        if let Some(parent) = base.parent() {
+            isolate_core::paths::private_dir(parent)
+                .map_err(|e| ContainerError::host(format!("create {}", parent.display()), e))?;
+        }
+        isolate_core::paths::private_dir(&base)
+            .map_err(|e| ContainerError::host(format!("create {}", base.display()), e))?;
+        Ok(base)
+    }
+
     fn claim(base: &Path, id: &str) -> Result<Option<RunDir>, ContainerError> {
         let path = base.join(id);
-        let file = match open_marker(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(base)
-                    .map_err(|e| ContainerError::host(format!("create {}", base.display()), e))?;
-                open_marker(&path)
-                    .map_err(|e| ContainerError::host(format!("open {}", path.display()), e))?
-            }
-            Err(e) => return Err(ContainerError::host(format!("open {}", path.display()), e)),
-        };
+        let file = open_marker(&path)
+            .map_err(|e| ContainerError::host(format!("open {}", path.display()), e))?;
         if !try_lock(&file)
             .map_err(|e| ContainerError::host(format!("lock {}", path.display()), e))?
         {
@@ -161,12 +167,13 @@ impl RunDir {
     /// Claims the marker of the named run `name`; a live run of that name
     /// is [`isolate_core::Error::NameInUse`].
     pub fn claim_named(name: &str) -> Result<RunDir, isolate_core::Error> {
-        RunDir::claim(&base(), name)?.ok_or_else(|| isolate_core::Error::NameInUse(name.into()))
+        RunDir::claim(&RunDir::private_base()?, name)?
+            .ok_or_else(|| isolate_core::Error::NameInUse(name.into()))
     }
 
     /// Claims the first free `run-N` slot.
     pub fn claim_slot() -> Result<RunDir, isolate_core::Error> {
-        let base = base();
+        let base = RunDir::private_base()?;
         for n in 0.. {
             if let Some(r) = RunDir::claim(&base, &format!("run-{n}"))? {
                 return Ok(r);

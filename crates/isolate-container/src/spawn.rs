@@ -135,10 +135,13 @@ struct Prepared {
 /// The application's standard streams: descriptors for the child, the
 /// caller's ends of piped streams, and the relays for streams that are the
 /// caller's terminal (see [`relay`](crate::relay)).
-fn stdio_fds(
-    w: &Workload,
-    child_fds: &mut Vec<OwnedFd>,
-) -> Result<([RawFd; 3], [Option<File>; 3], Relays), Error> {
+struct StdioPlan {
+    child: [RawFd; 3],
+    parent: [Option<File>; 3],
+    relays: Relays,
+}
+
+fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>) -> Result<StdioPlan, Error> {
     let mut fds = [-1; 3];
     let mut mine: [Option<File>; 3] = [None, None, None];
     let mut relays = Relays::default();
@@ -185,7 +188,11 @@ fn stdio_fds(
             }
         }
     }
-    Ok((fds, mine, relays))
+    Ok(StdioPlan {
+        child: fds,
+        parent: mine,
+        relays,
+    })
 }
 
 fn prepare(
@@ -233,7 +240,11 @@ fn prepare(
     let (sync_rd, sync_wr) = socketpair()?;
     let (exec_rd, exec_wr) = pipe()?;
     let (status_rd, status_wr) = pipe()?;
-    let (stdio, parent_stdio, relays) = stdio_fds(w, &mut child_fds)?;
+    let StdioPlan {
+        child: stdio,
+        parent: parent_stdio,
+        relays,
+    } = stdio_fds(w, &mut child_fds)?;
     let parent_pidfd = sys::pidfd_self().map_err(|e| {
         ContainerError::host(
             "open a pidfd of isolate",
@@ -265,7 +276,19 @@ fn prepare(
     } else {
         None
     };
-    let mut ops = mounts::standard(w.read_only, dev_fds);
+    let mut premounts = Vec::with_capacity(mounts::PREMOUNTS.len());
+    let mut premount_fds = [0; mounts::PREMOUNTS.len()];
+    for (slot, (fstype, _, flags)) in premount_fds.iter_mut().zip(mounts::PREMOUNTS) {
+        premounts.push((
+            cstr(fstype, "mount")?,
+            path_c(&scratch.join(fstype))?,
+            flags,
+            next_fd,
+        ));
+        *slot = next_fd;
+        next_fd += 1;
+    }
+    let mut ops = mounts::standard(w.read_only, premount_fds, dev_fds);
     let mut named = res.volumes.iter();
     for (v, (target, is_dir)) in w.volumes.iter().zip(&targets) {
         if *is_dir {
@@ -327,15 +350,16 @@ fn prepare(
         rootfs: path_c(rootfs)?,
         scratch: path_c(&scratch)?,
         scratch_dirs: if w.read_only {
-            vec![path_c(&scratch.join("root"))?]
+            ["root", "proc", "sysfs"].as_slice()
         } else {
-            ["upper", "work", "root"]
-                .iter()
-                .map(|d| path_c(&scratch.join(d)))
-                .collect::<Result<_, _>>()?
-        },
+            ["upper", "work", "root", "proc", "sysfs"].as_slice()
+        }
+        .iter()
+        .map(|d| path_c(&scratch.join(d)))
+        .collect::<Result<_, _>>()?,
         new_root: path_c(&scratch.join("root"))?,
         root_mount,
+        premounts,
         volume_sources,
         ops,
         hostname: cstr(w.effective_hostname(), "hostname")?,

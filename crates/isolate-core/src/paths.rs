@@ -27,6 +27,45 @@ pub fn state_dir() -> PathBuf {
     env_path("ISOLATE_STATE").unwrap_or_else(|| PathBuf::from("/run/isolate"))
 }
 
+/// Creates directory `dir` (and missing parents) for isolate's own state,
+/// private to this user: mode 0700, owned by the effective user, not a
+/// symlink. An existing directory of another owner, or a symlink in its
+/// place, is refused (someone may have planted it, e.g. under `/tmp`); an
+/// existing one of this user gets mode 0700.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        if !parent.as_os_str().is_empty() && !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)?;
+        }
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != euid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory owned by uid {euid} (a symlink, or another user's): \
+                 remove it, or point ISOLATE_STATE/ISOLATE_HOME elsewhere",
+                dir.display()
+            ),
+        ));
+    }
+    if m.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// `ISOLATE_CACHE`: build caches (guest kernel).
 pub fn cache_dir() -> PathBuf {
     env_path("ISOLATE_CACHE").unwrap_or_else(|| PathBuf::from("/var/cache/isolate"))
@@ -123,6 +162,32 @@ pub fn init(explicit: Option<&Path>) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn private_dir_is_0700_and_refuses_planted_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let made = t.path().join("a/state");
+        private_dir(&made).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&made), 0o700);
+        // An existing directory of this user is made private.
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
+        // A symlink planted where the directory goes is refused, and what
+        // it points to is left alone.
+        let target = t.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = t.path().join("planted");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = private_dir(&link).unwrap_err();
+        assert!(e.to_string().contains("not a directory owned by"), "{e}");
+        assert_eq!(mode(&target), 0o755);
+    }
+
     use super::*;
 
     #[test]

@@ -3,6 +3,7 @@
 //! and stale records left by a crash are recognised and removed.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
@@ -64,14 +65,15 @@ impl Drop for Registration {
 /// workload holds the name (a stale record is replaced).
 pub fn register(record: &Record) -> Result<Registration> {
     let dir = paths::state_dir();
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io("cannot create state directory", &dir, e))?;
+    crate::workload::check_name("name", &record.name)?;
+    paths::private_dir(&dir).map_err(|e| Error::io("cannot create state directory", &dir, e))?;
     let path = record_path(&record.name);
     let body = serde_json::to_vec_pretty(record).expect("record serializes");
     for _ in 0..2 {
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
         {
             Ok(mut f) => {
@@ -93,6 +95,9 @@ pub fn register(record: &Record) -> Result<Registration> {
 
 /// The record of `name`, if any (alive or stale).
 pub fn get(name: &str) -> Result<Option<Record>> {
+    // A name becomes a file name: validated as at spawn, so that no
+    // subcommand reads or removes a file outside the state directory.
+    crate::workload::check_name("name", name)?;
     let path = record_path(name);
     match std::fs::read(&path) {
         Ok(b) => Ok(serde_json::from_slice(&b).ok()),

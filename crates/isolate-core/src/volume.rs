@@ -3,6 +3,7 @@
 //! virtio-blk disks. The same file serves both, so data written by one mode
 //! is read by the other.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -26,11 +27,14 @@ pub fn ensure(name: &str) -> Result<PathBuf> {
         return Ok(path);
     }
     let dir = path.parent().expect("volume path has a parent");
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io("cannot create volume directory", dir, e))?;
+    paths::private_dir(dir).map_err(|e| Error::io("cannot create volume directory", dir, e))?;
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let made = (|| {
-        let f = std::fs::File::create(&tmp)
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .map_err(|e| Error::io("cannot create volume image", &tmp, e))?;
         f.set_len(DEFAULT_SIZE)
             .map_err(|e| Error::io("cannot size volume image", &tmp, e))?;
