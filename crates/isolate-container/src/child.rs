@@ -349,7 +349,12 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             Op::Attach { fd, target } => sys::move_mount(*fd, target),
             Op::ReadOnly { target } => sys::set_read_only_recursive(target),
             Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
-            Op::Mknod { path, major, minor } => sys::mknod_char(path, *major, *minor),
+            Op::Mknod {
+                path,
+                mode,
+                major,
+                minor,
+            } => sys::mknod(path, *mode, *major, *minor),
             Op::Symlink { target, link } => sys::symlink(target, link),
             Op::File { path } => sys::touch(path),
         };

@@ -34,10 +34,12 @@ pub enum Op {
         /// Permission bits.
         mode: u32,
     },
-    /// `mknod(2)` of a character device.
+    /// `mknod(2)` of a device node.
     Mknod {
         /// Path inside the new root.
         path: CString,
+        /// `S_IFCHR` or `S_IFBLK`, with the permission bits.
+        mode: u32,
         /// Major number.
         major: u32,
         /// Minor number.
@@ -203,6 +205,7 @@ pub fn standard(
         match dev_fds {
             None => ops.push(Op::Mknod {
                 path: c(&path),
+                mode: libc::S_IFCHR | 0o666,
                 major,
                 minor,
             }),

@@ -19,6 +19,8 @@ use isolate_core::{
 use crate::child::{self, ChildPlan, Report, RootMount, Stage};
 use crate::error::ContainerError;
 use crate::mounts::{self, Op};
+use isolate_cgroups::devices::{DeviceRule, DEFAULT_RULES};
+
 use crate::relay::{self, Relays};
 use crate::rundir::{self, RunDir};
 use crate::running::{Container, Resources};
@@ -84,6 +86,55 @@ fn last_cap() -> u32 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40)
     })
+}
+
+/// A host device node given with `--device`, as found on the host.
+struct HostDevice {
+    /// Its path inside the container.
+    container: String,
+    /// `S_IFCHR` or `S_IFBLK` with the host node's permission bits.
+    mode: u32,
+    /// The host path (rootless: bound, as no node can be made).
+    host: PathBuf,
+    /// The cgroup rule that lets it open.
+    rule: DeviceRule,
+}
+
+/// Looks up each `--device` on the host: it must be a character or block
+/// device node (a symlink to one is followed, as docker does).
+fn host_devices(w: &Workload) -> Result<Vec<HostDevice>, Error> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    w.devices
+        .iter()
+        .map(|d| {
+            let field = format!("device {}", d.host.display());
+            let m = std::fs::metadata(&d.host)
+                .map_err(|e| Error::invalid(&field, format!("cannot find it on the host: {e}")))?;
+            let ft = m.file_type();
+            let (kind, rule): (u32, fn(u32, u32, &str) -> DeviceRule) = if ft.is_char_device() {
+                (libc::S_IFCHR, DeviceRule::char)
+            } else if ft.is_block_device() {
+                (libc::S_IFBLK, DeviceRule::block)
+            } else {
+                return Err(Error::invalid(
+                    &field,
+                    "not a device node; give a character or block device such as /dev/fuse",
+                ));
+            };
+            let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
+            let container = d
+                .container
+                .to_str()
+                .ok_or_else(|| Error::invalid(&field, "the container path is not UTF-8"))?
+                .to_string();
+            Ok(HostDevice {
+                container,
+                mode: kind | (m.mode() & 0o777),
+                host: d.host.clone(),
+                rule: rule(major, minor, &d.access),
+            })
+        })
+        .collect()
 }
 
 /// Paths `execve` is tried on: `argv[0]` itself if it has a `/`, else each
@@ -198,6 +249,7 @@ fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>) -> Result<StdioPlan, Er
 fn prepare(
     w: &Workload,
     rootfs: &Path,
+    devices: &[HostDevice],
     res: &mut Resources,
     rootless: bool,
     late_join: bool,
@@ -312,6 +364,30 @@ fn prepare(
                 let fd = att.device_fd().expect("attached until clone");
                 mounts::ext4_fd(fd, target, v.read_only, &mut ops);
             }
+        }
+    }
+    for d in devices {
+        if let Some(parent) = Path::new(&d.container).parent().and_then(Path::to_str) {
+            mounts::mkdir_p(parent, &mut ops);
+        }
+        let path = cstr(d.container.as_str(), "device")?;
+        if rootless {
+            // No device node can be made in a user namespace: bind the host's.
+            volume_sources.push((path_c(&d.host)?, next_fd));
+            ops.push(Op::File { path: path.clone() });
+            ops.push(Op::Attach {
+                fd: next_fd,
+                target: path,
+            });
+            next_fd += 1;
+        } else {
+            ops.push(Op::Mknod {
+                path,
+                mode: d.mode,
+                // Set for every device rule made from a node.
+                major: d.rule.major.unwrap_or(0),
+                minor: d.rule.minor.unwrap_or(0),
+            });
         }
     }
     let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
@@ -523,6 +599,9 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let rootfs = rootfs
         .canonicalize()
         .map_err(|e| Error::io("cannot resolve the rootfs", &rootfs, e))?;
+    let devices = host_devices(w)?;
+    let mut device_rules = DEFAULT_RULES.to_vec();
+    device_rules.extend(devices.iter().map(|d| d.rule));
     let run = match &w.name {
         Some(name) => RunDir::claim_named(name)?,
         None => RunDir::claim_slot()?,
@@ -536,11 +615,11 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let late_join = !rootless && !isolate_cgroups::root_is_unified();
     let mut cgroup_fd = None;
     if !rootless && !late_join {
-        let cg = make_cgroup(&id, w)?;
+        let cg = make_cgroup(&id, w, &device_rules)?;
         cgroup_fd = cg.procs_fd();
         res.cgroup = Some(cg);
     }
-    let prepared = prepare(w, &rootfs, &mut res, rootless, late_join)?;
+    let prepared = prepare(w, &rootfs, &devices, &mut res, rootless, late_join)?;
     let (pid, pidfd) = clone_shim(&prepared, cgroup_fd.as_ref())?;
     let Prepared {
         plan,
@@ -573,7 +652,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let mut join: Vec<OwnedFd> = Vec::new();
     let mut cgroup_dirs = Vec::new();
     if late_join {
-        match make_cgroup(&id, w) {
+        match make_cgroup(&id, w, &device_rules) {
             Ok(cg) => handle.set_cgroup(cg),
             Err(e) => {
                 handle.abort();
@@ -665,12 +744,13 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     Ok(handle)
 }
 
-/// Makes the container's cgroup `isolate/ct-<id>` with the workload's limits.
-fn make_cgroup(id: &str, w: &Workload) -> Result<Cgroup, Error> {
+/// Makes the container's cgroup `isolate/ct-<id>` with the workload's
+/// limits, where only the devices `rules` allow can be opened.
+fn make_cgroup(id: &str, w: &Workload, rules: &[DeviceRule]) -> Result<Cgroup, Error> {
     let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
         .map_err(|e| ContainerError::Cgroup(chain(&e)))?;
-    // Only Docker's default devices open, whatever nodes the workload makes.
-    if let Err(e) = cg.restrict_devices(isolate_cgroups::devices::DEFAULT_RULES) {
+    // Only these devices open, whatever nodes the workload makes.
+    if let Err(e) = cg.restrict_devices(rules) {
         let _ = cg.remove();
         return Err(ContainerError::Cgroup(chain(&e)).into());
     }

@@ -159,11 +159,12 @@ pub fn mkdir(path: &CStr, mode: u32) -> Result<(), Errno> {
     }
 }
 
-/// `mknod(2)` of a character device with mode 0666.
-pub fn mknod_char(path: &CStr, major: u32, minor: u32) -> Result<(), Errno> {
+/// `mknod(2)`: `mode` holds the node's type (`S_IFCHR`, `S_IFBLK`) and
+/// permission bits.
+pub fn mknod(path: &CStr, mode: u32, major: u32, minor: u32) -> Result<(), Errno> {
     let dev = libc::makedev(major, minor);
     // SAFETY: `path` is a NUL-terminated string valid for the call.
-    check(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) }.into()).map(drop)
+    check(unsafe { libc::mknod(path.as_ptr(), mode, dev) }.into()).map(drop)
 }
 
 /// `symlink(2)`.

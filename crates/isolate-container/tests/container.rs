@@ -899,3 +899,61 @@ fn seccomp_denies_dangerous_calls() {
         assert_eq!(got.get(name), Some(&"ok"), "{name}: {out}");
     }
 }
+
+#[test]
+fn host_devices_do_not_open_unless_given() {
+    if !can_run("host_devices_do_not_open_unless_given") {
+        return;
+    }
+    // loop-control (10:237): a node made inside must not open.
+    let mut w = sh("mknod /tmp/lc c 10 237 && exec 3</tmp/lc");
+    w.stdout(Stdio::Null);
+    let (o, _, err) = run(&w);
+    assert!(!o.success(), "a host device opened: {err}");
+    assert!(err.contains("not permitted"), "{err}");
+    // Docker's default devices still work.
+    let (o, out, err) = run(&sh("head -c 3 /dev/zero | wc -c; echo x > /dev/null"));
+    assert!(o.success(), "{err}");
+    assert_eq!(out.trim(), "3");
+    // --device makes one available, at another path, with the access given.
+    if std::path::Path::new("/dev/net/tun").exists() {
+        let mut w = sh("exec 3</dev/tun0 && echo read; exec 4<>/dev/tun0 && echo write");
+        w.devices.push(isolate_core::Device {
+            host: "/dev/net/tun".into(),
+            container: "/dev/tun0".into(),
+            access: "r".into(),
+        });
+        let (o, out, _) = run(&w);
+        assert!(!o.success());
+        assert_eq!(out, "read\n");
+    }
+}
+
+#[test]
+fn image_links_never_lead_isolate_out_of_the_root() {
+    if !can_run("image_links_never_lead_isolate_out_of_the_root") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    copy_root(&rootfs().unwrap(), &root);
+    // `app` climbs out of the root towards /tmp, which the host has too.
+    let up = "../".repeat(20);
+    std::os::unix::fs::symlink(format!("{up}tmp"), root.join("app")).unwrap();
+    let mark = format!("isolate-escape-{}", std::process::id());
+    let mut w = sh(&format!("pwd; touch /app/{mark}-file"));
+    w.rootfs(&root);
+    w.cwd = Some(format!("/app/{mark}-dir").into());
+    let (o, out, err) = run(&w);
+    assert!(o.success(), "{err}");
+    assert_eq!(out, format!("/tmp/{mark}-dir\n"));
+    for leak in ["dir", "file"] {
+        let host = std::path::Path::new("/tmp").join(format!("{mark}-{leak}"));
+        assert!(
+            !host.exists(),
+            "isolate wrote {} on the host",
+            host.display()
+        );
+    }
+}

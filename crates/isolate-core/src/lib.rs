@@ -39,6 +39,6 @@ pub use error::{Error, ExecFailure, Result};
 pub use isolator::{Isolator, Mode, Running};
 pub use outcome::{Outcome, Stats, Status};
 pub use workload::{
-    Capabilities, Limits, Network, Stdio, User, VmOptions, Volume, VolumeSource, Workload, MAX_ID,
-    MIN_MEMORY,
+    Capabilities, Device, Limits, Network, Stdio, User, VmOptions, Volume, VolumeSource, Workload,
+    MAX_ID, MIN_MEMORY,
 };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::workload::{User, Volume, VolumeSource};
+use crate::workload::{Device, User, Volume, VolumeSource};
 
 /// Parses a size like `256m`, `1g`, `512k`, `1048576` or `1.5g` into bytes
 /// (binary units, as docker).
@@ -116,6 +116,36 @@ pub fn volume(s: &str) -> Result<Volume> {
     })
 }
 
+/// Parses docker's `--device HOST[:CONTAINER][:rwm]`; the container path
+/// defaults to the host path and the access to `rwm`.
+pub fn device(s: &str) -> Result<Device> {
+    let bad = || {
+        Error::invalid(
+            "device",
+            format!(
+                "{s:?} is not HOST[:CONTAINER][:rwm], e.g. /dev/fuse or /dev/fuse:/dev/fuse:rw"
+            ),
+        )
+    };
+    let is_access = |p: &str| !p.is_empty() && p.chars().all(|c| matches!(c, 'r' | 'w' | 'm'));
+    let parts: Vec<&str> = s.split(':').collect();
+    let (host, container, access) = match parts.as_slice() {
+        [h] => (*h, *h, "rwm"),
+        [h, a] if is_access(a) => (*h, *h, *a),
+        [h, c] => (*h, *c, "rwm"),
+        [h, c, a] => (*h, *c, *a),
+        _ => return Err(bad()),
+    };
+    if host.is_empty() || container.is_empty() {
+        return Err(bad());
+    }
+    Ok(Device {
+        host: PathBuf::from(host),
+        container: PathBuf::from(container),
+        access: access.to_string(),
+    })
+}
+
 /// Parses `UID[:GID]` (numeric; the GID defaults to the UID).
 pub fn user(s: &str) -> Result<User> {
     let bad = |why: &str| {
@@ -161,6 +191,27 @@ pub fn env(s: &str) -> Result<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_parse_as_docker_does() {
+        let d = device("/dev/fuse").unwrap();
+        assert_eq!(
+            (d.container.to_str(), d.access.as_str()),
+            (Some("/dev/fuse"), "rwm")
+        );
+        let d = device("/dev/fuse:r").unwrap();
+        assert_eq!(
+            (d.container.to_str(), d.access.as_str()),
+            (Some("/dev/fuse"), "r")
+        );
+        let d = device("/dev/net/tun:/dev/tun0:rw").unwrap();
+        assert_eq!(
+            (d.container.to_str(), d.access.as_str()),
+            (Some("/dev/tun0"), "rw")
+        );
+        assert!(device("/dev/a:/dev/b:rwx:extra").is_err());
+        assert!(device(":/dev/b").is_err());
+    }
 
     #[test]
     fn sizes() {

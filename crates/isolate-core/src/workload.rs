@@ -253,6 +253,44 @@ pub struct Workload {
     pub vm: VmOptions,
     /// Container-mode capability changes.
     pub capabilities: Capabilities,
+    /// Host devices made available inside (container mode), beyond
+    /// Docker's default set.
+    pub devices: Vec<Device>,
+}
+
+/// A host device node made available inside the workload (docker's
+/// `--device HOST[:CONTAINER][:rwm]`), container mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The device node on the host, e.g. `/dev/fuse`.
+    pub host: PathBuf,
+    /// Where it appears inside (absolute); by default the same path.
+    pub container: PathBuf,
+    /// Allowed access, a non-empty subset of `rwm` (read, write, mknod).
+    pub access: String,
+}
+
+impl Device {
+    fn validate(&self) -> Result<()> {
+        let field = format!("device {}", self.host.display());
+        if !self.host.is_absolute() {
+            return Err(Error::invalid(
+                field,
+                "give the host device as an absolute path, e.g. /dev/fuse",
+            ));
+        }
+        check_inside_path(&field, &self.container)?;
+        if self.access.is_empty() || !self.access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{:?} is not an access mode; use letters of rwm",
+                    self.access
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Workload {
@@ -482,6 +520,15 @@ impl Workload {
                 return Err(Error::invalid(
                     format!("volume {}", v.target.display()),
                     "two volumes share this target",
+                ));
+            }
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            d.validate()?;
+            if self.devices[..i].iter().any(|o| o.container == d.container) {
+                return Err(Error::invalid(
+                    format!("device {}", d.container.display()),
+                    "two devices share this path",
                 ));
             }
         }

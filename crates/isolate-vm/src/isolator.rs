@@ -206,6 +206,13 @@ fn prepare(w: &Workload) -> Result<Prepared> {
     let rootfs = paths::rootfs(w.rootfs.as_deref())?;
     let init = paths::init(None)?;
 
+    if let Some(d) = w.devices.first() {
+        return Err(Error::Unsupported(format!(
+            "device {}: host devices cannot be given to a VM (its guest kernel has its own \
+             devices; passing a host device through needs VFIO); use container mode",
+            d.host.display()
+        )));
+    }
     // Volumes first: a host directory is refused before any image is built.
     for v in &w.volumes {
         if let VolumeSource::Host(p) = &v.source {

@@ -120,6 +120,10 @@ pub struct WorkloadOpts {
     /// Add a capability to the default set (container mode), e.g. NET_ADMIN.
     #[arg(long, value_name = "CAP")]
     pub cap_add: Vec<String>,
+    /// Add a host device (container mode): HOST[:CONTAINER][:rwm], e.g.
+    /// /dev/fuse. Only Docker's default devices open otherwise.
+    #[arg(long = "device", value_name = "HOST[:CONTAINER][:rwm]")]
+    pub devices: Vec<String>,
     /// Drop a capability from the default set (container mode); ALL drops all.
     #[arg(long, value_name = "CAP")]
     pub cap_drop: Vec<String>,

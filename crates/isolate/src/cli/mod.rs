@@ -46,6 +46,9 @@ pub fn workload(opts: &WorkloadOpts, command: &[String]) -> Result<Workload> {
     for v in &opts.volumes {
         w.volume(parse::volume(v)?);
     }
+    for d in &opts.devices {
+        w.devices.push(parse::device(d)?);
+    }
     for e in &opts.env {
         let (k, v) = parse::env(e)?;
         w.env(k, v);
