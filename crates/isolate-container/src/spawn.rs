@@ -111,17 +111,17 @@ fn host_devices(w: &Workload) -> Result<Vec<HostDevice>, Error> {
             let m = std::fs::metadata(&d.host)
                 .map_err(|e| Error::invalid(&field, format!("cannot find it on the host: {e}")))?;
             let ft = m.file_type();
-            let (kind, rule): (u32, fn(u32, u32, &str) -> DeviceRule) = if ft.is_char_device() {
-                (libc::S_IFCHR, DeviceRule::char)
+            let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
+            let (kind, rule) = if ft.is_char_device() {
+                (libc::S_IFCHR, DeviceRule::char(major, minor, &d.access))
             } else if ft.is_block_device() {
-                (libc::S_IFBLK, DeviceRule::block)
+                (libc::S_IFBLK, DeviceRule::block(major, minor, &d.access))
             } else {
                 return Err(Error::invalid(
                     &field,
                     "not a device node; give a character or block device such as /dev/fuse",
                 ));
             };
-            let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
             let container = d
                 .container
                 .to_str()
@@ -131,7 +131,7 @@ fn host_devices(w: &Workload) -> Result<Vec<HostDevice>, Error> {
                 container,
                 mode: kind | (m.mode() & 0o777),
                 host: d.host.clone(),
-                rule: rule(major, minor, &d.access),
+                rule,
             })
         })
         .collect()
