@@ -937,7 +937,7 @@ fn image_links_never_lead_isolate_out_of_the_root() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
     std::fs::create_dir(&root).unwrap();
-    copy_root(&rootfs().unwrap(), &root);
+    copy_root(rootfs().unwrap(), &root);
     // `app` climbs out of the root towards /tmp, which the host has too.
     let up = "../".repeat(20);
     std::os::unix::fs::symlink(format!("{up}tmp"), root.join("app")).unwrap();
