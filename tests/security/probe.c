@@ -6,6 +6,7 @@
  *   0  the attempt SUCCEEDED (the boundary let it through)
  *   1  the attempt was refused (the boundary held)
  *   2  the probe itself could not run (bad arguments, missing file)
+ *   4  the kernel does not implement the call at all (ENOSYS past every filter)
  * and one line on stdout saying what happened, with the errno.
  *
  * usage: probe NAME [ARGS...]; `probe list` prints the names.
@@ -297,8 +298,15 @@ static int p_settime(int argc, char **argv) {
 /* EPERM: refused before the capability check passed; anything else
  * (ENOENT, EINVAL) means the caller held the capability. */
 static int cap_gate(const char *what, long r) {
-    if (r == 0 || errno != EPERM)
-        return escaped(what);
+    if (r != 0 && errno == ENOSYS) {
+        printf("n/a: %s: this kernel does not implement it\n", what);
+        return 4;
+    }
+    if (r == 0 || errno != EPERM) {
+        printf("ESCAPED: %s (got past the capability check: %s)\n", what,
+               r == 0 ? "success" : strerror(errno));
+        return 0;
+    }
     return held(what, errno);
 }
 
