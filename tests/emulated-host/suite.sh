@@ -112,7 +112,7 @@ done
 
 {
     echo "# Made by tests/emulated-host/suite.sh: one test per test binary."
-    printf 'export ISOLATE_CONTRACT_MODES=vm,container ISOLATE_CONTRACT_TIMEOUT=%s\n' \
+    printf 'export ISOLATE_CONTRACT_MODES=vm,container ISOLATE_CONTRACT_REQUIRE=vm,container ISOLATE_CONTRACT_TIMEOUT=%s\n' \
         "${ISOLATE_CONTRACT_TIMEOUT:-180}"
     while read -r _ _ exe _; do payload+=(--exec "$exe"); done <"$tmp/executables"
     while read -r name exe dir; do

@@ -187,6 +187,10 @@ fn find_bin() -> PathBuf {
     panic!("no isolate binary: build it (cargo build --release -p isolate) or set ISOLATE_BIN");
 }
 
+/// The argument of a host `sleep` that runs during the suite: a workload
+/// that can see it shares the host's process table.
+const HOST_MARKER: &str = "3600.4242";
+
 /// The table, for one mode. `tag` makes names (volumes, markers) unique.
 fn cases(tag: &str) -> Vec<Case> {
     let vol = format!("contract-{tag}:/data");
@@ -272,15 +276,18 @@ fn cases(tag: &str) -> Vec<Case> {
         ),
         case(
             "private_process_table",
-            // Process 1 is the workload or isolate's init, never the host's,
+            // A host process (`sleep` with the argument HOST_MARKER, started
+            // by this suite) must not be in the workload's process table,
             // and the workload's own pid is small.
             &[
                 "/bin/sh",
                 "-c",
-                "test $$ -lt 200 && cat /proc/1/cmdline | tr '\\0' ' '; echo",
+                "test $$ -lt 200 || echo \"pid $$ is large\"; \
+                 cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '",
             ],
             Expect {
-                stdout_lacks: Some("systemd"),
+                stdout_lacks: Some(HOST_MARKER),
+                stdout_has: Some("/bin/sh"),
                 ..OK
             },
         ),
@@ -395,22 +402,53 @@ fn cases(tag: &str) -> Vec<Case> {
     v
 }
 
-/// Whether `mode` can run here: `Err(reason)` if isolate says it cannot.
-fn probe(suite: &Suite, mode: &str) -> Result<(), String> {
-    let run = suite.isolate(&s(&["--mode", mode, "/bin/true"]), None);
-    if run.code == 0 {
-        return Ok(());
+/// Whether this host can run `mode`, decided from the host itself (never
+/// from the backend's own error text, so that a broken backend fails its
+/// cases instead of being skipped): `Err(reason)` if it cannot.
+fn host_can_run(mode: &str) -> Result<(), String> {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the contract suite runs isolate as root; run it as root".into());
     }
-    let reason = run.stderr.lines().next().unwrap_or("").to_string();
-    if run.code == 125
-        && (reason.contains("not available on this host")
-            || reason.contains("not found: looked in")
-            || reason.contains("has no"))
-    {
-        return Err(reason);
+    match mode {
+        "container" => Ok(()),
+        "vm" => {
+            if !std::path::Path::new("/dev/kvm").exists() {
+                return Err("this host has no /dev/kvm".into());
+            }
+            if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+                return Err(
+                    "this host's KVM is PVM (kvm_pvm), which cannot boot a standard guest kernel; \
+                     run VM mode in the emulated KVM host (tests/emulated-host)"
+                        .into(),
+                );
+            }
+            let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            if !cpu.split_whitespace().any(|f| f == "vmx" || f == "svm") {
+                return Err("this CPU offers neither VMX nor SVM".into());
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown mode {other}")),
     }
-    // Any other failure is a real failure of the backend: run the cases.
-    Ok(())
+}
+
+/// The content of every file under `dir` (VM boot images built from the
+/// rootfs), to see that no run changed one.
+fn snapshot(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(snapshot(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, b));
+        }
+    }
+    out
 }
 
 fn default_rootfs() -> PathBuf {
@@ -432,6 +470,13 @@ fn main() {
             .unwrap_or(120),
     );
     let modes = std::env::var("ISOLATE_CONTRACT_MODES").unwrap_or_else(|_| "container,vm".into());
+    // Modes that must run here: a skip of one of them is a failure.
+    let required: Vec<String> = std::env::var("ISOLATE_CONTRACT_REQUIRE")
+        .unwrap_or_default()
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .collect();
     let mut suite = Suite {
         bin,
         per_case,
@@ -445,9 +490,20 @@ fn main() {
         suite.bin.display()
     );
     let tag = format!("{}", std::process::id());
+    let mut host_process = Command::new("sleep")
+        .arg(HOST_MARKER)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start a host process for private_process_table");
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let table = cases(&format!("{mode}-{tag}"));
-        if let Err(reason) = probe(&suite, mode) {
+        if let Err(reason) = host_can_run(mode) {
+            if required.iter().any(|r| r == mode) {
+                println!("FAIL {mode} mode is required here (ISOLATE_CONTRACT_REQUIRE) but cannot run: {reason}");
+                suite.failed.push(format!("{mode}/required_mode_runs"));
+                continue;
+            }
             println!("SKIP {mode} mode, every case below: {reason}");
             for c in &table {
                 println!(
@@ -458,6 +514,10 @@ fn main() {
             suite.skipped += table.len();
             continue;
         }
+        let images = std::env::var_os("ISOLATE_HOME")
+            .map_or_else(|| PathBuf::from("/var/lib/isolate"), PathBuf::from)
+            .join("images");
+        let images_before = snapshot(&images);
         for c in &table {
             let mut args = s(&["--mode", mode]);
             args.extend(c.args.iter().cloned());
@@ -471,8 +531,26 @@ fn main() {
                 );
                 suite.hung.push(format!("{mode}/{}", c.name));
                 run = suite.isolate(&args, c.stdin);
+                // A hang is a failure even when the second run passes.
+                suite.check(&format!("{mode}/{} (second run)", c.name), &run, &c.expect);
+                suite.failed.push(format!("{mode}/{} (hung once)", c.name));
+                continue;
             }
             suite.check(&format!("{mode}/{}", c.name), &run, &c.expect);
+        }
+        // The VM boot images made from the rootfs never change either.
+        let label = format!("{mode}/boot_images_unchanged");
+        let changed: Vec<String> = images_before
+            .iter()
+            .filter(|(p, b)| std::fs::read(p).is_ok_and(|now| &now != b))
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        if changed.is_empty() {
+            println!("PASS {label} ({} images)", images_before.len());
+            suite.passed += 1;
+        } else {
+            println!("FAIL {label}: changed by a run: {}", changed.join(", "));
+            suite.failed.push(label);
         }
         // The rootfs on disk never changes.
         let marker = default_rootfs().join(format!("isolate-contract-{mode}-{tag}"));
@@ -489,6 +567,8 @@ fn main() {
             .join(format!("volumes/contract-{mode}-{tag}.ext4"));
         let _ = std::fs::remove_file(volume);
     }
+    let _ = host_process.kill();
+    let _ = host_process.wait();
     println!(
         "contract: {} passed, {} failed, {} skipped",
         suite.passed,
