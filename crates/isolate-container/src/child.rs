@@ -45,7 +45,7 @@ pub enum Stage {
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 14] = [
+pub const ROOT_STEPS: [&str; 15] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -60,6 +60,7 @@ pub const ROOT_STEPS: [&str; 14] = [
     "create a scratch directory",
     "start a new session",
     "mount the container's proc or sysfs",
+    "enter a cgroup namespace",
 ];
 
 /// Names of the [`Stage::App`] steps.
@@ -378,7 +379,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         wait_for_parent(plan);
     }
     // The cgroup namespace is rooted at the container's own cgroup.
-    let _ = sys::unshare(libc::CLONE_NEWCGROUP);
+    root_step(14, sys::unshare(libc::CLONE_NEWCGROUP));
 
     let app_pid = match spawn_app(plan, argv, envp) {
         Ok(pid) => pid,

@@ -957,3 +957,17 @@ fn image_links_never_lead_isolate_out_of_the_root() {
         );
     }
 }
+
+#[test]
+fn cgroup_namespace_is_rooted_at_the_containers_cgroup() {
+    if !can_run("cgroup_namespace_is_rooted_at_the_containers_cgroup") {
+        return;
+    }
+    let (o, out, err) = run(&sh("cat /proc/self/cgroup"));
+    assert!(o.success(), "{err}");
+    // Every hierarchy (v1) or the one v2 line shows the namespace's root.
+    assert!(!out.is_empty());
+    for line in out.lines() {
+        assert!(line.ends_with(":/"), "the host's cgroup path shows: {out}");
+    }
+}
