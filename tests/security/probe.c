@@ -347,6 +347,39 @@ static int p_connect(int argc, char **argv) {
     return verdict("connect to the host's loopback listener", ok);
 }
 
+/*
+ * Host side: listens on 127.0.0.1:PORT for SECONDS and appends one line per
+ * connection to FILE; prints "listening" once bound.
+ */
+static int p_listen(int argc, char **argv) {
+    if (argc < 5)
+        return 2;
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 8) != 0) {
+        perror("listen");
+        return 2;
+    }
+    printf("listening\n");
+    fflush(stdout);
+    alarm(atoi(argv[4]));
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0)
+            continue;
+        char buf[64] = {0};
+        (void)read(c, buf, sizeof buf - 1);
+        FILE *f = fopen(argv[3], "a");
+        if (f) {
+            fprintf(f, "connection: %s\n", buf);
+            fclose(f);
+        }
+        close(c);
+    }
+}
+
 static int p_hostname(int argc, char **argv) {
     const char *name = argc > 2 ? argv[2] : "isolate-probe";
     return verdict("sethostname", sethostname(name, strlen(name)) == 0);
@@ -435,6 +468,7 @@ static const struct probe PROBES[] = {
     {"module", p_module},       {"kill", p_kill},
     {"connect", p_connect},     {"hostname", p_hostname},
     {"write", p_write},         {"pty", p_pty},
+    {"listen", p_listen},
 };
 
 int main(int argc, char **argv) {
