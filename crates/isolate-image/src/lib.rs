@@ -68,6 +68,7 @@ mod tree;
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -443,10 +444,22 @@ fn add_entry(w: &mut CpioWriter<BufWriter<File>>, e: &tree::Entry) -> Result<()>
             minor,
         } => w.device(&e.rel, meta, *block, *major, *minor),
         Kind::File(size) => {
-            let mut f = File::open(&e.path).map_err(|source| Error::Read {
+            // The rootfs is untrusted: a file swapped for a symlink since
+            // the walk must not pull a host file into the guest's image.
+            let read_err = |source| Error::Read {
                 path: e.path.clone(),
                 source,
-            })?;
+            };
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&e.path)
+                .map_err(read_err)?;
+            if !f.metadata().map_err(read_err)?.is_file() {
+                return Err(read_err(std::io::Error::other(
+                    "changed into something other than a regular file while the image was built",
+                )));
+            }
             w.file(&e.rel, meta, *size, &mut f)
         }
     };
