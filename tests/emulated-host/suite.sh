@@ -122,7 +122,18 @@ done
     [ \$rc -ne 143 ] || echo \"suite: terminated (SIGTERM), most likely by the per-test timeout of %s s\"
     exit \$rc'\n" "$name" "$dir" "$dir" "$test_timeout" "$exe" "$test_timeout"
     done <"$tmp/tests"
+    # The security suite for both modes, where container mode runs on
+    # cgroup v2 (the device program) and VM mode is real.
+    for mode in container vm; do
+        printf "harness_sh security/%s 'cd %s && PROBE=%s tests/security/run --mode %s'\n" \
+            "$mode" "$root" "$tmp/probe" "$mode"
+    done
 } >"$tmp/suite.sh"
+if ! cc -static -O2 -o "$tmp/probe" "$root/tests/security/probe.c"; then
+    echo "emulated-host suite: cannot build tests/security/probe.c (cc -static)" >&2
+    exit 2
+fi
+payload+=(--exec "$tmp/probe")
 
 echo "emulated-host suite: $(wc -l <"$tmp/tests") test binaries" >&2
 rc=0
