@@ -31,6 +31,7 @@ mod outcome;
 pub mod parse;
 pub mod paths;
 pub mod protocol;
+mod seccomp;
 pub mod state;
 pub mod volume;
 mod workload;
@@ -38,6 +39,10 @@ mod workload;
 pub use error::{Error, ExecFailure, Result};
 pub use isolator::{Isolator, Mode, Running};
 pub use outcome::{Outcome, Stats, Status};
+pub use seccomp::{
+    parse_kernel_version, Seccomp, SeccompAction, SeccompArchMap, SeccompArg, SeccompFilter,
+    SeccompOp, SeccompProfile, SeccompSyscall, MAX_ERRNO,
+};
 pub use workload::{
     Capabilities, Device, Limits, Network, Stdio, User, VmOptions, Volume, VolumeSource, Workload,
     MAX_ID, MIN_MEMORY,

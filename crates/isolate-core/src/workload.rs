@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::seccomp::Seccomp;
 
 /// How a standard stream of the workload is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -256,6 +257,9 @@ pub struct Workload {
     /// Host devices made available inside (container mode), beyond
     /// Docker's default set.
     pub devices: Vec<Device>,
+    /// Seccomp filter (`--security-opt seccomp=...`; container mode only
+    /// for now: VM mode refuses anything but the default).
+    pub seccomp: Seccomp,
 }
 
 /// A host device node made available inside the workload (docker's
@@ -421,6 +425,12 @@ impl Workload {
         self
     }
 
+    /// Sets the seccomp policy.
+    pub fn seccomp(&mut self, policy: Seccomp) -> &mut Self {
+        self.seccomp = policy;
+        self
+    }
+
     /// Names the workload (for `isolate ps/stats/update/kill`).
     pub fn name(&mut self, name: impl Into<String>) -> &mut Self {
         self.name = Some(name.into());
@@ -542,6 +552,7 @@ impl Workload {
         if self.vm.vcpus == Some(0) {
             return Err(Error::invalid("vcpus", "a VM needs at least one vCPU"));
         }
+        self.seccomp.validate()?;
         Ok(())
     }
 }
@@ -709,6 +720,21 @@ mod tests {
         let mut w = Workload::new("/bin/true");
         w.vm.vcpus = Some(0);
         assert_eq!(field_of(w.validate().unwrap_err()), "vcpus");
+    }
+
+    #[test]
+    fn rejects_an_unsupported_seccomp_profile() {
+        let mut w = Workload::new("/bin/true");
+        w.seccomp(Seccomp::Profile(Box::new(crate::SeccompProfile {
+            default_action: crate::SeccompAction::Notify,
+            default_errno_ret: None,
+            architectures: vec![],
+            arch_map: vec![],
+            syscalls: vec![],
+        })));
+        assert_eq!(field_of(w.validate().unwrap_err()), "security-opt");
+        w.seccomp(Seccomp::Unconfined);
+        w.validate().unwrap();
     }
 
     #[test]
