@@ -183,8 +183,8 @@ pub struct ChildPlan {
     pub caps: u64,
     /// Highest capability number the kernel knows.
     pub last_cap: u32,
-    /// Seccomp programs, installed in order.
-    pub filters: &'static [seccompiler::BpfProgram],
+    /// Seccomp programs, installed in order (none: unconfined).
+    pub filters: crate::seccomp::Filters,
     /// Paths to try with `execve`, in order (PATH search done ahead).
     pub candidates: Vec<CString>,
     /// argv storage.
@@ -562,7 +562,7 @@ fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
     let caps = if plan.uid == 0 { plan.caps } else { 0 };
     step(6, sys::capset(caps));
     step(7, sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0));
-    for f in plan.filters {
+    for f in plan.filters.iter() {
         step(7, sys::seccomp_install(f.as_slice()));
     }
     let mut not_executable = 0;

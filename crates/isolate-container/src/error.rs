@@ -48,8 +48,8 @@ pub enum ContainerError {
     #[error("unknown capability {0:?}; use names like NET_ADMIN or CAP_NET_ADMIN")]
     UnknownCapability(String),
     /// The seccomp filter could not be built.
-    #[error("cannot build the seccomp filter: {0}")]
-    Seccomp(String),
+    #[error("cannot build the seccomp filter")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
     /// The cgroup of the container failed.
     #[error("cgroup: {0}")]
     Cgroup(String),

@@ -422,6 +422,7 @@ fn prepare(
         RootMount::Overlay(cstr(data, "rootfs")?)
     };
     let user = w.user.unwrap_or(isolate_core::User { uid: 0, gid: 0 });
+    let caps = caps::mask(&w.capabilities)?;
     let plan = ChildPlan {
         rootfs: path_c(rootfs)?,
         scratch: path_c(&scratch)?,
@@ -452,9 +453,9 @@ fn prepare(
         cwd: path_c(&cwd)?,
         uid: user.uid,
         gid: user.gid,
-        caps: caps::mask(&w.capabilities)?,
+        caps,
         last_cap: last_cap(),
-        filters: seccomp::filters()?,
+        filters: seccomp::filters(&w.seccomp, caps).map_err(ContainerError::Seccomp)?,
         candidates: candidates(&w.argv[0], &env)?,
         argv,
         envp,
