@@ -127,6 +127,11 @@ pub struct WorkloadOpts {
     /// Drop a capability from the default set (container mode); ALL drops all.
     #[arg(long, value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// Security option (container mode): seccomp=unconfined (no filter),
+    /// seccomp=FILE.json (a Docker/OCI seccomp profile), no-new-privileges
+    /// (always on) [default: Docker's default seccomp profile].
+    #[arg(long, value_name = "OPT")]
+    pub security_opt: Vec<String>,
     /// VM mode: guest kernel (ELF vmlinux or bzImage) [default: the project's].
     #[arg(long, value_name = "PATH", env = "ISOLATE_KERNEL")]
     pub kernel: Option<PathBuf>,

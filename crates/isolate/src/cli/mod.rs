@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isolate::{
-    named, parse, Capabilities, Error, Limits, Mode, Network, Result, VmOptions, Workload,
+    named, parse, Capabilities, Error, Limits, Mode, Network, Result, Seccomp, VmOptions, Workload,
 };
 
 use args::{Cli, Command, ModeArg, NetworkArg, RunArgs, WorkloadOpts};
@@ -72,6 +72,11 @@ pub fn workload(opts: &WorkloadOpts, command: &[String]) -> Result<Workload> {
         add: opts.cap_add.clone(),
         drop: opts.cap_drop.clone(),
     };
+    for opt in &opts.security_opt {
+        if let Some(policy) = parse_security_opt(opt)? {
+            w.seccomp(policy);
+        }
+    }
     w.vm = VmOptions {
         kernel: opts.kernel.clone(),
         vcpus: opts.vcpus,
@@ -79,6 +84,28 @@ pub fn workload(opts: &WorkloadOpts, command: &[String]) -> Result<Workload> {
     };
     w.validate()?;
     Ok(w)
+}
+
+/// One `--security-opt`: `seccomp=unconfined|FILE.json` (docker also
+/// accepts `seccomp:`), or `no-new-privileges[=true]` (always on, so
+/// nothing to change: `None`).
+fn parse_security_opt(opt: &str) -> Result<Option<Seccomp>> {
+    let (key, value) = match opt.split_once(['=', ':']) {
+        Some((k, v)) => (k, Some(v)),
+        None => (opt, None),
+    };
+    match (key, value) {
+        ("seccomp", Some(v)) => Seccomp::from_option_value(v).map(Some),
+        ("no-new-privileges", None | Some("true")) => Ok(None),
+        ("no-new-privileges", Some(_)) => Err(Error::invalid(
+            "security-opt",
+            "no-new-privileges is always on in isolate; it cannot be turned off",
+        )),
+        _ => Err(Error::invalid(
+            "security-opt",
+            format!("{opt:?} is not supported; use seccomp=unconfined, seccomp=FILE.json or no-new-privileges"),
+        )),
+    }
 }
 
 /// A parse error of a generic field, renamed to the option the user typed.
@@ -371,6 +398,56 @@ mod tests {
         ]);
         let e = workload(&cli.run.opts, &cli.run.command).unwrap_err();
         assert!(e.to_string().starts_with("invalid timeout"), "{e}");
+    }
+
+    fn with_security_opt(opt: &str) -> Result<Workload> {
+        let cli = parse(&[
+            "isolate",
+            "--mode",
+            "container",
+            "--security-opt",
+            opt,
+            "/bin/true",
+        ]);
+        workload(&cli.run.opts, &cli.run.command)
+    }
+
+    #[test]
+    fn security_opt_sets_the_seccomp_policy() {
+        let w = with_security_opt("seccomp=unconfined").unwrap();
+        assert_eq!(w.seccomp, Seccomp::Unconfined);
+        let w = with_security_opt("no-new-privileges").unwrap();
+        assert_eq!(w.seccomp, Seccomp::Default);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(
+            &path,
+            r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        let w = with_security_opt(&format!("seccomp={}", path.display())).unwrap();
+        assert!(matches!(w.seccomp, Seccomp::Profile(_)));
+        let w = with_security_opt(&format!("seccomp:{}", path.display())).unwrap();
+        assert!(matches!(w.seccomp, Seccomp::Profile(_)));
+    }
+
+    #[test]
+    fn bad_security_opts_say_what_is_wrong() {
+        let e = with_security_opt("apparmor=unconfined").unwrap_err();
+        assert!(e.to_string().starts_with("invalid security-opt"), "{e}");
+        assert_eq!(e.exit_code(), 125);
+        let e = with_security_opt("seccomp=/nonexistent.json").unwrap_err();
+        assert!(e.chain().contains("/nonexistent.json"), "{}", e.chain());
+        assert_eq!(e.exit_code(), 125);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        std::fs::write(&path, r#"{"defaultAction": "SCMP_ACT_NOTIFY"}"#).unwrap();
+        let e = with_security_opt(&format!("seccomp={}", path.display())).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("bad.json") && text.contains("SCMP_ACT_NOTIFY"),
+            "{text}"
+        );
     }
 
     #[test]
