@@ -295,7 +295,7 @@ fn default_refuses_other_abis_and_unknown_numbers() {
     // Newer than the table: ENOSYS, so libc falls back.
     assert_eq!(run(&f[0], max_syscall() + 1, AUDIT_ARCH, [0; 6]), ENOSYS);
     assert_eq!(run(&f[0], 1000, AUDIT_ARCH, [0; 6]), ENOSYS);
-    // A hole in the table (x86_64 has none below 335..424): EPERM.
+    // A hole in the table (x86_64 numbers 336 to 423 are unused): EPERM.
     assert_eq!(run(&f[0], 400, AUDIT_ARCH, [0; 6]), EPERM);
 }
 
