@@ -64,7 +64,7 @@
 //! tables), and its seccomp filter (default deny, Docker's allowlist) is
 //! one small program that finds the call by binary search over ranges of
 //! call numbers (the kernel's cost to install a filter grows with its
-//! length; about 190 instructions). At the end, a cgroup whose processes have all gone is
+//! length; about 125 instructions). At the end, a cgroup whose processes have all gone is
 //! removed with one `rmdir` per directory.
 //!
 //! What a run of `/bin/true` still costs, by profile (2 vCPUs): creating
