@@ -11,9 +11,7 @@
 //! - i386 and x32 calls are refused (Docker allows them with the same
 //!   rules).
 
-use std::collections::BTreeMap;
-
-use super::{syscall_number, Action, Cond, Decision, Op, Policy, Rule, Width};
+use super::{Action, Cond, Decision, Op, Policy, Rule, Width, SYSCALLS};
 
 /// Calls every workload may make, whatever its capabilities: Docker's
 /// unconditional allowlist as it applies to x86_64, in call-number order
@@ -444,65 +442,125 @@ const EPERM: Action = Action::Errno(libc::EPERM as u16);
 /// `caps` (bit `n` for capability `n`).
 pub fn policy(caps: u64) -> Policy {
     let has = |c: u32| caps & (1u64 << c) != 0;
-    let mut calls: BTreeMap<u32, Decision> = BTreeMap::new();
-    let mut allow = |names: &[&str]| {
-        for n in names {
-            let nr = syscall_number(n).unwrap_or_else(|| panic!("{n} is in the x86_64 table"));
-            calls.insert(nr, Decision::always(Action::Allow));
-        }
-    };
-    allow(ALLOWED);
-    allow(ALLOWED_SINCE_4_8);
-    allow(ALLOWED_X86_64);
+    let mut p = Policy::new(EPERM, Action::Errno(libc::ENOSYS as u16));
+    for nr in ALLOWED_NUMBERS {
+        p.set(nr, Decision::always(Action::Allow));
+    }
     for (c, names) in BY_CAPABILITY {
         if has(*c) {
-            allow(names);
+            for name in *names {
+                p.set(number(name), Decision::always(Action::Allow));
+            }
         }
     }
-    let mut rules = |name: &str, rules: Vec<Rule>, otherwise: Action| {
-        let nr = syscall_number(name).expect("in the table");
-        calls.insert(nr, Decision { rules, otherwise });
-    };
     if !has(cap::SYS_ADMIN) {
         // No new namespaces; clone3 hides its flags in memory, so it gets
         // ENOSYS and libc falls back to clone.
-        rules(
-            "clone",
-            vec![Rule::new(
-                Cond::new(0, Width::Full64, Op::MaskedEq, CLONE_NS_MASK, 0),
-                Action::Allow,
-            )],
-            EPERM,
+        p.set(
+            number("clone"),
+            Decision {
+                rules: vec![Rule::new(
+                    Cond::new(0, Width::Full64, Op::MaskedEq, CLONE_NS_MASK, 0),
+                    Action::Allow,
+                )],
+                otherwise: EPERM,
+            },
         );
-        rules("clone3", Vec::new(), Action::Errno(libc::ENOSYS as u16));
+        p.set(
+            number("clone3"),
+            Decision::always(Action::Errno(libc::ENOSYS as u16)),
+        );
     }
-    rules(
-        "personality",
-        PERSONALITIES
-            .iter()
-            .map(|&p| Rule::new(Cond::new(0, Width::Full64, Op::Eq, p, 0), Action::Allow))
-            .collect(),
-        EPERM,
+    p.set(
+        number("personality"),
+        Decision {
+            rules: PERSONALITIES
+                .iter()
+                .map(|&v| Rule::new(Cond::new(0, Width::Full64, Op::Eq, v, 0), Action::Allow))
+                .collect(),
+            otherwise: EPERM,
+        },
     );
-    rules(
-        "socket",
-        REFUSED_FAMILIES
-            .iter()
-            .map(|&f| Rule::new(Cond::new(0, Width::Low32, Op::Eq, f, 0), EPERM))
-            .collect(),
-        Action::Allow,
+    p.set(
+        number("socket"),
+        Decision {
+            rules: REFUSED_FAMILIES
+                .iter()
+                .map(|&f| Rule::new(Cond::new(0, Width::Low32, Op::Eq, f, 0), EPERM))
+                .collect(),
+            otherwise: Action::Allow,
+        },
     );
-    rules(
-        "ioctl",
-        REFUSED_IOCTLS
-            .iter()
-            .map(|&r| Rule::new(Cond::new(1, Width::Low32, Op::Eq, r, 0), EPERM))
-            .collect(),
-        Action::Allow,
+    p.set(
+        number("ioctl"),
+        Decision {
+            rules: REFUSED_IOCTLS
+                .iter()
+                .map(|&r| Rule::new(Cond::new(1, Width::Low32, Op::Eq, r, 0), EPERM))
+                .collect(),
+            otherwise: Action::Allow,
+        },
     );
-    Policy {
-        default: EPERM,
-        calls,
-        above: Action::Errno(libc::ENOSYS as u16),
+    p
+}
+
+/// Every call allowed whatever the capabilities, by number: resolved
+/// when isolate is compiled (a name missing from the call table does not
+/// compile), so building the default costs no name look-ups.
+const ALLOWED_NUMBERS: [u32; ALLOWED.len() + ALLOWED_SINCE_4_8.len() + ALLOWED_X86_64.len()] =
+    numbers(&[ALLOWED, ALLOWED_SINCE_4_8, ALLOWED_X86_64]);
+
+/// The numbers of `lists`' names, in order.
+const fn numbers<const N: usize>(lists: &[&[&str]]) -> [u32; N] {
+    let mut out = [0u32; N];
+    let mut n = 0;
+    let mut l = 0;
+    while l < lists.len() {
+        let mut i = 0;
+        while i < lists[l].len() {
+            out[n] = number(lists[l][i]);
+            n += 1;
+            i += 1;
+        }
+        l += 1;
+    }
+    assert!(n == N, "the lists hold N names");
+    out
+}
+
+/// The number of a call in the table; panics (at compile time in a
+/// const) if it is not there.
+const fn number(name: &str) -> u32 {
+    let (mut lo, mut hi) = (0, SYSCALLS.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match compare(SYSCALLS[mid].0.as_bytes(), name.as_bytes()) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return SYSCALLS[mid].1,
+        }
+    }
+    panic!("a name of the default profile is not in the call table")
+}
+
+/// Byte-wise order of two strings, usable in a const.
+const fn compare(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let mut i = 0;
+    while i < a.len() && i < b.len() {
+        if a[i] != b[i] {
+            return if a[i] < b[i] {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            };
+        }
+        i += 1;
+    }
+    if a.len() < b.len() {
+        std::cmp::Ordering::Less
+    } else if a.len() > b.len() {
+        std::cmp::Ordering::Greater
+    } else {
+        std::cmp::Ordering::Equal
     }
 }

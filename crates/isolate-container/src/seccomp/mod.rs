@@ -39,7 +39,6 @@ mod profile;
 mod x86_64;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use isolate_core::Seccomp;
@@ -245,15 +244,29 @@ impl Decision {
 /// A whole policy for native calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// Calls not in `calls`, up to the last number isolate knows.
-    pub default: Action,
-    /// Decisions by call number.
-    pub calls: BTreeMap<u32, Decision>,
+    /// Decisions by call number, for every number up to the last one
+    /// isolate knows.
+    calls: Vec<Decision>,
     /// Call numbers above the last one isolate knows.
-    pub above: Action,
+    above: Decision,
 }
 
 impl Policy {
+    /// `default` for every call isolate knows, `above` for higher numbers.
+    pub fn new(default: Action, above: Action) -> Policy {
+        Policy {
+            calls: vec![Decision::always(default); max_syscall() as usize + 1],
+            above: Decision::always(above),
+        }
+    }
+
+    /// Sets the decision for a call (a number from the call table).
+    pub fn set(&mut self, nr: u32, d: Decision) {
+        if let Some(slot) = self.calls.get_mut(nr as usize) {
+            *slot = d;
+        }
+    }
+
     /// The action for a native call (the reference the BPF program is
     /// tested against).
     #[cfg(test)]
@@ -261,11 +274,10 @@ impl Policy {
         if nr >= X32_SYSCALL_BIT {
             return X32_ACTION;
         }
-        match self.calls.get(&nr) {
-            Some(d) => d.decide(args),
-            None if nr > max_syscall() => self.above,
-            None => self.default,
-        }
+        self.calls
+            .get(nr as usize)
+            .unwrap_or(&self.above)
+            .decide(args)
     }
 }
 
@@ -283,7 +295,18 @@ pub fn syscall_number(name: &str) -> Option<u32> {
 
 /// The highest call number isolate knows.
 fn max_syscall() -> u32 {
-    SYSCALLS.iter().map(|&(_, nr)| nr).max().unwrap_or(0)
+    const MAX: u32 = {
+        let mut max = 0;
+        let mut i = 0;
+        while i < SYSCALLS.len() {
+            if SYSCALLS[i].1 > max {
+                max = SYSCALLS[i].1;
+            }
+            i += 1;
+        }
+        max
+    };
+    MAX
 }
 
 /// The programs a workload installs, in order (none when unconfined).
@@ -371,26 +394,13 @@ pub fn compile(p: &Policy) -> Result<BpfProgram, SeccompError> {
 
 /// The native call numbers `0..X32_SYSCALL_BIT` as ranges that share a
 /// decision: `(first number, decision)`, sorted.
-fn intervals(p: &Policy) -> Vec<(u32, Cow<'_, Decision>)> {
-    let max = max_syscall();
-    let default = Decision::always(p.default);
-    let all = (0..=max)
-        .map(|nr| {
-            let d = p
-                .calls
-                .get(&nr)
-                .map_or_else(|| Cow::Owned(default.clone()), Cow::Borrowed);
-            (nr, d)
-        })
-        .chain(std::iter::once((
-            max + 1,
-            Cow::Owned(Decision::always(p.above)),
-        )));
-    let mut out: Vec<(u32, Cow<'_, Decision>)> = Vec::new();
-    for (nr, d) in all {
+fn intervals(p: &Policy) -> Vec<(u32, &Decision)> {
+    let mut out: Vec<(u32, &Decision)> = Vec::new();
+    let all = p.calls.iter().chain(std::iter::once(&p.above));
+    for (nr, d) in all.enumerate() {
         match out.last() {
             Some((_, last)) if *last == d => {}
-            _ => out.push((nr, d)),
+            _ => out.push((nr as u32, d)),
         }
     }
     out
@@ -401,7 +411,7 @@ fn intervals(p: &Policy) -> Vec<(u32, Cow<'_, Decision>)> {
 /// its comparison: about one instruction per range, plus the argument
 /// checks. `None` when a jump would not fit in 8 bits (a long profile),
 /// for [`tree`] to lay the program out instead.
-fn compact(iv: &[(u32, Cow<'_, Decision>)]) -> Option<Vec<sock_filter>> {
+fn compact(iv: &[(u32, &Decision)]) -> Option<Vec<sock_filter>> {
     let mut c = Compact::default();
     c.emit(iv);
     for (k, l) in std::mem::take(&mut c.returns) {
@@ -427,7 +437,7 @@ impl Compact {
     }
 
     /// Where a range without argument checks goes; `None` if it has some.
-    fn simple(&mut self, iv: &[(u32, Cow<'_, Decision>)]) -> Option<To> {
+    fn simple(&mut self, iv: &[(u32, &Decision)]) -> Option<To> {
         match iv {
             [(_, d)] if d.rules.is_empty() => {
                 let k = d.otherwise.ret();
@@ -445,7 +455,7 @@ impl Compact {
         }
     }
 
-    fn emit(&mut self, iv: &[(u32, Cow<'_, Decision>)]) {
+    fn emit(&mut self, iv: &[(u32, &Decision)]) {
         if let [(_, d)] = iv {
             let mut next = self.labels;
             rules_block(d, &mut self.code, &mut || {
@@ -479,9 +489,9 @@ impl Compact {
 /// The binary search over `iv`; the accumulator holds the call number,
 /// known to be at least `iv[0].0`. Every jump is relative and short: a
 /// subtree too long to jump over goes behind a `JA`.
-fn tree(iv: &[(u32, Cow<'_, Decision>)]) -> Result<Vec<sock_filter>, SeccompError> {
+fn tree(iv: &[(u32, &Decision)]) -> Result<Vec<sock_filter>, SeccompError> {
     if iv.len() == 1 {
-        return leaf(iv[0].0, &iv[0].1);
+        return leaf(iv[0].0, iv[0].1);
     }
     let mid = iv.len() / 2;
     let left = tree(&iv[..mid])?;

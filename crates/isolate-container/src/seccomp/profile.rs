@@ -130,21 +130,18 @@ pub fn policy(p: &SeccompProfile, caps: u64) -> Policy {
             }
         }
     }
-    let mut calls: BTreeMap<u32, Decision> = unconditional
-        .iter()
-        .map(|(&nr, &a)| (nr, Decision::always(a)))
-        .collect();
+    let above = if default.runs() {
+        default
+    } else {
+        Action::Errno(libc::ENOSYS as u16)
+    };
+    let mut policy = Policy::new(default, above);
+    for (&nr, &a) in &unconditional {
+        policy.set(nr, Decision::always(a));
+    }
     for (nr, rules) in conditional {
         let otherwise = unconditional.get(&nr).copied().unwrap_or(default);
-        calls.insert(nr, Decision { rules, otherwise });
+        policy.set(nr, Decision { rules, otherwise });
     }
-    Policy {
-        default,
-        calls,
-        above: if default.runs() {
-            default
-        } else {
-            Action::Errno(libc::ENOSYS as u16)
-        },
-    }
+    policy
 }

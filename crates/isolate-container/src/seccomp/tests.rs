@@ -346,14 +346,14 @@ fn argument_comparisons_match_their_meaning() {
         u64::MAX,
     ];
     let ops = [Op::Eq, Op::Ne, Op::Lt, Op::Le, Op::Gt, Op::Ge, Op::MaskedEq];
-    let mut calls = BTreeMap::new();
+    let mut policy = Policy::new(Action::KillThread, Action::KillThread);
     let mut n = 0;
     let mut cases = Vec::new();
     for width in [Width::Low32, Width::Full64] {
         for op in ops {
             for &value in &[5u64, 0x1_0000_0005, 0xffff_ffff] {
                 let c = Cond::new((n % 6) as u8, width, op, value, value & 0x1_0000_0004);
-                calls.insert(
+                policy.set(
                     n,
                     Decision {
                         rules: vec![Rule::new(c, Action::Allow)],
@@ -365,11 +365,6 @@ fn argument_comparisons_match_their_meaning() {
             }
         }
     }
-    let policy = Policy {
-        default: Action::KillThread,
-        calls,
-        above: Action::KillThread,
-    };
     let prog = compile(&policy).unwrap();
     for (n, c) in cases {
         for &x in &vals {
@@ -502,7 +497,7 @@ fn long_programs_use_far_jumps() {
 
 #[test]
 fn too_long_a_program_is_an_error() {
-    let mut calls = BTreeMap::new();
+    let mut policy = Policy::new(Action::Allow, Action::Allow);
     for n in 0..300 {
         let rules = (0..4)
             .map(|v| {
@@ -512,7 +507,7 @@ fn too_long_a_program_is_an_error() {
                 )
             })
             .collect();
-        calls.insert(
+        policy.set(
             n,
             Decision {
                 rules,
@@ -520,11 +515,6 @@ fn too_long_a_program_is_an_error() {
             },
         );
     }
-    let policy = Policy {
-        default: Action::Allow,
-        calls,
-        above: Action::Allow,
-    };
     assert!(matches!(compile(&policy), Err(SeccompError::TooLong(_))));
 }
 
