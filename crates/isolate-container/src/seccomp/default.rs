@@ -4,6 +4,11 @@
 //! current profile leaves out as well).
 //!
 //! Differences from Docker's profile, all stricter:
+//! - `ptrace`, `process_vm_readv` and `process_vm_writev` need
+//!   `CAP_SYS_PTRACE`, as before Docker's Linux 4.8 rule: the workload's
+//!   parent is isolate's shim, which must not become its tracer through
+//!   `PTRACE_TRACEME` (its wait loop would take a stop for the end), and
+//!   the security suite holds tracing refused;
 //! - `socket`, `ioctl` and `personality` compare the low 32 bits of
 //!   their argument where the kernel reads an `int`/`unsigned int`
 //!   (Docker's 64-bit compare lets `socket(0x1_0000_0028, ...)` reach
@@ -318,11 +323,6 @@ const ALLOWED: &[&str] = &[
     "removexattrat",
 ];
 
-/// Allowed by Docker since Linux 4.8 (seccomp then runs after ptrace, so
-/// a tracer cannot rewrite a checked call); without `CAP_SYS_PTRACE` the
-/// kernel still limits them to processes the caller may already control.
-const ALLOWED_SINCE_4_8: &[&str] = &["process_vm_readv", "process_vm_writev", "ptrace"];
-
 /// x86_64-only calls Docker allows.
 const ALLOWED_X86_64: &[&str] = &["arch_prctl", "modify_ldt"];
 
@@ -507,8 +507,8 @@ pub fn policy(caps: u64) -> Policy {
 /// Every call allowed whatever the capabilities, by number: resolved
 /// when isolate is compiled (a name missing from the call table does not
 /// compile), so building the default costs no name look-ups.
-const ALLOWED_NUMBERS: [u32; ALLOWED.len() + ALLOWED_SINCE_4_8.len() + ALLOWED_X86_64.len()] =
-    numbers(&[ALLOWED, ALLOWED_SINCE_4_8, ALLOWED_X86_64]);
+const ALLOWED_NUMBERS: [u32; ALLOWED.len() + ALLOWED_X86_64.len()] =
+    numbers(&[ALLOWED, ALLOWED_X86_64]);
 
 /// The numbers of `lists`' names, in order.
 const fn numbers<const N: usize>(lists: &[&[&str]]) -> [u32; N] {
