@@ -532,3 +532,84 @@ fn the_call_table_is_sorted_and_complete() {
     numbers.dedup();
     assert_eq!(numbers.len(), SYSCALLS.len(), "a number appears twice");
 }
+
+/// Checks the default against Docker's own `profiles/seccomp/default.json`
+/// (not kept here), compiled as a user profile would be:
+///
+/// ```text
+/// ISOLATE_DOCKER_SECCOMP_JSON=/path/to/default.json \
+///     cargo test -p isolate-container --lib -- --ignored same_as_dockers_profile
+/// ```
+///
+/// They must agree on every call and argument tried, except for the
+/// documented differences (all stricter here).
+#[test]
+#[ignore]
+fn same_as_dockers_profile() {
+    let Some(path) = std::env::var_os("ISOLATE_DOCKER_SECCOMP_JSON") else {
+        eprintln!("SKIP same_as_dockers_profile: set ISOLATE_DOCKER_SECCOMP_JSON");
+        return;
+    };
+    let docker = SeccompProfile::load(std::path::Path::new(&path)).unwrap();
+    let cap = |n: &str| 1u64 << crate::caps::number(n).unwrap();
+    let plain = crate::caps::default_mask();
+    for (caps, allowed_diffs) in [
+        (
+            plain,
+            &[
+                "ioctl",
+                "socket",
+                "ptrace",
+                "process_vm_readv",
+                "process_vm_writev",
+            ][..],
+        ),
+        (
+            0,
+            &[
+                "ioctl",
+                "socket",
+                "ptrace",
+                "process_vm_readv",
+                "process_vm_writev",
+            ][..],
+        ),
+        (
+            plain | cap("SYS_ADMIN"),
+            &[
+                "ioctl",
+                "socket",
+                "ptrace",
+                "process_vm_readv",
+                "process_vm_writev",
+            ][..],
+        ),
+        (plain | cap("SYS_PTRACE"), &["ioctl", "socket"][..]),
+    ] {
+        let ours = default::policy(caps);
+        let theirs = profile::policy(&docker, caps);
+        let vals = interesting();
+        let mut differ = std::collections::BTreeSet::new();
+        for nr in 0..=max_syscall() + 2 {
+            for &a0 in &vals {
+                for &a1 in &vals {
+                    let args = [a0, a1, 0, 0, 0, 0];
+                    let (o, t) = (ours.decide(nr, &args), theirs.decide(nr, &args));
+                    if o != t {
+                        assert_eq!(
+                            o,
+                            Action::Errno(libc::EPERM as u16),
+                            "call {nr} {a0:#x} {a1:#x}: isolate is laxer than Docker"
+                        );
+                        let name = SYSCALLS.iter().find(|s| s.1 == nr).map_or("?", |s| s.0);
+                        differ.insert(name);
+                    }
+                }
+            }
+        }
+        let differ: Vec<&str> = differ.into_iter().collect();
+        let mut want = allowed_diffs.to_vec();
+        want.sort_unstable();
+        assert_eq!(differ, want, "caps {caps:#x}");
+    }
+}
