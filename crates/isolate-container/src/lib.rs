@@ -168,10 +168,14 @@ impl Isolator for ContainerIsolator {
 
 /// Removes what a killed isolate left behind: the cgroups
 /// (`isolate/ct-<id>`) of runs whose marker is no longer locked by a live
-/// isolate but still says "in progress". Called at the start of every
-/// spawn; it lists one directory and tries one lock per marker. (The
+/// isolate but still says "in progress", and the records of named
+/// workloads whose process is gone. Called at the start of every spawn; it
+/// lists two directories and tries one lock per marker. (The
 /// container's mounts and processes need no cleanup: they die with its
 /// namespaces, and the container's PID 1 dies with isolate.)
 pub fn cleanup_stale() {
     rundir::cleanup_crashed();
+    // Records of named workloads whose isolate was killed: listing removes
+    // every record whose process is gone.
+    let _ = isolate_core::state::list();
 }
