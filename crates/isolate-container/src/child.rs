@@ -184,7 +184,7 @@ pub struct ChildPlan {
     /// Highest capability number the kernel knows.
     pub last_cap: u32,
     /// Seccomp programs, installed in order (none: unconfined).
-    pub filters: crate::seccomp::Filters,
+    pub filters: isolate_policy::seccomp::Filters,
     /// Paths to try with `execve`, in order (PATH search done ahead).
     pub candidates: Vec<CString>,
     /// argv storage.

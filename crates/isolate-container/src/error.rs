@@ -45,11 +45,11 @@ pub enum ContainerError {
         detail: String,
     },
     /// A capability name is not known.
-    #[error("unknown capability {0:?}; use names like NET_ADMIN or CAP_NET_ADMIN")]
-    UnknownCapability(String),
+    #[error(transparent)]
+    UnknownCapability(#[from] isolate_policy::caps::UnknownCapability),
     /// The seccomp filter could not be built.
     #[error("cannot build the seccomp filter")]
-    Seccomp(#[source] crate::seccomp::SeccompError),
+    Seccomp(#[source] isolate_policy::seccomp::SeccompError),
     /// The cgroup of the container failed.
     #[error("cgroup: {0}")]
     Cgroup(String),

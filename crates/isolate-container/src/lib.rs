@@ -74,22 +74,20 @@
 //! and their teardown at exit (~0.6 ms), and isolate's own start
 //! (dynamic linking, ~0.4 ms).
 
-mod caps;
 mod child;
 mod error;
 mod mounts;
 mod relay;
 mod rundir;
 mod running;
-mod seccomp;
 mod spawn;
 mod sys;
 mod volumes;
 
 use isolate_core::{Isolator, Mode, Result, Running, Workload};
 
-pub use caps::DEFAULT as DEFAULT_CAPABILITIES;
 pub use error::ContainerError;
+pub use isolate_policy::caps::DEFAULT as DEFAULT_CAPABILITIES;
 pub use running::Container;
 
 /// The container [`Isolator`].

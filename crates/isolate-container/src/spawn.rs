@@ -24,7 +24,9 @@ use isolate_cgroups::devices::{DeviceRule, DEFAULT_RULES};
 use crate::relay::{self, Relays};
 use crate::rundir::{self, RunDir};
 use crate::running::{Container, Resources};
-use crate::{caps, seccomp, sys, volumes};
+use isolate_policy::{caps, seccomp};
+
+use crate::{sys, volumes};
 
 /// Prefix of the container backend's cgroup names (`isolate/ct-<id>`).
 pub const CGROUP_PREFIX: &str = "ct-";
@@ -422,7 +424,7 @@ fn prepare(
         RootMount::Overlay(cstr(data, "rootfs")?)
     };
     let user = w.user.unwrap_or(isolate_core::User { uid: 0, gid: 0 });
-    let caps = caps::mask(&w.capabilities)?;
+    let caps = caps::mask(&w.capabilities).map_err(ContainerError::from)?;
     let plan = ChildPlan {
         rootfs: path_c(rootfs)?,
         scratch: path_c(&scratch)?,

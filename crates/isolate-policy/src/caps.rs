@@ -2,7 +2,10 @@
 //! [`Capabilities`](isolate_core::Capabilities) `add`/`drop`, as a bit mask
 //! the child applies to its bounding, permitted and effective sets.
 
-use crate::error::ContainerError;
+/// A capability name no kernel knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown capability {0:?}; use names like NET_ADMIN or CAP_NET_ADMIN")]
+pub struct UnknownCapability(pub String);
 
 /// Every capability name the kernel knows, indexed by number.
 const NAMES: [&str; 41] = [
@@ -84,15 +87,15 @@ pub fn default_mask() -> u64 {
 
 /// The mask the workload gets: the default set, minus `drop` (`ALL` drops
 /// everything), plus `add` (`ALL` adds everything the kernel knows).
-pub fn mask(caps: &isolate_core::Capabilities) -> Result<u64, ContainerError> {
+pub fn mask(caps: &isolate_core::Capabilities) -> Result<u64, UnknownCapability> {
     let all = (1u64 << NAMES.len()) - 1;
-    let parse = |name: &String| -> Result<u64, ContainerError> {
+    let parse = |name: &String| -> Result<u64, UnknownCapability> {
         if name.eq_ignore_ascii_case("ALL") {
             return Ok(all);
         }
         number(name)
             .map(|n| 1u64 << n)
-            .ok_or_else(|| ContainerError::UnknownCapability(name.clone()))
+            .ok_or_else(|| UnknownCapability(name.clone()))
     };
     let mut m = default_mask();
     for d in &caps.drop {
@@ -145,9 +148,6 @@ mod tests {
             add: vec!["FLY".into()],
             drop: vec![],
         };
-        assert!(matches!(
-            mask(&c),
-            Err(ContainerError::UnknownCapability(_))
-        ));
+        assert!(matches!(mask(&c), Err(UnknownCapability(_))));
     }
 }
