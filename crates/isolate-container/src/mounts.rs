@@ -119,33 +119,12 @@ fn mkdir(path: &str, mode: u32) -> Op {
 
 const NOSUID_NODEV_NOEXEC: c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
-/// Docker's masked files: `/dev/null` is bound over them.
-pub const MASKED_FILES: [&str; 6] = [
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-];
-
 /// Docker's masked directories: an empty read-only tmpfs covers them.
-pub const MASKED_DIRS: [&str; 5] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
+pub use isolate_core::protocol::masks::DIRS as MASKED_DIRS;
+/// Docker's masked files: `/dev/null` is bound over them.
+pub use isolate_core::protocol::masks::FILES as MASKED_FILES;
 /// Docker's read-only paths under /proc.
-pub const READ_ONLY: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+pub use isolate_core::protocol::masks::READ_ONLY;
 
 /// File systems the shim mounts before the root switch, on its scratch
 /// tmpfs, and attaches in the new root once the old one is gone: the

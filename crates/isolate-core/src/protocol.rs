@@ -79,6 +79,65 @@ pub struct GuestSpec {
     pub loopback: bool,
     /// Whether the host feeds stdin (otherwise stdin is /dev/null).
     pub stdin: bool,
+    /// What the workload may do inside the guest, as in container mode;
+    /// `None`: the guest's full root (only for reference tests).
+    #[serde(default)]
+    pub privileges: Option<GuestPrivileges>,
+}
+
+/// The workload's privileges inside the guest, computed on the host by the
+/// same code as container mode's: the guest init applies them to the
+/// workload, so that a guest-kernel bug needs a second step.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestPrivileges {
+    /// Capability mask (bit `n`: capability `n`) of the bounding set, and of
+    /// the permitted and effective sets for uid 0.
+    pub capabilities: u64,
+    /// Seccomp programs installed in order, each instruction packed as
+    /// `code << 48 | jt << 40 | jf << 32 | k`.
+    pub seccomp: Vec<Vec<u64>>,
+}
+
+impl GuestPrivileges {
+    /// Packs one classic BPF instruction.
+    pub fn pack(code: u16, jt: u8, jf: u8, k: u32) -> u64 {
+        (u64::from(code) << 48) | (u64::from(jt) << 40) | (u64::from(jf) << 32) | u64::from(k)
+    }
+
+    /// Unpacks one instruction: `(code, jt, jf, k)`.
+    pub fn unpack(i: u64) -> (u16, u8, u8, u32) {
+        ((i >> 48) as u16, (i >> 40) as u8, (i >> 32) as u8, i as u32)
+    }
+}
+
+/// Docker's masked paths and read-only paths under `/proc` and `/sys`,
+/// applied to the workload in both modes.
+pub mod masks {
+    /// Files `/dev/null` is bound over.
+    pub const FILES: [&str; 6] = [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+    ];
+    /// Directories an empty read-only tmpfs covers.
+    pub const DIRS: [&str; 5] = [
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/scsi",
+        "/sys/firmware",
+        "/sys/devices/virtual/powercap",
+    ];
+    /// Paths bound read-only over themselves.
+    pub const READ_ONLY: [&str; 5] = [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ];
 }
 
 /// One line on the control channel.

@@ -55,6 +55,7 @@
 //!     pids_limit: None,
 //!     loopback: false,
 //!     stdin: false,
+//!     privileges: None,
 //! };
 //! // The initrd the guest gets: root archive, then the spec archive.
 //! let mut initrd = std::fs::read(&root)?;

@@ -56,6 +56,7 @@ fn spec() -> GuestSpec {
         pids_limit: Some(64),
         loopback: true,
         stdin: false,
+        privileges: None,
     }
 }
 

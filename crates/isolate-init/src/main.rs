@@ -26,6 +26,7 @@
 mod cgroup;
 mod console;
 mod mounts;
+mod privileges;
 mod run;
 mod spec;
 

@@ -43,7 +43,7 @@ pub enum Error {
 }
 
 /// Steps of the child between fork and exec, reported on failure.
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 10] = [
     "signal reset",
     "setsid",
     "joining the workload cgroup",
@@ -51,6 +51,9 @@ const STAGES: [&str; 7] = [
     "setting uid/gid",
     "chdir to the working directory",
     "exec",
+    "masking paths in the workload's mount namespace",
+    "dropping capabilities from the bounding set",
+    "setting capabilities, no_new_privs and the seccomp filter",
 ];
 const STAGE_EXEC: u32 = 6;
 
@@ -74,6 +77,7 @@ struct Plan {
     uid: u32,
     gid: u32,
     procs: CString,
+    privileges: Option<isolate_core::protocol::GuestPrivileges>,
 }
 
 fn cstring(s: impl Into<Vec<u8>>) -> Result<CString, Error> {
@@ -147,6 +151,7 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
         uid: spec.uid,
         gid: spec.gid,
         procs: cstring(cgroup.procs_file().as_os_str().as_bytes())?,
+        privileges: spec.privileges.clone(),
     };
 
     let source = match (spec.stdin, ports.stdin_source.is_some()) {
@@ -302,6 +307,14 @@ fn child(plan: &Plan, stdio: [RawFd; 3], report: RawFd) -> ! {
             fail(3, e);
         }
     }
+    if let Some(p) = &plan.privileges {
+        if let Err(e) = crate::privileges::mask_paths() {
+            fail(7, e);
+        }
+        if let Err(e) = crate::privileges::drop_bounding(p) {
+            fail(8, e);
+        }
+    }
     let gid = nix::unistd::Gid::from_raw(plan.gid);
     if let Err(e) = nix::unistd::setgroups(&[gid])
         .and_then(|_| nix::unistd::setgid(gid))
@@ -311,6 +324,11 @@ fn child(plan: &Plan, stdio: [RawFd; 3], report: RawFd) -> ! {
     }
     if let Err(e) = nix::unistd::chdir(plan.cwd.as_c_str()) {
         fail(5, e);
+    }
+    if let Some(p) = &plan.privileges {
+        if let Err(e) = crate::privileges::apply(p, plan.uid) {
+            fail(9, e);
+        }
     }
     let Err(e) = nix::unistd::execve(&plan.path, &plan.argv, &plan.env);
     fail(STAGE_EXEC, e)

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use isolate_cgroups::Cgroup;
-use isolate_core::protocol::{GuestRoot, GuestSpec, GuestVolume};
+use isolate_core::protocol::{GuestPrivileges, GuestRoot, GuestSpec, GuestVolume};
 use isolate_core::{
     paths, state, volume, Error, ExecFailure, Isolator, Limits, Mode, Network, Outcome, Result,
     Running, Stats, Status, Stdio, VolumeSource, Workload,
@@ -200,12 +200,8 @@ impl Isolator for VmIsolator {
 
 /// Checks the inputs and the host, builds the initrd, sizes the guest.
 fn prepare(w: &Workload) -> Result<Prepared> {
-    // Refused before any host check, so the answer does not depend on KVM.
-    if !w.seccomp.is_default() {
-        return Err(Error::Unsupported(
-            "--security-opt seccomp=... is not yet supported in VM mode (the guest kernel is the boundary there); drop it or use --mode container".into(),
-        ));
-    }
+    // Checked before any host check, so the answer does not depend on KVM.
+    let privileges = guest_privileges(w)?;
     let kernel_path = paths::kernel(w.vm.kernel.as_deref())?;
     let info = probe_kernel(&kernel_path)?;
     host::check(Some(&info))?;
@@ -288,6 +284,7 @@ fn prepare(w: &Workload) -> Result<Prepared> {
         pids_limit: w.limits.pids,
         loopback: w.network == Network::Loopback,
         stdin: w.stdin != Stdio::Null,
+        privileges: Some(privileges),
     };
     let spec_archive = isolate_image::spec_archive(&spec);
     let root_len = std::fs::metadata(&root_archive)
@@ -339,6 +336,27 @@ fn prepare(w: &Workload) -> Result<Prepared> {
         seccomp: std::env::var("ISOLATE_VMM_SECCOMP").map_or(true, |v| v != "0"),
     };
     Ok(Prepared { config })
+}
+
+/// The workload's privileges inside the guest, computed by the same code
+/// as container mode's: capabilities and seccomp programs.
+fn guest_privileges(w: &Workload) -> Result<GuestPrivileges> {
+    let capabilities = isolate_policy::caps::mask(&w.capabilities)
+        .map_err(|e| Error::invalid("cap-add/cap-drop", e.to_string()))?;
+    let filters = isolate_policy::seccomp::filters(&w.seccomp, capabilities)
+        .map_err(|e| Error::invalid("security-opt", e.to_string()))?;
+    let seccomp = filters
+        .iter()
+        .map(|prog| {
+            prog.iter()
+                .map(|i| GuestPrivileges::pack(i.code, i.jt, i.jf, i.k))
+                .collect()
+        })
+        .collect();
+    Ok(GuestPrivileges {
+        capabilities,
+        seccomp,
+    })
 }
 
 /// The VMM's cgroup: required when the workload is named or has a CPU or
@@ -783,19 +801,19 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_seccomp_option_before_touching_the_host() {
+    fn guest_privileges_match_container_modes() {
+        let w = Workload::new("/bin/true");
+        let p = guest_privileges(&w).unwrap();
+        assert_eq!(p.capabilities, isolate_policy::caps::default_mask());
+        assert!(!p.seccomp.is_empty() && p.seccomp.iter().all(|f| !f.is_empty()));
         let mut w = Workload::new("/bin/true");
         w.seccomp(isolate_core::Seccomp::Unconfined);
-        let e = match VmIsolator::with_vmm("/nonexistent/isolate-vmm").spawn(&w) {
-            Err(e) => e,
-            Ok(_) => panic!("spawned"),
-        };
-        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
-        assert!(
-            e.to_string().contains("not yet supported in VM mode"),
-            "{e}"
-        );
+        assert!(guest_privileges(&w).unwrap().seccomp.is_empty());
+        let mut w = Workload::new("/bin/true");
+        w.capabilities.add.push("FLY".into());
+        let e = guest_privileges(&w).unwrap_err();
         assert_eq!(e.exit_code(), 125);
+        assert!(e.to_string().contains("FLY"), "{e}");
     }
 
     #[test]
