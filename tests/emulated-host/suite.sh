@@ -128,12 +128,16 @@ done
         printf "harness_sh security/%s 'cd %s && PROBE=%s tests/security/run --mode %s'\n" \
             "$mode" "$root" "$tmp/probe" "$mode"
     done
+    printf "harness_sh security/hostile-guest '%s/tests/security/hostile-guest.sh %s'\n" \
+        "$root" "$tmp/hostile-init"
 } >"$tmp/suite.sh"
-if ! cc -static -O2 -o "$tmp/probe" "$root/tests/security/probe.c"; then
-    echo "emulated-host suite: cannot build tests/security/probe.c (cc -static)" >&2
-    exit 2
-fi
-payload+=(--exec "$tmp/probe")
+for prog in probe hostile-init; do
+    if ! cc -static -O2 -o "$tmp/$prog" "$root/tests/security/$prog.c"; then
+        echo "emulated-host suite: cannot build tests/security/$prog.c (cc -static)" >&2
+        exit 2
+    fi
+    payload+=(--exec "$tmp/$prog")
+done
 
 echo "emulated-host suite: $(wc -l <"$tmp/tests") test binaries" >&2
 rc=0
