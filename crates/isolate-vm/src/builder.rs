@@ -242,18 +242,72 @@ pub struct MicroVm {
     pub cmdline: String,
 }
 
-/// Builds the VM described by `spec` (see the module docs for the order).
-pub fn build(kvm: Kvm, spec: &BootSpec, sinks: ConsoleSinks) -> Result<MicroVm, BuildError> {
-    build_traced(kvm, spec, sinks, &|_| {})
+/// Every file a [`BootSpec`] names, opened: the VMM opens them before it
+/// enters its jail (see [`crate::jail`]), where no path leads anywhere.
+pub struct BootFiles {
+    /// The kernel.
+    pub kernel: File,
+    /// One per initrd part (`None` for bytes).
+    pub initrd: Vec<Option<File>>,
+    /// The disks' devices, in order (their images open and locked).
+    pub disks: Vec<crate::devices::virtio::Block>,
 }
 
-/// [`build`], calling `mark` after each step (for timing).
+impl BootFiles {
+    /// Opens the kernel, the initrd files and the disk images of `spec`.
+    pub fn open(spec: &BootSpec) -> Result<Self, BuildError> {
+        let kernel = File::open(&spec.kernel).map_err(|source| {
+            BuildError::Kernel(KernelError::Read {
+                path: spec.kernel.clone(),
+                source,
+            })
+        })?;
+        let initrd = spec
+            .initrd
+            .iter()
+            .map(|p| match p {
+                InitrdPart::File(path) => File::open(path).map(Some).map_err(|e| {
+                    BuildError::Initrd(format!("cannot open {}: {e}", path.display()))
+                }),
+                InitrdPart::Bytes(_) => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let disks = spec
+            .disks
+            .iter()
+            .map(|d| {
+                crate::devices::virtio::Block::open(&d.path, d.read_only)
+                    .map_err(|e| BuildError::Device("virtio block device", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            kernel,
+            initrd,
+            disks,
+        })
+    }
+}
+
+/// Builds the VM described by `spec` (see the module docs for the order).
+pub fn build(kvm: Kvm, spec: &BootSpec, sinks: ConsoleSinks) -> Result<MicroVm, BuildError> {
+    let files = BootFiles::open(spec)?;
+    build_traced(kvm, spec, files, sinks, &|_| {})
+}
+
+/// [`build`] from files opened beforehand, calling `mark` after each step
+/// (for timing). Opens nothing by path.
 pub fn build_traced(
     kvm: Kvm,
     spec: &BootSpec,
+    files: BootFiles,
     sinks: ConsoleSinks,
     mark: &dyn Fn(&str),
 ) -> Result<MicroVm, BuildError> {
+    let BootFiles {
+        kernel: mut kernel_file,
+        initrd: initrd_files,
+        disks,
+    } = files;
     check_memory_size(spec.mem_size)?;
     let cpuid =
         cpu::supported_cpuid(&kvm).map_err(|e| BuildError::Kvm("read the supported CPUID", e))?;
@@ -267,11 +321,11 @@ pub fn build_traced(
     // huge pages (see `crate::ram`), so the copy faults once per 2 MiB, and
     // populating the whole footprint would also zero the memory below the
     // kernel, which the guest may never touch.
-    let kernel = kernel::load(&machine.mem, &spec.kernel)?;
+    let kernel = kernel::load_file(&machine.mem, &mut kernel_file, &spec.kernel)?;
     mark("kernel loaded");
 
     // 3. Initrd at the top of RAM.
-    let initrd = load_initrd(&machine.mem, &spec.initrd, kernel.end)?;
+    let initrd = load_initrd(&machine.mem, &spec.initrd, initrd_files, kernel.end)?;
     mark("initrd loaded");
 
     // 4. Devices.
@@ -283,8 +337,8 @@ pub fn build_traced(
     let stdin = attach_console(&machine, &mut mmio, &mut slots, sinks.stdout)?;
     attach_console(&machine, &mut mmio, &mut slots, sinks.stderr)?;
     let control = attach_console(&machine, &mut mmio, &mut slots, sinks.control)?;
-    for disk in &spec.disks {
-        attach_block(&machine, &mut mmio, &mut slots, disk)?;
+    for block in disks {
+        attach_block(&machine, &mut mmio, &mut slots, block)?;
     }
     mark("devices attached");
 
@@ -378,33 +432,30 @@ pub fn prefault(mem: &GuestMemoryMmap, start: u64, end: u64) {
 
 // --- 3. initrd --------------------------------------------------------------
 
-/// Copies the initrd parts into guest memory, high, above `kernel_end`.
+/// Copies the initrd parts into guest memory, high, above `kernel_end`;
+/// `files` holds the opened file of each `File` part (see [`BootFiles`]).
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     parts: &[InitrdPart],
+    files: Vec<Option<File>>,
     kernel_end: u64,
 ) -> Result<Option<InitrdRegion>, BuildError> {
     if parts.is_empty() {
         return Ok(None);
     }
-    let mut files = Vec::new();
     let mut total = 0u64;
-    for p in parts {
-        let len = match p {
-            InitrdPart::File(path) => {
-                let f = File::open(path).map_err(|e| {
-                    BuildError::Initrd(format!("cannot open {}: {e}", path.display()))
-                })?;
-                let len = f
-                    .metadata()
-                    .map_err(|e| BuildError::Initrd(format!("{}: {e}", path.display())))?
-                    .len();
-                files.push(Some(f));
-                len
-            }
-            InitrdPart::Bytes(b) => {
-                files.push(None);
-                b.len() as u64
+    for (p, f) in parts.iter().zip(&files) {
+        let len = match (p, f) {
+            (InitrdPart::File(path), Some(f)) => f
+                .metadata()
+                .map_err(|e| BuildError::Initrd(format!("{}: {e}", path.display())))?
+                .len(),
+            (InitrdPart::Bytes(b), _) => b.len() as u64,
+            (InitrdPart::File(path), None) => {
+                return Err(BuildError::Initrd(format!(
+                    "{} was not opened",
+                    path.display()
+                )))
             }
         };
         total += len.next_multiple_of(4);
@@ -523,15 +574,13 @@ pub fn attach_console(
     Ok(input)
 }
 
-/// A virtio-blk device over `disk`.
+/// A virtio-blk device (its image opened by [`BootFiles::open`]).
 pub fn attach_block(
     machine: &Machine,
     mmio: &mut Bus,
     slots: &mut Vec<(u64, u32)>,
-    disk: &Disk,
+    block: crate::devices::virtio::Block,
 ) -> Result<(), BuildError> {
-    let block = crate::devices::virtio::Block::open(&disk.path, disk.read_only)
-        .map_err(|e| BuildError::Device("virtio block device", e))?;
     attach_virtio(machine, mmio, slots, "virtio block device", Box::new(block))
 }
 
@@ -549,13 +598,17 @@ pub struct VcpuStopped {
 }
 
 impl MicroVm {
-    /// Starts one thread per vCPU. Each reports on `events` when it stops
-    /// (mapped through `wrap`); vCPU 0 also calls `on_first_exit` once.
+    /// Starts one thread per vCPU. Each calls `before_run` first (the VMM
+    /// installs the thread's seccomp filter there and waits until every
+    /// thread has one) and stops at once if it fails; each reports on
+    /// `events` when it stops (mapped through `wrap`); vCPU 0 also calls
+    /// `on_first_exit` once.
     pub fn start<E: Send + 'static>(
         &mut self,
         events: Sender<E>,
         wrap: fn(VcpuStopped) -> E,
         on_first_exit: impl FnMut() + Send + 'static,
+        before_run: impl Fn() -> Result<(), String> + Clone + Send + 'static,
     ) -> Result<Vec<JoinHandle<()>>, BuildError> {
         let mut first = Some(on_first_exit);
         let vcpus = std::mem::take(&mut self.machine.vcpus);
@@ -568,15 +621,19 @@ impl MicroVm {
                 events.clone(),
             );
             let mut hook = first.take();
+            let before_run = before_run.clone();
             let h = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let mut counts = ExitCounts::default();
-                    let reason = vcpu::run(&mut vcpu, &pio, &mmio, &stop, &mut counts, || {
-                        if let Some(f) = hook.as_mut() {
-                            f();
-                        }
-                    });
+                    let reason = match before_run() {
+                        Ok(()) => vcpu::run(&mut vcpu, &pio, &mmio, &stop, &mut counts, || {
+                            if let Some(f) = hook.as_mut() {
+                                f();
+                            }
+                        }),
+                        Err(e) => StopReason::Error(e),
+                    };
                     // Make the other vCPUs leave too, at their next exit.
                     stop.request();
                     let _ = events.send(wrap(VcpuStopped {

@@ -9,6 +9,7 @@
 use isolate_core::Status;
 
 use crate::builder::BootSpec;
+use crate::jail::JailIds;
 
 /// Everything the VMM needs; the workload's stdio are its fds 0, 1, 2.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -21,8 +22,19 @@ pub struct VmmConfig {
     pub timeout_ms: Option<u64>,
     /// Boot watchdog: the guest must report `started` (or an error) within this, ms.
     pub boot_timeout_ms: u64,
-    /// Install the seccomp filter once the VM is built.
+    /// Install the seccomp filters once the VM is built (a release build of
+    /// the VMM installs them whatever this says).
     pub seccomp: bool,
+    /// The unprivileged ids the VMM drops to (see [`crate::jail`]).
+    pub jail: JailIds,
+    /// Print the VMM's phases with their times to stderr (the VMM's
+    /// environment is empty: the library passes `ISOLATE_VMM_TRACE` here).
+    #[serde(default)]
+    pub trace: bool,
+    /// A hand-made guest instead of `boot` (tests of the VMM's jail only).
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub test_guest: Option<crate::test_guest::TestGuest>,
 }
 
 /// Why the VMM could not produce an outcome.
@@ -112,6 +124,10 @@ mod tests {
             timeout_ms: Some(5),
             boot_timeout_ms: 30_000,
             seccomp: true,
+            jail: JailIds::for_pid(42),
+            trace: false,
+            #[cfg(feature = "test-hooks")]
+            test_guest: None,
         };
         let text = serde_json::to_string(&cfg).unwrap();
         assert!(!text.contains('\n'));

@@ -4,10 +4,8 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio as ProcStdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +19,8 @@ use isolate_core::{
 
 use crate::builder::{BootSpec, Disk, InitrdPart};
 use crate::config::{FailKind, Report, VmmConfig};
+use crate::jail::JailIds;
+use crate::spawn::{self, Spawned, VmmProcess};
 use crate::vmm::FORWARDED_SIGNALS;
 use crate::{host, kernel, sizing};
 
@@ -40,6 +40,9 @@ pub enum VmError {
     /// The VMM could not be started.
     #[error("cannot start {}", .0.display())]
     Spawn(PathBuf, #[source] std::io::Error),
+    /// The VMM could not be started in its namespaces.
+    #[error("cannot start the VMM")]
+    Jail(#[source] crate::spawn::SpawnError),
     /// Building the boot image failed.
     #[error("cannot prepare the guest's root filesystem")]
     Image(#[source] isolate_image::Error),
@@ -333,7 +336,12 @@ fn prepare(w: &Workload) -> Result<Prepared> {
         stdin: w.stdin != Stdio::Null,
         timeout_ms: w.timeout.map(|t| t.as_millis() as u64),
         boot_timeout_ms: boot_timeout()?.as_millis() as u64,
-        seccomp: std::env::var("ISOLATE_VMM_SECCOMP").map_or(true, |v| v != "0"),
+        seccomp: !seccomp_off_for_debugging(),
+        // Set once the VMM's pid is known (`start`).
+        jail: JailIds { uid: 0, gid: 0 },
+        trace: std::env::var_os("ISOLATE_VMM_TRACE").is_some(),
+        #[cfg(feature = "test-hooks")]
+        test_guest: None,
     };
     Ok(Prepared { config })
 }
@@ -357,6 +365,13 @@ fn guest_privileges(w: &Workload) -> Result<GuestPrivileges> {
         capabilities,
         seccomp,
     })
+}
+
+/// `ISOLATE_VMM_SECCOMP=0` runs a debug build's VMM without its seccomp
+/// filters (to tell a missing entry from another failure); release builds
+/// ignore it, and a release VMM installs its filters whatever it is told.
+fn seccomp_off_for_debugging() -> bool {
+    cfg!(debug_assertions) && std::env::var("ISOLATE_VMM_SECCOMP").is_ok_and(|v| v == "0")
 }
 
 /// The VMM's cgroup: required when the workload is named or has a CPU or
@@ -393,77 +408,30 @@ fn vmm_cgroup(id: &str, w: &Workload) -> Result<Option<Cgroup>> {
     }
 }
 
-fn pipe() -> std::io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid 2-element array for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two new fds that nothing else owns.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
-}
-
-fn proc_stdio(s: Stdio) -> ProcStdio {
-    match s {
-        Stdio::Inherit => ProcStdio::inherit(),
-        Stdio::Piped => ProcStdio::piped(),
-        Stdio::Null => ProcStdio::null(),
-    }
-}
-
 fn start(
     w: &Workload,
     id: &str,
     vmm: &Path,
-    prepared: Prepared,
+    mut prepared: Prepared,
     cgroup: &mut Option<Cgroup>,
     t_spawn: Instant,
 ) -> Result<VmRunning> {
     let io = |e: std::io::Error| backend(VmError::Spawn(vmm.to_path_buf(), e));
-    let (config_r, mut config_w) = match pipe() {
-        Ok(p) => p,
-        Err(e) => return Err(io(e)),
-    };
-    let (report_r, report_w) = match pipe() {
-        Ok(p) => p,
-        Err(e) => return Err(io(e)),
-    };
-    let (cfd, rfd) = (config_r.as_raw_fd(), report_w.as_raw_fd());
-    let mut cmd = Command::new(vmm);
-    cmd.arg("run")
-        .arg("--config-fd")
-        .arg(cfd.to_string())
-        .arg("--report-fd")
-        .arg(rfd.to_string())
-        .stdin(proc_stdio(w.stdin))
-        .stdout(proc_stdio(w.stdout))
-        .stderr(proc_stdio(w.stderr));
-    // SAFETY: the closure only calls async-signal-safe fcntl on two fds
-    // this process owns (inherited copies in the child).
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in [cfd, rfd] {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return Err(io(e)),
-    };
-    drop(config_r);
-    drop(report_w);
+    let spawned = spawn::spawn(vmm, [w.stdin, w.stdout, w.stderr], FORWARDED_SIGNALS)
+        .map_err(|e| backend(VmError::Jail(e)))?;
+    let Spawned {
+        process: mut child,
+        config: mut config_w,
+        reports: report_r,
+        stdin,
+        stdout,
+        stderr,
+    } = spawned;
     let pid = child.id();
-    let kill_child = |child: &mut Child| {
-        let _ = child.kill();
-        let _ = child.wait();
-    };
+    prepared.config.jail = JailIds::for_pid(pid);
     if let Some(cg) = cgroup.as_ref() {
         if let Err(e) = cg.add_process(pid) {
-            kill_child(&mut child);
+            child.kill_and_wait();
             return Err(backend(VmError::Cgroup(e)));
         }
     }
@@ -486,7 +454,7 @@ fn start(
             match state::register(&record) {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    kill_child(&mut child);
+                    child.kill_and_wait();
                     return Err(e);
                 }
             }
@@ -496,13 +464,9 @@ fn start(
     let mut line = serde_json::to_string(&prepared.config).expect("config serializes");
     line.push('\n');
     if let Err(e) = config_w.write_all(line.as_bytes()) {
-        kill_child(&mut child);
+        child.kill_and_wait();
         return Err(io(e));
     }
-    let to_file = |fd: Option<OwnedFd>| fd.map(File::from);
-    let stdin = to_file(child.stdin.take().map(OwnedFd::from));
-    let stdout = to_file(child.stdout.take().map(OwnedFd::from));
-    let stderr = to_file(child.stderr.take().map(OwnedFd::from));
 
     let shared = Arc::new(Shared::default());
     let reader = shared.clone();
@@ -600,7 +564,7 @@ pub struct VmRunning {
     program: String,
     pid: u32,
     t_spawn: Instant,
-    child: Mutex<Child>,
+    child: Mutex<VmmProcess>,
     shared: Arc<Shared>,
     killed: AtomicBool,
     lifeline: Mutex<Option<File>>,
@@ -626,7 +590,7 @@ impl VmRunning {
         match (status.code(), status.signal()) {
             (Some(c), _) => format!("exit code {c}"),
             (_, Some(libc::SIGSYS)) => {
-                "killed by SIGSYS: its seccomp filter refused a system call; rerun with ISOLATE_VMM_SECCOMP=0 to confirm".into()
+                "killed by SIGSYS: its seccomp filter refused a system call (a debug build runs it without the filter when ISOLATE_VMM_SECCOMP=0)".into()
             }
             (_, Some(s)) => format!("killed by signal {s}"),
             _ => "unknown status".into(),
@@ -736,12 +700,11 @@ impl Running for VmRunning {
         if signo == libc::SIGKILL {
             self.killed.store(true, Ordering::SeqCst);
         }
-        // SAFETY: kill(2) with the pid of our unreaped child.
-        if unsafe { libc::kill(self.pid as libc::pid_t, signo) } != 0 {
+        if let Err(e) = child.signal(signo) {
             return Err(Error::io(
                 "cannot signal the VMM of",
                 format!("workload {}", self.id),
-                std::io::Error::last_os_error(),
+                e,
             ));
         }
         Ok(())

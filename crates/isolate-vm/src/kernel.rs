@@ -127,6 +127,16 @@ pub fn probe(path: &Path) -> Result<KernelInfo, KernelError> {
 /// [`probe`], searching an ELF's symbols for the PVM hook only if `scan_for_pvm`.
 pub fn probe_with(path: &Path, scan_for_pvm: bool) -> Result<KernelInfo, KernelError> {
     let mut file = File::open(path).map_err(read_err(path))?;
+    probe_file(&mut file, path, scan_for_pvm)
+}
+
+/// [`probe_with`] on an open kernel file (`path` names it in errors).
+pub fn probe_file(
+    file: &mut File,
+    path: &Path,
+    scan_for_pvm: bool,
+) -> Result<KernelInfo, KernelError> {
+    file.seek(SeekFrom::Start(0)).map_err(read_err(path))?;
     let actual = file.metadata().map_err(read_err(path))?.len();
     let mut head = vec![0u8; 0x1000.min(actual as usize)];
     file.read_exact(&mut head).map_err(read_err(path))?;
@@ -177,7 +187,7 @@ pub fn probe_with(path: &Path, scan_for_pvm: bool) -> Result<KernelInfo, KernelE
             return Err(truncated(needed));
         }
         let pvm_capable = opt_in
-            || (scan_for_pvm && file_contains(&mut file, &pvm_symbol()).map_err(read_err(path))?);
+            || (scan_for_pvm && file_contains(file, &pvm_symbol()).map_err(read_err(path))?);
         return Ok(KernelInfo {
             format: Format::Elf,
             footprint_end,
@@ -258,8 +268,19 @@ pub struct LoadedKernel {
 
 /// Loads the kernel at `path` into `mem`.
 pub fn load(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, KernelError> {
-    let info = probe_with(path, false)?;
     let mut file = File::open(path).map_err(read_err(path))?;
+    load_file(mem, &mut file, path)
+}
+
+/// [`load`] from an open kernel file (the VMM opens it before its jail;
+/// `path` names it in errors).
+pub fn load_file(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    path: &Path,
+) -> Result<LoadedKernel, KernelError> {
+    let info = probe_file(file, path, false)?;
+    file.seek(SeekFrom::Start(0)).map_err(read_err(path))?;
     let load_err = |source| KernelError::Load {
         path: path.to_path_buf(),
         source,
@@ -267,7 +288,7 @@ pub fn load(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, KernelEr
     let himem = Some(GuestAddress(HIMEM_START));
     match info.format {
         Format::Elf => {
-            let r = Elf::load(mem, None, &mut file, himem).map_err(load_err)?;
+            let r = Elf::load(mem, None, file, himem).map_err(load_err)?;
             let entry = match r.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(addr) => Entry::Pvh(addr),
                 _ => Entry::Linux64 {
@@ -281,7 +302,7 @@ pub fn load(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, KernelEr
             })
         }
         Format::BzImage => {
-            let r = BzImage::load(mem, None, &mut file, himem).map_err(load_err)?;
+            let r = BzImage::load(mem, None, file, himem).map_err(load_err)?;
             Ok(LoadedKernel {
                 // The 64-bit entry is 0x200 past the protected-mode code start.
                 entry: Entry::Linux64 {

@@ -24,9 +24,15 @@
 //!
 //! The VMM runs in its own process, `isolate-vmm` ([`vmm`]), never in the
 //! caller's: its CPU quota is a cgroup on that process (the same
-//! `isolate-cgroups` code as container mode), its seccomp filter
-//! ([`seccomp`]) covers only it, its memory is measurable, and nothing the
-//! guest does can exit or crash the library user's process.
+//! `isolate-cgroups` code as container mode), its memory is measurable,
+//! and nothing the guest does can exit or crash the library user's process.
+//! The guest is hostile, so the VMM is jailed as Firecracker's jailer
+//! does: started in new pid, mount, network, IPC and UTS namespaces
+//! ([`spawn`]), it opens every file it needs, then `pivot_root`s into an
+//! empty tmpfs and drops to a per-VM unprivileged uid with no capabilities
+//! and `no_new_privs` ([`jail`]), builds the VM, and runs guest code only
+//! once every thread has its seccomp filter ([`seccomp`]: `ioctl` by
+//! request per thread, no executable memory, no signals to others).
 //!
 //! `VmIsolator::spawn` (library side, [`VmIsolator`]):
 //! 1. checks the inputs and the host, in well under a second: the kernel's
@@ -38,8 +44,9 @@
 //!    per-run spec archive) and picks the disks (block-image root, named
 //!    volumes; host-directory volumes are refused: a VM cannot share them);
 //! 3. finds `isolate-vmm` (`ISOLATE_VMM`, next to the executable or its
-//!    parent directory, `${ISOLATE_HOME}/bin`, `PATH`), starts it with the
-//!    workload's stdio as fds 0–2, moves it into `isolate/vm-<id>` (CPU
+//!    parent directory, `${ISOLATE_HOME}/bin`, `PATH`), starts it in new
+//!    namespaces with an empty environment and the workload's stdio as
+//!    fds 0–2 ([`spawn`]), moves it into `isolate/vm-<id>` (CPU
 //!    quota, I/O weight), registers named workloads (`isolate_core::state`),
 //!    and writes the [`config::VmmConfig`] as one JSON line on a pipe;
 //! 4. a thread reads the VMM's [`config::Report`] lines (`started`, then
@@ -99,6 +106,7 @@ pub mod cpu;
 pub mod devices;
 pub mod host;
 mod isolator;
+pub mod jail;
 pub mod kernel;
 pub mod layout;
 pub mod mptable;
@@ -106,6 +114,9 @@ mod probe;
 pub mod ram;
 pub mod seccomp;
 pub mod sizing;
+pub mod spawn;
+#[cfg(feature = "test-hooks")]
+pub mod test_guest;
 pub mod vcpu;
 pub mod vmm;
 

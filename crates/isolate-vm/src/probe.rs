@@ -1,6 +1,6 @@
 //! `isolate-vmm probe`: the VMM's own floor. Builds a VM with 1 MiB of RAM
 //! and a real-mode payload (`mov dx,0x3f8; add al,bl; out dx,al; hlt`),
-//! installs the seccomp filter, runs it through the same run loop and
+//! installs the vCPU seccomp filter (the probe runs the vCPU on its only thread), runs it through the same run loop and
 //! device bus as a real guest, and prints one line:
 //!
 //! ```text
@@ -71,7 +71,7 @@ fn run(t0: Instant) -> Result<String, String> {
         Arc::new(Mutex::new(Serial::new(irq, log.clone(), false))),
     )
     .map_err(|e| e.to_string())?;
-    crate::seccomp::install().map_err(|e| crate::vmm::chain(&e))?;
+    crate::seccomp::apply(crate::seccomp::Role::Vcpu).map_err(|e| crate::vmm::chain(&e))?;
     let mut first = None;
     let mut counts = ExitCounts::default();
     let stop = StopFlag::new();

@@ -1,6 +1,12 @@
 //! The `isolate-vmm` process: reads a [`VmmConfig`], builds and runs the
 //! VM, steers the workload's lifecycle, and reports on the report pipe.
 //!
+//! Order: read the config → open everything (`/dev/kvm`, kernel, initrd,
+//! disk images, `/proc/self/statm`) → enter the jail ([`crate::jail`]) →
+//! build the VM from the open files → start the threads, each of which
+//! installs its seccomp filter first ([`crate::seccomp::FilterGate`]) →
+//! the main thread installs its own → only then do the vCPUs run.
+//!
 //! Threads: one per vCPU, one feeding fd 0 to the guest's stdin (if
 //! asked), one forwarding signals (SIGTERM, SIGINT, … sent to the VMM go to
 //! the workload as control messages), one watching the config pipe (EOF:
@@ -23,6 +29,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use crate::builder::{self, ConsoleSinks, MicroVm, VcpuStopped};
 use crate::config::{FailKind, Report, VmmConfig};
 use crate::devices::virtio::ConsoleInput;
+use crate::seccomp::Role;
 use crate::vcpu::StopReason;
 
 /// Signals the VMM forwards to the workload.
@@ -146,13 +153,13 @@ fn block_forwarded_signals() -> libc::sigset_t {
     }
 }
 
-/// With `ISOLATE_VMM_TRACE=1`, prints the VMM's phases with their time
-/// since the VMM started, to stderr.
+/// With `trace` in the config (`ISOLATE_VMM_TRACE` set for the library),
+/// prints the VMM's phases with their time since the VMM started, to stderr.
 struct Trace(Option<Instant>);
 
 impl Trace {
-    fn new(t0: Instant) -> Self {
-        Trace(std::env::var_os("ISOLATE_VMM_TRACE").map(|_| t0))
+    fn new(t0: Instant, on: bool) -> Self {
+        Trace(on.then_some(t0))
     }
     fn mark(&self, what: &str) {
         if let Some(t0) = self.0 {
@@ -166,15 +173,21 @@ impl Trace {
 
 fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     let t0 = Instant::now();
-    let trace = Trace::new(t0);
+    let trace = Trace::new(t0, cfg.trace);
     trace.mark("config read");
     let sigset = block_forwarded_signals();
     let (tx, rx) = mpsc::channel::<Event>();
 
+    // Everything the VMM will use is opened here, before its jail.
     let kvm = match crate::host::open_kvm() {
         Ok(k) => k,
         Err(e) => return fail(FailKind::Vmm, e.chain()),
     };
+    let files = match builder::BootFiles::open(&cfg.boot) {
+        Ok(f) => f,
+        Err(e) => return fail(FailKind::Vmm, chain(&e)),
+    };
+    let statm = File::open("/proc/self/statm").ok();
     // SAFETY: dup of the process's own stdout/stderr; the new fds are owned
     // by the returned Files.
     let (stdout, stderr) = unsafe { (libc::dup(1), libc::dup(2)) };
@@ -194,48 +207,74 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
             tx: tx.clone(),
         }),
     };
-    trace.mark("KVM open");
-    let mut vm = match builder::build_traced(kvm, &cfg.boot, sinks, &|m| trace.mark(m)) {
+    trace.mark("KVM and files open");
+    if let Err(e) = crate::jail::enter(cfg.jail) {
+        return fail(FailKind::Vmm, chain(&e));
+    }
+    trace.mark("jailed");
+    let mut vm = match build_vm(&cfg, kvm, files, sinks, &trace) {
         Ok(vm) => vm,
         Err(e) => return fail(FailKind::Vmm, chain(&e)),
     };
     trace.mark("VM built");
-    let statm = File::open("/proc/self/statm").ok();
 
+    // Each thread installs its seccomp filter first; the vCPUs run once
+    // all have (see `seccomp::FilterGate`).
+    let filters = crate::seccomp::FilterGate::new(seccomp_enabled(&cfg));
+    let mut threads = 0;
     let gate = Gate::new();
     if cfg.stdin {
         let input = vm.stdin.clone();
         let control = vm.control.clone();
         let gate = gate.clone();
-        let _ = std::thread::Builder::new()
+        let filters = filters.clone();
+        threads += std::thread::Builder::new()
             .name("stdin".into())
             .spawn(move || {
-                gate.wait();
-                feed_stdin(input, control)
-            });
+                if filters.install(Role::Service).is_ok() {
+                    gate.wait();
+                    feed_stdin(input, control)
+                }
+            })
+            .is_ok() as usize;
     }
     {
         let tx = tx.clone();
-        let _ = std::thread::Builder::new()
+        let filters = filters.clone();
+        threads += std::thread::Builder::new()
             .name("signals".into())
-            .spawn(move || forward_signals(sigset, tx));
+            .spawn(move || {
+                if filters.install(Role::Service).is_ok() {
+                    forward_signals(sigset, tx)
+                }
+            })
+            .is_ok() as usize;
     }
     {
         let tx = tx.clone();
-        let _ = std::thread::Builder::new()
+        let filters = filters.clone();
+        threads += std::thread::Builder::new()
             .name("lifeline".into())
-            .spawn(move || watch_lifeline(lifeline, tx));
+            .spawn(move || {
+                if filters.install(Role::Service).is_ok() {
+                    watch_lifeline(lifeline, tx)
+                }
+            })
+            .is_ok() as usize;
     }
-    let first_exit_trace = Trace::new(t0);
-    if let Err(e) = vm.start(tx.clone(), Event::Vcpu, move || {
-        first_exit_trace.mark("first guest exit")
-    }) {
-        return fail(FailKind::Vmm, chain(&e));
+    let first_exit_trace = Trace::new(t0, cfg.trace);
+    let vcpu_filters = filters.clone();
+    match vm.start(
+        tx.clone(),
+        Event::Vcpu,
+        move || first_exit_trace.mark("first guest exit"),
+        move || vcpu_filters.install_and_wait(Role::Vcpu),
+    ) {
+        Ok(vcpus) => threads += vcpus.len(),
+        Err(e) => return fail(FailKind::Vmm, chain(&e)),
     }
-    if cfg.seccomp {
-        if let Err(e) = crate::seccomp::install() {
-            return fail(FailKind::Vmm, chain(&e));
-        }
+    if let Err(e) = filters.seal(threads) {
+        return fail(FailKind::Vmm, e);
     }
     drop(tx);
     trace.mark("vCPUs started");
@@ -248,8 +287,27 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     supervise(&cfg, &vm, &rx, &run, report)
 }
 
-/// The lifecycle: waits for the guest's reports, vCPU stops, signals and
-/// deadlines, and returns the final report.
+/// The VM of `cfg` from the files opened before the jail.
+fn build_vm(
+    cfg: &VmmConfig,
+    kvm: kvm_ioctls::Kvm,
+    files: builder::BootFiles,
+    sinks: ConsoleSinks,
+    trace: &Trace,
+) -> Result<MicroVm, builder::BuildError> {
+    #[cfg(feature = "test-hooks")]
+    if let Some(guest) = &cfg.test_guest {
+        return crate::test_guest::build(kvm, guest, sinks);
+    }
+    builder::build_traced(kvm, &cfg.boot, files, sinks, &|m| trace.mark(m))
+}
+
+/// Whether the seccomp filters are installed: always in release builds;
+/// a debug build obeys the config (`ISOLATE_VMM_SECCOMP=0` for the library).
+fn seccomp_enabled(cfg: &VmmConfig) -> bool {
+    cfg.seccomp || !cfg!(debug_assertions)
+}
+
 /// What the main thread keeps while the VM runs.
 struct RunState {
     t0: Instant,
