@@ -417,8 +417,16 @@ fn start(
     t_spawn: Instant,
 ) -> Result<VmRunning> {
     let io = |e: std::io::Error| backend(VmError::Spawn(vmm.to_path_buf(), e));
-    let spawned = spawn::spawn(vmm, [w.stdin, w.stdout, w.stderr], FORWARDED_SIGNALS)
-        .map_err(|e| backend(VmError::Jail(e)))?;
+    let spawned = spawn::spawn(vmm, [w.stdin, w.stdout, w.stderr], FORWARDED_SIGNALS).map_err(
+        |e| match e {
+            // No privilege for the VMM's namespaces: VM mode is unavailable here.
+            spawn::SpawnError::Clone(_) => Error::Unavailable {
+                backend: "vm",
+                reason: crate::vmm::chain(&e),
+            },
+            e => backend(VmError::Jail(e)),
+        },
+    )?;
     let Spawned {
         process: mut child,
         config: mut config_w,

@@ -403,3 +403,56 @@ unsafe fn fail(error_w: RawFd) -> ! {
     libc::write(error_w, bytes.as_ptr().cast(), bytes.len());
     libc::_exit(127)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_missing_vmm_is_named() {
+        if !is_root() {
+            return;
+        }
+        let e = match spawn(Path::new("/nonexistent/isolate-vmm"), [Stdio::Null; 3], &[]) {
+            Err(e) => e,
+            Ok(_) => panic!("a missing VMM started"),
+        };
+        assert!(matches!(&e, SpawnError::Exec(p, _) if p == Path::new("/nonexistent/isolate-vmm")));
+    }
+
+    #[test]
+    fn without_privilege_the_namespaces_are_a_clear_error() {
+        if !is_root() {
+            return;
+        }
+        // SAFETY: fork in a test; the child drops to nobody, tries the
+        // spawn and leaves with _exit (glibc's fork makes malloc usable).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: set*id calls with integers, then _exit.
+            unsafe {
+                libc::setgroups(0, std::ptr::null());
+                libc::setresgid(65534, 65534, 65534);
+                libc::setresuid(65534, 65534, 65534);
+                let ok = matches!(
+                    spawn(Path::new("/bin/true"), [Stdio::Null; 3], &[]),
+                    Err(SpawnError::Clone(ref e)) if e.raw_os_error() == Some(libc::EPERM)
+                );
+                libc::_exit(if ok { 0 } else { 1 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{status:#x}"
+        );
+    }
+}
