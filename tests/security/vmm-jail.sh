@@ -135,6 +135,19 @@ while alive && [ "$i" -lt 300 ]; do
 done
 alive && bad "the VMM outlived its killed isolate" || ok "the VMM ended with its killed isolate"
 vmm=
+# Nothing of the VMM's jail stays on the host (its root existed only in its
+# mount namespace); the cgroup of the killed isolate is removed here (the
+# next VM start would remove it too).
+grep -q isolate-vmm /proc/mounts && bad "a mount of the VMM's jail is on the host" ||
+    ok "no mount of the VMM's jail on the host"
+i=0
+for d in /sys/fs/cgroup/isolate/vm-run-"$ipid"-* /sys/fs/cgroup/*/isolate/vm-run-"$ipid"-*; do
+    # Busy until the ended VMM is reaped by its new parent.
+    while [ -d "$d" ] && ! rmdir "$d" 2>/dev/null && [ "$i" -lt 50 ]; do
+        i=$((i + 1))
+        sleep 0.1
+    done
+done
 
 echo "vmm-jail: $passed passed, $failed failed"
 [ "$failed" = 0 ]

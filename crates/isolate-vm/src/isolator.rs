@@ -188,6 +188,7 @@ impl Isolator for VmIsolator {
         let prepared = prepare(w)?;
         trace("inputs checked, initrd and disks ready");
         let vmm = self.find_vmm()?;
+        remove_stale_cgroups();
         let id = w.name.clone().unwrap_or_else(new_id);
         let mut cgroup = vmm_cgroup(&id, w)?;
         trace("cgroup ready");
@@ -372,6 +373,30 @@ fn guest_privileges(w: &Workload) -> Result<GuestPrivileges> {
 /// ignore it, and a release VMM installs its filters whatever it is told.
 fn seccomp_off_for_debugging() -> bool {
     cfg!(debug_assertions) && std::env::var("ISOLATE_VMM_SECCOMP").is_ok_and(|v| v == "0")
+}
+
+/// Removes the cgroups of unnamed VMs whose isolate was killed (its VMM
+/// ended with it: the config pipe closed, and the VMM's jail leaves
+/// nothing on disk, but the cgroup stays). `vm-run-<pid>-<n>` is stale
+/// once process `<pid>`, which made it, is gone and no named workload has
+/// that name; named VMs' cgroups are replaced when their name is reused
+/// (see [`vmm_cgroup`]); other cgroups belong to container mode.
+fn remove_stale_cgroups() {
+    let _ = Cgroup::remove_stale(&|name: &str| !is_stale_vm_cgroup(name));
+}
+
+fn is_stale_vm_cgroup(name: &str) -> bool {
+    let Some(id) = name.strip_prefix(CGROUP_PREFIX) else {
+        return false;
+    };
+    let Some(pid) = id
+        .strip_prefix("run-")
+        .and_then(|r| r.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    !Path::new(&format!("/proc/{pid}")).exists() && state::get_live(id).is_err()
 }
 
 /// The VMM's cgroup: required when the workload is named or has a CPU or
@@ -764,6 +789,15 @@ impl Drop for VmRunning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unnamed_vm_cgroups_of_dead_processes_are_stale() {
+        assert!(is_stale_vm_cgroup(&format!("{CGROUP_PREFIX}run-4194305-0")));
+        let live = format!("{CGROUP_PREFIX}run-{}-0", std::process::id());
+        assert!(!is_stale_vm_cgroup(&live));
+        assert!(!is_stale_vm_cgroup("ct-run-4194305-0"));
+        assert!(!is_stale_vm_cgroup(&format!("{CGROUP_PREFIX}myjob")));
+    }
 
     #[test]
     fn explicit_vmm_wins() {
