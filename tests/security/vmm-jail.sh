@@ -53,6 +53,9 @@ vmm=
 field() { # field FILE NAME: the value of "NAME:" in a status file
     sed -n "s/^$2:[[:space:]]*//p" "$1"
 }
+sfield() { # sfield NAME: the value of "NAME:" in $status (a snapshot)
+    printf '%s\n' "$status" | sed -n "s/^$1:[[:space:]]*//p"
+}
 find_vmm() {
     for stat in /proc/[0-9]*/stat; do
         set -- $(cat "$stat" 2>/dev/null) || continue
@@ -92,19 +95,22 @@ done
 echo "vmm-jail: isolate pid $ipid, VMM pid $vmm (host)"
 
 for t in /proc/"$vmm"/task/*; do
-    s=$t/status
-    name="thread $(basename "$t") ($(cat "$t/comm"))"
-    uids=$(field "$s" Uid) gids=$(field "$s" Gid)
-    case " $uids " in *" 0 "*) bad "$name: Uid $uids" ;; *) ok "$name: Uid $uids" ;; esac
-    case " $gids " in *" 0 "*) bad "$name: Gid $gids" ;; *) ok "$name: Gid $gids" ;; esac
-    [ -z "$(field "$s" Groups)" ] && ok "$name: no groups" || bad "$name: Groups $(field "$s" Groups)"
+    # One snapshot per thread: a thread may end meanwhile (stdin's, at
+    # end of input), and then it is skipped, not judged.
+    status=$(cat "$t/status" 2>/dev/null)
+    [ -n "$status" ] || continue
+    name="thread $(basename "$t") ($(sfield Name))"
+    uids=$(sfield Uid) gids=$(sfield Gid)
+    case " $uids " in *" 0 "*|"  ") bad "$name: Uid $uids" ;; *) ok "$name: Uid $uids" ;; esac
+    case " $gids " in *" 0 "*|"  ") bad "$name: Gid $gids" ;; *) ok "$name: Gid $gids" ;; esac
+    [ -z "$(sfield Groups)" ] && ok "$name: no groups" || bad "$name: Groups $(sfield Groups)"
     for cap in CapInh CapPrm CapEff CapBnd CapAmb; do
-        v=$(field "$s" "$cap")
+        v=$(sfield "$cap")
         [ "$v" = 0000000000000000 ] && ok "$name: $cap $v" || bad "$name: $cap $v"
     done
-    v=$(field "$s" NoNewPrivs)
+    v=$(sfield NoNewPrivs)
     [ "$v" = 1 ] && ok "$name: NoNewPrivs 1" || bad "$name: NoNewPrivs $v"
-    v=$(field "$s" Seccomp)
+    v=$(sfield Seccomp)
     [ "$v" = 2 ] && ok "$name: Seccomp 2" || bad "$name: Seccomp $v"
 done
 
