@@ -154,6 +154,11 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
         privileges: spec.privileges.clone(),
     };
 
+    // A missing working directory is made, as in container mode (and as
+    // docker does); a read-only root leaves chdir to report it.
+    if spec.cwd != "/" && !spec.read_only {
+        let _ = std::fs::create_dir_all(&spec.cwd);
+    }
     let source = match (spec.stdin, ports.stdin_source.is_some()) {
         (false, _) => StdinSource::Null,
         (true, true) => StdinSource::Pipe,
