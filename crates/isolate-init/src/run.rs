@@ -555,18 +555,16 @@ fn supervise(
                 Ok(n) if n > 0 => {
                     for msg in lines.push(&buf[..n]) {
                         match msg {
-                            ControlMessage::StdinEof { bytes } => {
-                                // Without a count the port's own end counts.
-                                if bytes.is_some() {
-                                    announced = bytes;
-                                }
+                            // Without a count the port's own end counts.
+                            ControlMessage::StdinEof { bytes } if bytes.is_some() => {
+                                announced = bytes;
                             }
-                            ControlMessage::Signal { signo } => {
-                                if (1..=MAX_SIGNAL).contains(&signo) {
-                                    // SAFETY: kill(2) on the workload's pid
-                                    // with a signal number in range.
-                                    unsafe { libc::kill(workload.as_raw(), signo) };
-                                }
+                            ControlMessage::Signal { signo }
+                                if (1..=MAX_SIGNAL).contains(&signo) =>
+                            {
+                                // SAFETY: kill(2) on the workload's pid with
+                                // a signal number in range.
+                                unsafe { libc::kill(workload.as_raw(), signo) };
                             }
                             _ => {}
                         }
