@@ -41,7 +41,9 @@ console_no_vmm() {
     sleep 1
     left=$(pidof isolate-vmm || true)
     if [ -n "$left" ]; then
-        echo "isolate-vmm still running: $left"
+        for p in $left; do
+            echo "isolate-vmm still running: pid $p, $(grep -E '^(State|PPid)' /proc/"$p"/status 2>/dev/null | tr '\n\t' '  ')"
+        done
         kill -9 $left 2>/dev/null
         return 1
     fi

@@ -31,6 +31,11 @@
 //!   the buffer is full the device leaves the guest's buffers in the ring:
 //!   the guest's writes wait (flow control) and no vCPU ever waits for the
 //!   host's reader. [`ConsoleOutputs::flush`] writes out the rest at the end.
+//!
+//! Every notification from the guest is a VM exit, so the device asks for
+//! them only when it needs them (`VRING_USED_F_NO_NOTIFY` otherwise): on a
+//! receive queue only while input waits for buffers, on a transmit queue
+//! only while the device is ready to take more.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -48,6 +53,10 @@ use crate::devices::{lock, DeviceError, Interrupt};
 
 /// Feature bit: the device has several ports and a control queue pair.
 pub const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1 << 1;
+/// Feature bit: the driver may put a chain's descriptors in an indirect
+/// table (Linux then splices a whole pipe, up to 256 pages, as one chain).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 =
+    1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 /// Size of each queue offered to the driver. Linux posts one page per
 /// receive buffer and sends at most 32 KiB per transmit buffer, so a
 /// port holds at most 512 KiB of input and 4 MiB of output in flight.
@@ -61,8 +70,9 @@ pub const MAX_PORTS: usize = 16;
 /// Guest output a stream port buffers on the host before the guest waits.
 pub const STREAM_BUFFER: usize = 1 << 20;
 /// Most bytes taken from one guest buffer chain; the rest of a longer
-/// chain is dropped (Linux sends at most 32 KiB per chain).
-pub const MAX_CHAIN: u64 = 1 << 20;
+/// chain is dropped (Linux sends at most 32 KiB per write, and a splice
+/// of at most one pipe: 1 MiB with the largest pipes).
+pub const MAX_CHAIN: u64 = 2 << 20;
 /// What [`ConsoleOutputs::flush`] takes from the rings beyond the buffer.
 const FLUSH_LIMIT: usize = 8 * STREAM_BUFFER;
 
@@ -187,8 +197,16 @@ impl State {
         if port.guest_open && !port.input.is_empty() {
             if let Some(rx) = port.rx.as_mut() {
                 let mut used = false;
+                let mut rechecked = false;
                 while !port.input.is_empty() {
                     let Some(chain) = rx.queue.pop_descriptor_chain(&rx.mem) else {
+                        // Out of buffers: the driver's next ones must be
+                        // announced, unless some came in meanwhile (looked
+                        // at once: a garbage ring must not loop forever).
+                        if !rechecked && rx.queue.enable_notification(&rx.mem).unwrap_or(false) {
+                            rechecked = true;
+                            continue;
+                        }
                         break;
                     };
                     let head = chain.head_index();
@@ -204,6 +222,11 @@ impl State {
                     // `written` is bounded by the chain length, which fits in u32.
                     let _ = rx.queue.add_used(&rx.mem, head, written as u32);
                     used = true;
+                }
+                if port.input.is_empty() {
+                    // Nothing waits for buffers: new ones need no exit (the
+                    // next push looks at the ring anyway).
+                    let _ = rx.queue.disable_notification(&rx.mem);
                 }
                 if used {
                     rx.notify_guest();
@@ -230,13 +253,23 @@ impl State {
         };
         let mut used = false;
         let mut grew = false;
+        let mut rechecked = false;
         loop {
             if let Some(s) = &port.stream {
                 if !s.failed && s.buf.len() >= limit {
+                    // Full: the writer thread takes more once it has room;
+                    // until then the guest's notifications are useless exits.
+                    let _ = tx.queue.disable_notification(&tx.mem);
                     break;
                 }
             }
             let Some(chain) = tx.queue.pop_descriptor_chain(&tx.mem) else {
+                // All taken: the next buffer must be announced, unless one
+                // came in meanwhile (looked at once, as above).
+                if !rechecked && tx.queue.enable_notification(&tx.mem).unwrap_or(false) {
+                    rechecked = true;
+                    continue;
+                }
                 break;
             };
             let head = chain.head_index();
@@ -645,7 +678,7 @@ impl VirtioDevice for Console {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_MULTIPORT
+        VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_MULTIPORT | VIRTIO_RING_F_INDIRECT_DESC
     }
 
     fn ack_features(&mut self, features: u64) {

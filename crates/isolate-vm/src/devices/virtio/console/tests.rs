@@ -713,3 +713,116 @@ fn activation_needs_port_0_and_the_right_queue_count() {
     let not_ready: Vec<Queue> = (0..4).map(|_| Queue::new(16).unwrap()).collect();
     assert!(c.activate(mem.clone(), not_ready, irq).is_err());
 }
+
+/// `VRING_USED_F_NO_NOTIFY` in queue `q`'s used ring.
+fn notifications_off(rig: &Rig<'_>, q: usize) -> bool {
+    let flags: u16 = rig
+        .mem
+        .read_obj(GuestAddress(rig.qs[q].base + 0x2000))
+        .unwrap();
+    flags & virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY as u16 != 0
+}
+
+/// Every notification is a VM exit: a receive queue asks for them only
+/// while input waits for buffers.
+#[test]
+fn receive_notifications_only_while_input_waits() {
+    let mem = memory();
+    let mut rig = Rig::multiport(&mem, vec![port("in", None)]);
+    rig.handshake(0);
+    rig.control(0, PORT_OPEN, 1);
+    let input = rig.console.input(0);
+    input.push(&[7u8; 6000]);
+    assert!(
+        !notifications_off(&rig, 0),
+        "input waits: buffers must be announced"
+    );
+    rig.post(0, 4096, true, &[]);
+    rig.post(0, 4096, true, &[]);
+    rig.console.queue_notify(0);
+    assert_eq!(input.pending_len(), 0);
+    assert!(notifications_off(&rig, 0), "nothing waits: no exits wanted");
+    // A buffer posted without a notification is used by the next push.
+    rig.post(0, 4096, true, &[]);
+    input.push(b"more");
+    assert_eq!(rig.used(0).concat().len(), 6004);
+}
+
+/// A transmit queue stops asking while the host buffer is full, and asks
+/// again once the writer has room and has taken what was queued.
+#[test]
+fn transmit_notifications_stop_while_the_host_buffer_is_full() {
+    let mem = memory();
+    let out = SharedBuf::default();
+    let (permit, permits) = mpsc::channel();
+    let sink = Blocking {
+        permits,
+        out: out.clone(),
+    };
+    let mut rig = Rig::multiport(
+        &mem,
+        vec![port("out", Some(Output::Stream(Box::new(sink))))],
+    );
+    rig.handshake(1);
+    assert!(!notifications_off(&rig, 1));
+    for _ in 0..12 {
+        rig.tx(0, &vec![1u8; 256 * 1024]);
+    }
+    rig.console.queue_notify(1);
+    std::thread::sleep(Duration::from_millis(100));
+    rig.console.queue_notify(1);
+    assert!(
+        notifications_off(&rig, 1),
+        "full: guest notifications are useless exits"
+    );
+    std::thread::spawn(move || while permit.send(()).is_ok() {});
+    assert!(rig.console.outputs().flush(soon()));
+    assert_eq!(out.bytes().len(), 12 * 256 * 1024);
+    assert!(
+        !notifications_off(&rig, 1),
+        "drained: the next buffer must be announced"
+    );
+}
+
+/// Linux splices a pipe as one chain of many pages in an indirect table.
+#[test]
+fn chains_in_indirect_tables_are_taken_whole() {
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
+    let mem = memory();
+    let out = SharedBuf::default();
+    let mut rig = Rig::multiport(
+        &mem,
+        vec![port("out", Some(Output::Stream(Box::new(out.clone()))))],
+    );
+    assert_ne!(rig.console.features() & VIRTIO_RING_F_INDIRECT_DESC, 0);
+    rig.handshake(1);
+    // 64 pages, each its own descriptor, in an indirect table.
+    let table = 0x80_0000u64;
+    let mut want = Vec::new();
+    for i in 0..64u16 {
+        let addr = 0x90_0000 + u64::from(i) * 4096;
+        let page = vec![i as u8; 4096];
+        mem.write_slice(&page, GuestAddress(addr)).unwrap();
+        want.extend_from_slice(&page);
+        let flags = if i < 63 { VRING_DESC_F_NEXT as u16 } else { 0 };
+        let d = Descriptor::new(addr, 4096, flags, i + 1);
+        mem.write_obj(d, GuestAddress(table + u64::from(i) * 16))
+            .unwrap();
+    }
+    let q = &mut rig.qs[1];
+    let head = q.avail % RING_SIZE;
+    let d = Descriptor::new(table, 64 * 16, VRING_DESC_F_INDIRECT as u16, 0);
+    mem.write_obj(d, GuestAddress(q.base + u64::from(head) * 16))
+        .unwrap();
+    mem.write_obj(
+        head,
+        GuestAddress(q.base + 0x1000 + 4 + u64::from(head) * 2),
+    )
+    .unwrap();
+    q.avail = q.avail.wrapping_add(1);
+    mem.write_obj(q.avail, GuestAddress(q.base + 0x1002))
+        .unwrap();
+    rig.console.queue_notify(1);
+    assert!(rig.console.outputs().flush(soon()));
+    assert!(out.bytes() == want, "the indirect chain arrived altered");
+}
