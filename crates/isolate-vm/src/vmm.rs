@@ -138,6 +138,17 @@ fn fail(kind: FailKind, message: impl Into<String>) -> Report {
     }
 }
 
+/// Makes every thread allocate from glibc's main arena. A thread's own
+/// arena, when it shrinks after a large free (the console writers free
+/// megabytes), makes glibc read `/proc/sys/vm/overcommit_memory` once:
+/// an `openat` the seccomp filter refuses, killing the VMM. The main arena
+/// shrinks with `brk` instead.
+fn single_malloc_arena() {
+    // SAFETY: mallopt only changes glibc's allocator settings; it is
+    // called before this process starts any thread.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
 /// Blocks the forwarded signals in this thread (and the threads it starts).
 fn block_forwarded_signals() -> libc::sigset_t {
     // SAFETY: `set` is a local sigset_t initialised by sigemptyset before
@@ -173,6 +184,7 @@ impl Trace {
 
 fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     let t0 = Instant::now();
+    single_malloc_arena();
     let trace = Trace::new(t0);
     trace.mark("config read");
     let sigset = block_forwarded_signals();
