@@ -3,7 +3,8 @@
 # Sourced by the test script that suite.sh (or console.sh) makes, after
 # guest/lib.sh; every test is a harness_test.
 #
-# Environment: CONSOLE_MIB (MiB per bulk test, default 16), ISOLATE_BIN.
+# Environment: CONSOLE_MIB (MiB per bulk test, default 16), CONSOLE_LIMIT
+# (seconds one isolate run may take, default 300), ISOLATE_BIN.
 # Each test states its figures (bytes, seconds) in its output.
 #
 #   stdout      `yes x | head -c N` (2-byte lines through a pipe): sha256
@@ -26,7 +27,8 @@ console_tmp=/tmp/console-tests
 mkdir -p "$console_tmp"
 head -c "$console_n" /dev/urandom >"$console_tmp/data"
 
-console_vm() { "$console_isolate" --mode vm -m 256m "$@"; }
+# A stall fails the test instead of hanging the run.
+console_vm() { timeout -s KILL "${CONSOLE_LIMIT:-300}" "$console_isolate" --mode vm -m 256m "$@"; }
 console_sha() { sha256sum | cut -d' ' -f1; }
 console_now() { date +%s; }
 # console_same NAME WANT GOT T0: prints the figures, compares.

@@ -6,7 +6,8 @@
 #   --mib      MiB per bulk test (default 64: the on-demand profile;
 #              suite.sh runs 16)
 #   --timeout  whole run, boot included (default 1800)
-# environment: ISOLATE_HOME (default /var/lib/isolate).
+# environment: ISOLATE_HOME (default /var/lib/isolate), CONSOLE_LIMIT (seconds
+# one isolate run may take inside, default 300).
 # Needs ./install.sh --no-demo first. Exit status as tests/emulated-host/run.
 
 # shellcheck source-path=SCRIPTDIR
@@ -36,6 +37,7 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/emulated-host-console.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 {
     echo "CONSOLE_MIB=$mib"
+    [[ -z ${CONSOLE_LIMIT:-} ]] || echo "CONSOLE_LIMIT=$CONSOLE_LIMIT"
     cat "$here/console-tests.sh"
 } >"$tmp/console.sh"
 exec "$here/run" --timeout "$timeout" --mem 6144 "${payload[@]}" "${extra[@]}" -- "$tmp/console.sh"

@@ -11,7 +11,7 @@
 # usage: suite.sh [--list] [--timeout SECS] [--test-timeout SECS]
 #                 [-- MORE-RUN-OPTIONS...]
 #   --list          print the tests that would run, and exit
-#   --timeout       whole run, boot included (default 3600)
+#   --timeout       whole run, boot included (default 2400)
 #   --test-timeout  one test binary (default 1500): a hanging binary fails
 #                   alone, the following ones still run
 # environment: ISOLATE_HOME (default /var/lib/isolate), CARGO_TARGET_DIR,
@@ -32,7 +32,7 @@ export ISOLATE_HOME=${ISOLATE_HOME:-/var/lib/isolate}
 # The crates whose test binaries run inside (all their test targets).
 readonly PACKAGES=(isolate-contract isolate-vm isolate-container isolate-cgroups)
 
-list=0 timeout=1800 test_timeout=1500 extra=()
+list=0 timeout=2400 test_timeout=1500 extra=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --list) list=1 ;;
