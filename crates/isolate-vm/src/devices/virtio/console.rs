@@ -75,6 +75,9 @@ pub const STREAM_BUFFER: usize = 1 << 20;
 pub const MAX_CHAIN: u64 = 2 << 20;
 /// What [`ConsoleOutputs::flush`] takes from the rings beyond the buffer.
 const FLUSH_LIMIT: usize = 8 * STREAM_BUFFER;
+/// Device→driver control messages kept while the driver posts no buffers
+/// (a driver that asks again and again without reading gets no more).
+const MAX_CONTROL_BACKLOG: usize = 4 * MAX_PORTS;
 
 /// `struct virtio_console_control`: id (u32), event (u16), value (u16).
 const CONTROL_LEN: usize = 8;
@@ -187,6 +190,13 @@ struct Shared {
 }
 
 impl State {
+    /// Queues a device→driver control message, unless too many wait.
+    fn queue_control(&mut self, msg: Vec<u8>) {
+        if self.control_out.len() < MAX_CONTROL_BACKLOG {
+            self.control_out.push_back(msg);
+        }
+    }
+
     /// Copies pending input of `p` into the guest's buffers (if a guest
     /// process has the port open), then sends the end of input once all of
     /// it is delivered.
@@ -236,8 +246,7 @@ impl State {
         }
         if port.ready && port.input_closed && port.input.is_empty() && !port.close_sent {
             port.close_sent = true;
-            self.control_out
-                .push_back(control_message(p, PORT_OPEN, 0, &[]));
+            self.queue_control(control_message(p, PORT_OPEN, 0, &[]));
             self.send_control();
         }
     }
@@ -377,8 +386,7 @@ impl State {
         match event {
             DEVICE_READY if value == 1 => {
                 for p in 0..self.ports.len() {
-                    self.control_out
-                        .push_back(control_message(p, DEVICE_ADD, 0, &[]));
+                    self.queue_control(control_message(p, DEVICE_ADD, 0, &[]));
                 }
             }
             PORT_READY if value == 1 => {
@@ -387,10 +395,8 @@ impl State {
                 };
                 port.ready = true;
                 let name = port.name.clone().into_bytes();
-                self.control_out
-                    .push_back(control_message(id, PORT_NAME, 0, &name));
-                self.control_out
-                    .push_back(control_message(id, PORT_OPEN, 1, &[]));
+                self.queue_control(control_message(id, PORT_NAME, 0, &name));
+                self.queue_control(control_message(id, PORT_OPEN, 1, &[]));
                 self.deliver(id, changed);
             }
             PORT_OPEN => {

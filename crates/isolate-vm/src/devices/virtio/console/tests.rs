@@ -826,3 +826,22 @@ fn chains_in_indirect_tables_are_taken_whole() {
     assert!(rig.console.outputs().flush(soon()));
     assert!(out.bytes() == want, "the indirect chain arrived altered");
 }
+
+/// A driver that asks again and again without posting buffers cannot make
+/// the device queue messages without bound.
+#[test]
+fn control_messages_waiting_for_buffers_are_bounded() {
+    let mem = memory();
+    let mut rig = Rig::multiport(&mem, vec![port("a", None), port("b", None)]);
+    for _ in 0..RING_SIZE {
+        rig.control(u32::MAX, DEVICE_READY, 1);
+    }
+    for _ in 0..1000 {
+        // Re-use one descriptor slot: the device takes it at once.
+        rig.control(u32::MAX, DEVICE_READY, 1);
+    }
+    assert_eq!(
+        lock(&rig.console.shared.state).control_out.len(),
+        MAX_CONTROL_BACKLOG
+    );
+}
