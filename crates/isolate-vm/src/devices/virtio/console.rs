@@ -57,10 +57,14 @@ pub const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1 << 1;
 /// table (Linux then splices a whole pipe, up to 256 pages, as one chain).
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 =
     1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-/// Size of each queue offered to the driver. Linux posts one page per
-/// receive buffer and sends at most 32 KiB per transmit buffer, so a
-/// port holds at most 512 KiB of input and 4 MiB of output in flight.
+/// Size of each receive queue offered to the driver: Linux posts one page
+/// per buffer, so a port holds at most 512 KiB of input in flight.
 pub const QUEUE_SIZE: u16 = 128;
+/// Size of each transmit queue: a guest writer has at most this many
+/// buffers in flight (32 KiB each from `write`, up to one pipe from
+/// `splice`: 8 MiB with the guest init's 256 KiB pipes), pinned in guest
+/// memory until the host takes them.
+pub const TX_QUEUE_SIZE: u16 = 32;
 /// Index of the control receive queue (device→driver messages).
 pub const CONTROL_RX_QUEUE: u16 = 2;
 /// Index of the control transmit queue (driver→device messages).
@@ -636,9 +640,15 @@ impl Console {
                     source,
                 })?;
         }
+        let queue_sizes = (0..2 * n + 2)
+            .map(|i| match role(i as u16) {
+                Role::Rx(_) | Role::ControlRx => QUEUE_SIZE,
+                Role::Tx(_) | Role::ControlTx => TX_QUEUE_SIZE,
+            })
+            .collect();
         Ok(Self {
             shared,
-            queue_sizes: vec![QUEUE_SIZE; 2 * n + 2],
+            queue_sizes,
             acked_features: 0,
         })
     }
@@ -773,9 +783,15 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) {
         self.acked_features = 0;
+        let mut st = lock(&self.shared.state);
+        // What the guest transmitted and the device did not take yet (its
+        // buffer was full) is taken now: a guest that resets the device on
+        // its way down (reboot) has said it, and its memory is still there.
+        for p in 0..st.ports.len() {
+            st.pull_tx(p, FLUSH_LIMIT, &self.shared.changed);
+        }
         // Pending input and buffered output stay: the input is delivered
         // once the driver is back and a guest process opens the port again.
-        let mut st = lock(&self.shared.state);
         st.control_rx = None;
         st.control_tx = None;
         st.control_out.clear();
