@@ -47,8 +47,10 @@ cat >"$work/qemu.sh" <<SCRIPT
 rm -f /tmp/q.out; mkfifo /tmp/q.out
 wc -c </tmp/q.out >/tmp/q.count &
 ports=""
+# File backends, not null ones: QEMU connects a port's host end only for a
+# backend that opens, and the guest's writes wait for a connected host.
 for p in stdin stderr control; do
-    ports="\$ports -chardev null,id=\$p -device virtserialport,chardev=\$p,name=isolate.\$p"
+    ports="\$ports -chardev file,id=\$p,path=/tmp/q.\$p -device virtserialport,chardev=\$p,name=isolate.\$p"
 done
 qemu-system-x86_64 -M microvm,acpi=off -device i8042 -enable-kvm -cpu host -smp 1 -m 256 \\
     -nodefaults -no-user-config -nographic -no-reboot -serial null \\

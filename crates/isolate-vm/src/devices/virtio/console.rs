@@ -225,7 +225,9 @@ impl State {
                     };
                     let head = chain.head_index();
                     let chain = SplitChain::collect(chain);
-                    let data = port.input.make_contiguous();
+                    // The front part only: making the whole backlog
+                    // contiguous would move up to a megabyte per buffer.
+                    let data = port.input.as_slices().0;
                     let want = (data.len() as u64).min(chain.writable_len()) as usize;
                     let written = if write_stream(&rx.mem, &chain.writable, 0, &data[..want]) {
                         want
