@@ -62,9 +62,8 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u64 =
 pub const QUEUE_SIZE: u16 = 128;
 /// Size of each transmit queue: a guest writer has at most this many
 /// buffers in flight (32 KiB each from `write`, up to one pipe from
-/// `splice`: 8 MiB with the guest init's 256 KiB pipes), pinned in guest
-/// memory until the host takes them.
-pub const TX_QUEUE_SIZE: u16 = 32;
+/// `splice`), pinned in guest memory until the host takes them.
+pub const TX_QUEUE_SIZE: u16 = QUEUE_SIZE;
 /// Index of the control receive queue (device→driver messages).
 pub const CONTROL_RX_QUEUE: u16 = 2;
 /// Index of the control transmit queue (driver→device messages).
