@@ -224,14 +224,7 @@ pub struct ConsoleSinks {
     /// The control port's output: control lines from the guest init,
     /// written on the vCPU thread (must never block).
     pub control: Box<dyn Write + Send>,
-    /// Run first on each writer thread (one per stream port: stdout and
-    /// stderr), where the VMM installs the thread's seccomp filter.
-    pub thread_start: Option<crate::devices::virtio::console::ThreadStart>,
 }
-
-/// Writer threads the console starts (stdout and stderr), each of which
-/// runs [`ConsoleSinks::thread_start`].
-pub const CONSOLE_WRITER_THREADS: usize = 2;
 
 /// A built VM, ready to start.
 pub struct MicroVm {
@@ -598,15 +591,12 @@ pub fn console(
         name: name.to_string(),
         output,
     };
-    let console = Console::with_thread_start(
-        vec![
-            port(STDIN_PORT, None),
-            port(STDOUT_PORT, Some(Output::Stream(sinks.stdout))),
-            port(STDERR_PORT, Some(Output::Stream(sinks.stderr))),
-            port(CONTROL_PORT, Some(Output::Inline(sinks.control))),
-        ],
-        sinks.thread_start,
-    )
+    let console = Console::new(vec![
+        port(STDIN_PORT, None),
+        port(STDOUT_PORT, Some(Output::Stream(sinks.stdout))),
+        port(STDERR_PORT, Some(Output::Stream(sinks.stderr))),
+        port(CONTROL_PORT, Some(Output::Inline(sinks.control))),
+    ])
     .map_err(|e| BuildError::Device("virtio console", e))?;
     let handles = (console.input(0), console.input(3), console.outputs());
     Ok((console, handles))

@@ -216,11 +216,6 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
             "cannot duplicate the workload's stdout/stderr",
         );
     }
-    // Each thread installs its seccomp filter first; the vCPUs run once
-    // all have (see `seccomp::FilterGate`). The console's writer threads
-    // install theirs as they start.
-    let filters = crate::seccomp::FilterGate::new(seccomp_enabled(&cfg));
-    let writer_filters = filters.clone();
     let sinks = ConsoleSinks {
         // SAFETY: fresh fds from dup above, owned by nothing else.
         stdout: Box::new(unsafe { File::from_raw_fd(stdout) }),
@@ -231,9 +226,6 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
             broken: false,
             tx: tx.clone(),
         }),
-        thread_start: Some(std::sync::Arc::new(move || {
-            writer_filters.install(Role::Service).is_ok()
-        })),
     };
     trace.mark("KVM and files open");
     if let Err(e) = crate::jail::enter(cfg.jail) {
@@ -246,7 +238,10 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     };
     trace.mark("VM built");
 
-    let mut threads = crate::builder::CONSOLE_WRITER_THREADS;
+    // Each thread installs its seccomp filter first; the vCPUs run once
+    // all have (see `seccomp::FilterGate`).
+    let filters = crate::seccomp::FilterGate::new(seccomp_enabled(&cfg));
+    let mut threads = 0;
     let gate = Gate::new();
     if cfg.stdin {
         let input = vm.stdin.clone();

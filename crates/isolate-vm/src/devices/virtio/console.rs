@@ -102,9 +102,6 @@ pub enum Output {
     Stream(Box<dyn Write + Send>),
 }
 
-/// Run first on each writer thread of a [`Console`]; `false` ends it.
-pub type ThreadStart = Arc<dyn Fn() -> bool + Send + Sync>;
-
 /// One port of the console.
 pub struct PortConfig {
     /// The name the guest reads in `/sys/class/virtio-ports/*/name`.
@@ -589,16 +586,6 @@ impl Console {
     /// A console with `ports` (port 0 first); starts one writer thread per
     /// stream port.
     pub fn new(ports: Vec<PortConfig>) -> Result<Self, DeviceError> {
-        Self::with_thread_start(ports, None)
-    }
-
-    /// [`new`](Self::new), with `thread_start` run first on each writer
-    /// thread (the VMM installs the thread's seccomp filter there); a
-    /// writer whose `thread_start` returns `false` ends at once.
-    pub fn with_thread_start(
-        ports: Vec<PortConfig>,
-        thread_start: Option<ThreadStart>,
-    ) -> Result<Self, DeviceError> {
         if ports.is_empty() || ports.len() > MAX_PORTS {
             return Err(DeviceError::ConsolePorts {
                 count: ports.len(),
@@ -646,14 +633,9 @@ impl Console {
         });
         for (i, name, sink) in sinks {
             let s = shared.clone();
-            let start = thread_start.clone();
             std::thread::Builder::new()
                 .name(format!("console-{name}"))
-                .spawn(move || {
-                    if start.is_none_or(|f| f()) {
-                        writer(s, i, sink)
-                    }
-                })
+                .spawn(move || writer(s, i, sink))
                 .map_err(|source| DeviceError::Io {
                     context: format!("cannot start the writer thread of console port {name}"),
                     source,
