@@ -1,31 +1,25 @@
-//! The guest's ports: the workload's stdin, stdout and stderr and the
-//! control channel on the named ports of the VMM's multiport virtio console
-//! (`/dev/vportNpM`, found by name in `/sys/class/virtio-ports`) — or, when
-//! the guest has no virtio console (a reference VMM booted it), everything
-//! on `/dev/console` with control lines prefixed by [`CONSOLE_PREFIX`].
+//! The guest's ports: workload stdio on `/dev/hvc0` and `/dev/hvc1`, the
+//! control channel on `/dev/hvc2` — or, when there is no `/dev/hvc2` (a
+//! reference VMM booted the guest), everything on `/dev/console` with
+//! control lines prefixed by [`CONSOLE_PREFIX`].
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::{Duration, Instant};
 
 use isolate_core::protocol::{
-    ControlMessage, CONSOLE_PREFIX, CONTROL_PORT, PORTS_SYSFS, STDERR_PORT, STDIN_PORT, STDOUT_PORT,
+    ControlMessage, CONSOLE_PREFIX, CONTROL_PORT, STDERR_PORT, STDIO_PORT,
 };
 use nix::sys::termios::{self, SetArg};
 
 /// The kernel console.
 pub const CONSOLE: &str = "/dev/console";
-/// Virtio console devices the kernel's driver has bound.
-const CONSOLE_DEVICES: &str = "/sys/bus/virtio/drivers/virtio_console";
-/// How long the ports may take to be named after the driver bound the device.
-const PORTS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest control line accepted from the host; longer ones are dropped.
-const MAX_LINE: usize = isolate_core::protocol::MAX_CONTROL_LINE;
+const MAX_LINE: usize = 64 * 1024;
 
 /// Errors of opening the ports.
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +28,12 @@ pub enum Error {
     #[error("cannot open {path}")]
     Open {
         /// The device.
-        path: PathBuf,
+        path: &'static str,
         /// The OS error.
         #[source]
         source: std::io::Error,
     },
-    /// The console could not be put in raw mode.
+    /// A port could not be put in raw mode.
     #[error("cannot put {path} in raw mode")]
     Raw {
         /// The device.
@@ -48,40 +42,22 @@ pub enum Error {
         #[source]
         source: nix::Error,
     },
-    /// The guest has a virtio console, but not every port showed up.
-    #[error("the virtio console has no port named {name} (after {waited:?}; ports seen: {seen})")]
-    MissingPort {
-        /// The port not found.
-        name: &'static str,
-        /// How long the init waited.
-        waited: Duration,
-        /// The names found.
-        seen: String,
-    },
 }
 
 /// Control fd and prefix mode for [`emergency_send`] (the panic hook).
 static CONTROL_FD: AtomicI32 = AtomicI32::new(-1);
 static CONTROL_PREFIXED: AtomicBool = AtomicBool::new(true);
 
-/// The workload's streams on virtio console ports (no tty on them).
-pub struct Streams {
-    /// The stdin port, read non-blocking; end-of-file once the host
-    /// closed it and every byte was read.
-    pub stdin: File,
-    /// The stdout port, written non-blocking (the init relays a pipe).
-    pub stdout: File,
-    /// The stderr port, the same.
-    pub stderr: File,
-}
-
 /// The opened ports.
 pub struct Ports {
-    /// The virtio console's ports; `None` on the console fallback.
-    pub streams: Option<Streams>,
-    /// The console fallback's stdout and stderr (handed to the workload
-    /// as they are); `None` with ports.
-    pub console: Option<(File, File)>,
+    /// The workload's stdout (fd 1): hvc0, or the console.
+    pub stdout: File,
+    /// The workload's stderr (fd 2): hvc1, or the console.
+    pub stderr: File,
+    /// hvc0 opened a second time, non-blocking, for reading the workload's
+    /// stdin (its own open file, so the workload's stdout stays blocking).
+    /// `None` on the console fallback.
+    pub stdin_source: Option<File>,
     /// The write end of the workload's stdin pipe, while it is open
     /// (set by `run`).
     pub stdin_pipe: Option<OwnedFd>,
@@ -101,9 +77,7 @@ impl Control {
     pub fn send(&mut self, msg: &ControlMessage) {
         let line = format_line(msg, self.prefixed);
         let _ = self.file.write_all(line.as_bytes());
-        if self.prefixed {
-            let _ = termios::tcdrain(self.file.as_fd());
-        }
+        let _ = termios::tcdrain(self.file.as_fd());
     }
 
     /// The port to poll for host→guest messages (`None` on the console).
@@ -122,17 +96,14 @@ pub fn format_line(msg: &ControlMessage, prefixed: bool) -> String {
     }
 }
 
-fn open(path: &Path, read: bool, write: bool, nonblock: bool) -> Result<File, Error> {
-    let flags = libc::O_NOCTTY | libc::O_CLOEXEC | if nonblock { libc::O_NONBLOCK } else { 0 };
+fn open(path: &'static str, write: bool, nonblock: bool) -> Result<File, Error> {
+    let flags = libc::O_NOCTTY | if nonblock { libc::O_NONBLOCK } else { 0 };
     OpenOptions::new()
-        .read(read)
+        .read(true)
         .write(write)
         .custom_flags(flags)
         .open(path)
-        .map_err(|source| Error::Open {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(|source| Error::Open { path, source })
 }
 
 /// Raw mode: no echo, no line discipline, no `\n`→`\r\n`, 8-bit clean.
@@ -143,78 +114,23 @@ fn make_raw(path: &'static str, f: &File) -> Result<(), Error> {
     termios::tcsetattr(f.as_fd(), SetArg::TCSANOW, &t).map_err(raw)
 }
 
-/// The named ports under `sysfs` (`PORTS_SYSFS`): (name, device path).
-pub fn named_ports(sysfs: &Path, dev: &Path) -> Vec<(String, PathBuf)> {
-    let Ok(dir) = std::fs::read_dir(sysfs) else {
-        return Vec::new();
-    };
-    let mut ports: Vec<(String, PathBuf)> = dir
-        .flatten()
-        .filter_map(|e| {
-            let name = std::fs::read_to_string(e.path().join("name")).ok()?;
-            let node = dev.join(e.file_name());
-            node.exists().then(|| (name.trim_end().to_string(), node))
-        })
-        .collect();
-    ports.sort();
-    ports
-}
-
-/// Whether the kernel bound a virtio console device.
-fn has_virtio_console() -> bool {
-    std::fs::read_dir(CONSOLE_DEVICES).is_ok_and(|d| {
-        d.flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("virtio"))
-    })
-}
-
-/// Finds the protocol's four ports, waiting for the driver to name them
-/// (it does so asynchronously after probing the device).
-fn find_ports() -> Result<[PathBuf; 4], Error> {
-    let t0 = Instant::now();
-    let wanted = [STDIN_PORT, STDOUT_PORT, STDERR_PORT, CONTROL_PORT];
-    loop {
-        let ports = named_ports(Path::new(PORTS_SYSFS), Path::new("/dev"));
-        let find = |name: &str| {
-            ports
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, p)| p.clone())
-        };
-        if let [Some(a), Some(b), Some(c), Some(d)] = wanted.map(find) {
-            return Ok([a, b, c, d]);
-        }
-        if t0.elapsed() >= PORTS_TIMEOUT {
-            let name = wanted
-                .into_iter()
-                .find(|w| find(w).is_none())
-                .unwrap_or(STDIN_PORT);
-            let seen: Vec<&str> = ports.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(Error::MissingPort {
-                name,
-                waited: t0.elapsed(),
-                seen: seen.join(", "),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Opens the ports (the virtio console's, or the console when the guest
-/// has no virtio console).
+/// Opens the ports (hvc0..2, or the console when hvc2 is missing) and puts
+/// them in raw mode.
 pub fn open_ports() -> Result<Ports, Error> {
-    let ports = if has_virtio_console() {
-        let [stdin, stdout, stderr, control] = find_ports()?;
+    let ports = if Path::new(CONTROL_PORT).exists() {
+        let stdout = open(STDIO_PORT, true, false)?;
+        make_raw(STDIO_PORT, &stdout)?;
+        let stderr = open(STDERR_PORT, true, false)?;
+        make_raw(STDERR_PORT, &stderr)?;
+        let control = open(CONTROL_PORT, true, false)?;
+        make_raw(CONTROL_PORT, &control)?;
         Ports {
-            streams: Some(Streams {
-                stdin: open(&stdin, true, false, true)?,
-                stdout: open(&stdout, false, true, true)?,
-                stderr: open(&stderr, false, true, true)?,
-            }),
-            console: None,
+            stdout,
+            stderr,
+            stdin_source: Some(open(STDIO_PORT, false, true)?),
             stdin_pipe: None,
             control: Control {
-                file: open(&control, true, true, false)?,
+                file: control,
                 prefixed: false,
             },
         }
@@ -222,15 +138,12 @@ pub fn open_ports() -> Result<Ports, Error> {
         // The console now carries the workload's output and the control
         // lines: keep kernel messages (all but emergencies) off it.
         let _ = std::fs::write("/proc/sys/kernel/printk", "1");
-        let path = Path::new(CONSOLE);
-        let console = open(path, true, true, false)?;
+        let console = open(CONSOLE, true, false)?;
         make_raw(CONSOLE, &console)?;
         Ports {
-            streams: None,
-            console: Some((
-                open(path, true, true, false)?,
-                open(path, true, true, false)?,
-            )),
+            stdout: open(CONSOLE, true, false)?,
+            stderr: open(CONSOLE, true, false)?,
+            stdin_source: None,
             stdin_pipe: None,
             control: Control {
                 file: console,
@@ -330,34 +243,6 @@ mod tests {
             lb.push(b"\n{\"t\":\"stdin_eof\"}\n"),
             [ControlMessage::StdinEof { bytes: None }]
         );
-    }
-
-    #[test]
-    fn ports_are_found_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sys, dev) = (dir.path().join("sys"), dir.path().join("dev"));
-        for (node, name) in [
-            ("vport0p0", "isolate.stdin\n"),
-            ("vport0p3", "isolate.control"),
-            ("vport0p9", "ghost"),
-        ] {
-            std::fs::create_dir_all(sys.join(node)).unwrap();
-            std::fs::write(sys.join(node).join("name"), name).unwrap();
-        }
-        // A port without a name yet.
-        std::fs::create_dir_all(sys.join("vport0p1")).unwrap();
-        std::fs::create_dir_all(&dev).unwrap();
-        for node in ["vport0p0", "vport0p1", "vport0p3"] {
-            std::fs::write(dev.join(node), "").unwrap();
-        }
-        assert_eq!(
-            named_ports(&sys, &dev),
-            vec![
-                ("isolate.control".to_string(), dev.join("vport0p3")),
-                ("isolate.stdin".to_string(), dev.join("vport0p0")),
-            ]
-        );
-        assert!(named_ports(&dir.path().join("none"), &dev).is_empty());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `isolate-init`: PID 1 of an isolate VM guest.
 //!
 //! Boot order (docs/ARCHITECTURE.md, "Host ↔ guest protocol"):
-//! mount /dev, /proc, /sys → open the virtio console's named ports (or fall
-//! back to /dev/console) → read `/isolate/spec.json` → set up the root (initramfs,
+//! mount /dev, /proc, /sys → open hvc0..2 in raw mode (or fall back to
+//! /dev/console) → read `/isolate/spec.json` → set up the root (initramfs,
 //! read-only bind of it, or block image + tmpfs overlay) → /dev/pts,
 //! /dev/shm, /tmp → volumes → hostname, loopback → cgroup with limits →
 //! run the workload, report `started` and `exit` → kill the rest, sync,
@@ -12,12 +12,16 @@
 //! becomes an `error` control message followed by the same power-off, and
 //! the panic hook does the same for bugs.
 //!
-//! The ports are `/dev/vportNpM` character devices, not ttys: what the
-//! host sends before the init opens a port waits on the host (the device
-//! holds input until a guest process has the port open), and the host
-//! ends stdin by closing its port, which the init reads as end-of-file
-//! after the data. The workload's stdout and stderr are pipes the init
-//! relays to their ports in large writes.
+//! Host side, two rules follow from the guest's ttys:
+//! - send nothing on hvc0 or hvc2 before the guest's first control message
+//!   (`started` or `error`): an hvc tty starts in cooked mode, and bytes
+//!   that arrive before the init has made it raw are echoed back with
+//!   `\n` turned into `\r\n` (hvc reads nothing before the first open, so
+//!   anything queued early arrives exactly in that window);
+//! - `stdin_eof` travels on another port than the data: it carries the
+//!   number of bytes the host sent, and the init keeps reading hvc0 until it
+//!   has them (or, without a count, until hvc0 has been quiet for 20 ms)
+//!   before closing the workload's stdin.
 
 mod cgroup;
 mod console;
@@ -27,7 +31,7 @@ mod run;
 mod spec;
 
 use std::error::Error as StdError;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use isolate_core::protocol::{ControlMessage, SPEC_PATH};
@@ -104,6 +108,8 @@ fn guest(ports: &mut console::Ports, volumes: &mut Vec<String>) -> Result<(), St
     nix::unistd::sync();
     mounts::unmount(volumes);
     volumes.clear();
+    let _ = nix::sys::termios::tcdrain(ports.stdout.as_fd());
+    let _ = nix::sys::termios::tcdrain(ports.stderr.as_fd());
     ports.control.send(&ControlMessage::Exit {
         status,
         peak_memory,

@@ -1,6 +1,5 @@
 //! Starting the workload and supervising it: exec-failure detection,
-//! stdio relays between pipes and the console's ports, signal forwarding,
-//! reaping, outcome.
+//! stdin bridge, signal forwarding, reaping, outcome.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -8,7 +7,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
-use isolate_core::protocol::{ControlMessage, GuestSpec, MAX_SIGNAL};
+use isolate_core::protocol::{ControlMessage, GuestSpec};
 use isolate_core::{ExecFailure, Status};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -62,182 +61,10 @@ const STAGE_EXEC: u32 = 6;
 enum StdinSource {
     /// /dev/null.
     Null,
-    /// A pipe the init feeds from the stdin port.
+    /// A pipe the init feeds from hvc0.
     Pipe,
     /// The console itself (console fallback with stdin on).
     Console,
-}
-
-/// What the init reads from a workload pipe at once (copy mode).
-const RELAY_BUF: usize = 64 * 1024;
-/// What one write to a port carries (Linux takes at most 32 KiB per write).
-const PORT_WRITE: usize = 32 * 1024;
-/// The write size after the kernel could not allocate a 32 KiB buffer.
-const PORT_WRITE_SMALL: usize = 4096;
-/// Size of the workload's stdout and stderr pipes, and the most one splice
-/// moves: 64 pages, one chain (an indirect table of 1 KiB) and one
-/// notification to the host.
-const PIPE_SIZE: usize = 256 * 1024;
-
-/// Guest output on its way from a workload pipe to a port, whatever the
-/// workload's write pattern (a shell's 2-byte `echo`s, `yes | head`).
-///
-/// The relay moves the pipe's pages to the port with `splice(2)`: no copy,
-/// and up to a whole pipe per buffer chain, so per notification to the host
-/// (each one a VM exit). Where splice is refused it copies: reads the pipe
-/// in large pieces and writes them in pieces of up to 32 KiB. Pipe and
-/// port are both non-blocking: a host that stops reading stops only this
-/// relay, never the init.
-struct Relay {
-    /// Read end of the workload's pipe; `None` once at end-of-file.
-    pipe: Option<File>,
-    /// Copy mode: bytes read and not yet written, from `at`.
-    buf: Vec<u8>,
-    at: usize,
-    /// Move pages with splice (off once the kernel refuses it).
-    splice: bool,
-    /// The port had no room for the last splice: wait until it is writable.
-    port_full: bool,
-    /// The kernel refused a 32 KiB buffer (ENOMEM): write smaller pieces.
-    small: bool,
-    /// The port failed: what the workload writes is read and dropped, so
-    /// that it never blocks on a port nobody reads.
-    broken: bool,
-    /// Bytes the kernel took from the pipe but did not queue on the port.
-    lost: u64,
-}
-
-impl Relay {
-    fn new(pipe: File) -> Self {
-        Relay {
-            pipe: Some(pipe),
-            buf: Vec::new(),
-            at: 0,
-            splice: true,
-            port_full: false,
-            small: false,
-            broken: false,
-            lost: 0,
-        }
-    }
-
-    /// The relay waits for the port to be writable (else for the pipe).
-    fn wants_port(&self) -> bool {
-        self.at < self.buf.len() || self.port_full
-    }
-
-    fn done(&self) -> bool {
-        self.pipe.is_none() && self.at == self.buf.len()
-    }
-
-    /// One step, after poll said the port (if [`wants_port`](Self::wants_port))
-    /// or else the pipe is ready (`revents`).
-    fn step(&mut self, port: &File, revents: PollFlags) {
-        if self.at < self.buf.len() {
-            self.write(port);
-        } else if self.splice && !self.broken && self.pipe.is_some() {
-            let pipe_hung_up =
-                !self.port_full && !revents.contains(PollFlags::POLLIN) && !revents.is_empty();
-            self.splice_once(port, pipe_hung_up);
-        } else {
-            self.read();
-            if self.at < self.buf.len() {
-                self.write(port);
-            }
-        }
-    }
-
-    fn splice_once(&mut self, port: &File, pipe_hung_up: bool) {
-        let Some(pipe) = &self.pipe else {
-            return;
-        };
-        self.port_full = false;
-        let before = pipe_bytes(pipe);
-        // SAFETY: splice(2) between two fds this process owns, with no
-        // offsets (both are streams); it touches no memory of ours.
-        let n = unsafe {
-            libc::splice(
-                pipe.as_raw_fd(),
-                std::ptr::null_mut(),
-                port.as_raw_fd(),
-                std::ptr::null_mut(),
-                PIPE_SIZE,
-                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
-            )
-        };
-        if n > 0 {
-            return;
-        }
-        if n == 0 {
-            if before > 0 {
-                // Data was in the pipe, yet nothing reached the port: the
-                // driver dropped it (it could not queue the chain). Count
-                // it and copy from now on.
-                self.lost += before.saturating_sub(pipe_bytes(pipe)) as u64;
-                self.splice = false;
-            } else if pipe_hung_up {
-                self.pipe = None;
-            }
-            return;
-        }
-        match Errno::last() {
-            Errno::EAGAIN => self.port_full = true,
-            Errno::EINTR => {}
-            // Splice refused (this port or kernel does not do it): copy.
-            Errno::EINVAL | Errno::ENOSYS | Errno::ENOMEM => self.splice = false,
-            _ => self.broken = true,
-        }
-    }
-
-    fn read(&mut self) {
-        let Some(pipe) = &self.pipe else {
-            return;
-        };
-        self.buf.resize(RELAY_BUF, 0);
-        self.at = 0;
-        match read_fd(pipe.as_fd(), &mut self.buf) {
-            Ok(0) => {
-                self.buf.clear();
-                self.pipe = None;
-            }
-            Ok(n) if !self.broken => self.buf.truncate(n),
-            Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => self.buf.clear(),
-            Err(_) => {
-                self.buf.clear();
-                self.pipe = None;
-            }
-        }
-    }
-
-    fn write(&mut self, port: &File) {
-        let piece = if self.small {
-            PORT_WRITE_SMALL
-        } else {
-            PORT_WRITE
-        };
-        let end = self.buf.len().min(self.at + piece);
-        match nix::unistd::write(port, &self.buf[self.at..end]) {
-            Ok(n) => self.at += n,
-            Err(Errno::EAGAIN | Errno::EINTR) => {}
-            Err(Errno::ENOMEM) if !self.small => self.small = true,
-            Err(_) => {
-                self.broken = true;
-                self.at = self.buf.len();
-            }
-        }
-    }
-}
-
-/// Bytes waiting in a pipe (`FIONREAD`; 0 if unknown).
-fn pipe_bytes(pipe: &File) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int to `n`, which outlives the call.
-    let rc = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if rc == 0 {
-        usize::try_from(n).unwrap_or(0)
-    } else {
-        0
-    }
 }
 
 /// Everything the child needs, prepared before `fork` so the child only
@@ -332,7 +159,7 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
     if spec.cwd != "/" && !spec.read_only {
         let _ = std::fs::create_dir_all(&spec.cwd);
     }
-    let source = match (spec.stdin, ports.streams.is_some()) {
+    let source = match (spec.stdin, ports.stdin_source.is_some()) {
         (false, _) => StdinSource::Null,
         (true, true) => StdinSource::Pipe,
         (true, false) => StdinSource::Console,
@@ -348,40 +175,6 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
             ports.stdin_pipe = Some(w);
             r
         }
-    };
-
-    // The workload's stdout and stderr: pipes the init relays to the
-    // ports, or the console itself.
-    let (stdout_w, stderr_w, relays) = match (&ports.streams, &ports.console) {
-        (Some(_), _) => {
-            let mut ends = Vec::new();
-            let mut relays = Vec::new();
-            for _ in 0..2 {
-                let (r, w) =
-                    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Sys("pipe2", e))?;
-                fcntl(r.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-                    .map_err(|e| Error::Sys("fcntl", e))?;
-                // Larger pieces per splice; the default size if refused.
-                let _ = fcntl(r.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
-                relays.push(Relay::new(File::from(r)));
-                ends.push(w);
-            }
-            let stderr_w = ends.pop().expect("two pipes");
-            let stdout_w = ends.pop().expect("two pipes");
-            (stdout_w, stderr_w, relays)
-        }
-        (None, Some((out, err))) => {
-            let dup = |f: &File| {
-                fcntl(f.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(3))
-                    .map(|fd| {
-                        // SAFETY: F_DUPFD_CLOEXEC just returned `fd`, owned by nothing else.
-                        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-                    })
-                    .map_err(|e| Error::Sys("fcntl", e))
-            };
-            (dup(out)?, dup(err)?, Vec::new())
-        }
-        (None, None) => return Err(Error::Sys("opening the ports", Errno::ENODEV)),
     };
 
     // SIGCHLD arrives through a signalfd; the child unblocks it again.
@@ -401,8 +194,8 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
             &plan,
             [
                 stdin_file.as_raw_fd(),
-                stdout_w.as_raw_fd(),
-                stderr_w.as_raw_fd(),
+                ports.stdout.as_raw_fd(),
+                ports.stderr.as_raw_fd(),
             ],
             report_w.as_raw_fd(),
         ),
@@ -410,10 +203,6 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
     };
     drop(report_w);
     drop(stdin_file);
-    // Only the workload holds the write ends: its end (and its children's)
-    // is the relays' end-of-file.
-    drop(stdout_w);
-    drop(stderr_w);
 
     let mut report = [0u8; 8];
     let mut got = 0;
@@ -451,7 +240,7 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
         uptime_ns: uptime_ns(),
     });
 
-    let ws = supervise(child, ports, &sigfd, relays);
+    let ws = supervise(child, ports, &sigfd);
     Ok(Some(status_of(ws, cgroup.oom_kills())))
 }
 
@@ -550,76 +339,43 @@ fn child(plan: &Plan, stdio: [RawFd; 3], report: RawFd) -> ! {
     fail(STAGE_EXEC, e)
 }
 
-/// Serves the workload until it ends: feeds stdin from its port, relays
-/// stdout and stderr to theirs, obeys control messages, reaps every child.
-/// Once the workload has ended, kills what is left of it and finishes the
-/// relays (all its output is on the ports). Returns the workload's status.
-fn supervise(
-    workload: Pid,
-    ports: &mut Ports,
-    sigfd: &SignalFd,
-    mut relays: Vec<Relay>,
-) -> WaitStatus {
+/// Serves the workload until it ends: feeds stdin from hvc0, obeys
+/// control messages, reaps every child. Returns the workload's status.
+fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
     let mut pending: Vec<u8> = Vec::new();
     let mut source_open = ports.stdin_pipe.is_some();
-    // Bytes read from the stdin port so far, and the count a `stdin_eof`
-    // message announced (VMMs that cannot close the port send one).
+    let mut eof = false;
+    // Bytes read from hvc0 so far, to compare with stdin_eof's count.
     let mut received: u64 = 0;
-    let mut announced: Option<u64> = None;
     let mut control_open = ports.control.input().is_some();
     let mut lines = LineBuffer::default();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut ended: Option<WaitStatus> = None;
 
     loop {
-        if announced.is_some_and(|n| received >= n) {
-            source_open = false;
-        }
         // Close the pipe once stdin has ended and everything is delivered.
-        if (!source_open || ended.is_some()) && pending.is_empty() {
+        if (eof || !source_open) && pending.is_empty() {
             ports.stdin_pipe = None;
         }
-        if let Some(ws) = ended {
-            if relays.iter().all(Relay::done) {
-                report_lost(ports, &relays);
-                return ws;
-            }
-        }
-        let want_read = source_open && pending.is_empty() && ports.stdin_pipe.is_some();
+        let want_read = source_open && !eof && pending.is_empty() && ports.stdin_pipe.is_some();
         let want_write = !pending.is_empty() && ports.stdin_pipe.is_some();
 
         let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
-        let ctl_idx = match (control_open && ended.is_none(), ports.control.input()) {
+        let ctl_idx = match (control_open, ports.control.input()) {
             (true, Some(f)) => {
                 fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
                 Some(fds.len() - 1)
             }
             _ => None,
         };
-        let src_idx = match (&ports.streams, want_read) {
-            (Some(st), true) => {
-                fds.push(PollFd::new(st.stdin.as_fd(), PollFlags::POLLIN));
+        let src_idx = match (&ports.stdin_source, want_read) {
+            (Some(f), true) => {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
                 Some(fds.len() - 1)
             }
             _ => None,
         };
         if let (Some(p), true) = (&ports.stdin_pipe, want_write) {
             fds.push(PollFd::new(p.as_fd(), PollFlags::POLLOUT));
-        }
-        let mut relay_idx = Vec::new();
-        if let Some(st) = &ports.streams {
-            for (relay, port) in relays.iter().zip([&st.stdout, &st.stderr]) {
-                let idx = if relay.wants_port() {
-                    fds.push(PollFd::new(port.as_fd(), PollFlags::POLLOUT));
-                    Some(fds.len() - 1)
-                } else if let Some(pipe) = &relay.pipe {
-                    fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
-                    Some(fds.len() - 1)
-                } else {
-                    None
-                };
-                relay_idx.push(idx);
-            }
         }
         // EINTR and other errors: fall through and re-check everything.
         let _ = poll(&mut fds, PollTimeout::NONE);
@@ -630,13 +386,15 @@ fn supervise(
         let sig_ready = ready(Some(0));
         let ctl_ready = ready(ctl_idx);
         let src_ready = ready(src_idx);
-        let relay_ready: Vec<PollFlags> = relay_idx.iter().map(|&i| ready(i)).collect();
         drop(fds);
 
         // Error or hang-up with nothing to read: the port is gone for good
         // (stop polling it rather than spin).
         if hung_up(ctl_ready) {
             control_open = false;
+        }
+        if hung_up(src_ready) {
+            source_open = false;
         }
 
         if ctl_ready.contains(PollFlags::POLLIN) && control_open {
@@ -648,15 +406,15 @@ fn supervise(
                 Ok(n) if n > 0 => {
                     for msg in lines.push(&buf[..n]) {
                         match msg {
-                            // Without a count the port's own end counts.
-                            ControlMessage::StdinEof { bytes } if bytes.is_some() => {
-                                announced = bytes;
+                            ControlMessage::StdinEof { bytes } => {
+                                eof = true;
+                                if source_open {
+                                    drain_source(ports, &mut pending, &mut received, bytes);
+                                }
                             }
-                            ControlMessage::Signal { signo }
-                                if (1..=MAX_SIGNAL).contains(&signo) =>
-                            {
-                                // SAFETY: kill(2) on the workload's pid with
-                                // a signal number in range.
+                            ControlMessage::Signal { signo } => {
+                                // SAFETY: kill(2) on the workload's pid; the
+                                // kernel checks the signal number.
                                 unsafe { libc::kill(workload.as_raw(), signo) };
                             }
                             _ => {}
@@ -669,21 +427,15 @@ fn supervise(
             }
         }
 
-        // The stdin port reads end-of-file once the host closed it and
-        // every byte it sent before was read.
-        if !src_ready.is_empty() && source_open {
-            if let Some(st) = &ports.streams {
-                match read_fd(st.stdin.as_fd(), &mut buf) {
+        if src_ready.contains(PollFlags::POLLIN) && source_open {
+            if let Some(src) = &ports.stdin_source {
+                match read_fd(src.as_fd(), &mut buf) {
                     Ok(n) if n > 0 => {
-                        let keep = match announced {
-                            Some(limit) => (limit.saturating_sub(received)).min(n as u64) as usize,
-                            None => n,
-                        };
                         received += n as u64;
-                        pending.extend_from_slice(&buf[..keep]);
+                        pending.extend_from_slice(&buf[..n]);
                     }
                     Err(Errno::EAGAIN | Errno::EINTR) => {}
-                    // End-of-file, hang-up or error: no more input will come.
+                    // Hang-up or error: no more input will come.
                     _ => source_open = false,
                 }
             }
@@ -705,56 +457,25 @@ fn supervise(
             }
         }
 
-        if let Some(st) = &ports.streams {
-            for ((relay, port), revents) in relays
-                .iter_mut()
-                .zip([&st.stdout, &st.stderr])
-                .zip(relay_ready)
-            {
-                if !revents.is_empty() {
-                    relay.step(port, revents);
-                }
-            }
-        }
-
         if !sig_ready.is_empty() {
             while let Ok(Some(_)) = sigfd.read_signal() {}
         }
-        // Reap everything; the workload's own end ends the serving.
-        while ended.is_none() {
+        // Reap everything; the workload's own end ends the loop.
+        loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(ws @ (WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _)))
                     if pid == workload =>
                 {
-                    ended = Some(ws);
-                    // What is left of the workload goes too: its
-                    // background children may hold the pipes open.
-                    kill_all();
+                    ports.stdin_pipe = None;
+                    return ws;
                 }
                 Ok(_) => {}
                 Err(Errno::EINTR) => {}
                 // ECHILD: nothing left, and the workload was reaped before?
                 // Cannot happen (only this loop reaps it); stop waiting.
-                Err(_) => ended = Some(WaitStatus::Exited(workload, 255)),
+                Err(_) => return WaitStatus::Exited(workload, 255),
             }
-        }
-    }
-}
-
-/// Tells the workload's stderr if a relay lost output (it never should:
-/// only if the guest kernel could not queue a spliced chain).
-fn report_lost(ports: &Ports, relays: &[Relay]) {
-    let Some(st) = &ports.streams else {
-        return;
-    };
-    for (relay, what) in relays.iter().zip(["stdout", "stderr"]) {
-        if relay.lost > 0 {
-            let msg = format!(
-                "isolate-init: {} bytes of the workload's {what} were lost on their way to the host\n",
-                relay.lost
-            );
-            let _ = nix::unistd::write(&st.stderr, msg.as_bytes());
         }
     }
 }
@@ -762,6 +483,37 @@ fn report_lost(ports: &Ports, relays: &[Relay]) {
 fn hung_up(revents: PollFlags) -> bool {
     !revents.contains(PollFlags::POLLIN)
         && revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+}
+
+/// Reads what is still on its way on hvc0 when `stdin_eof` arrives: the
+/// host sent the data before the message, but the two ports deliver
+/// independently, so data may trail the message. With the host's count
+/// (`total`), reads until `received` reaches it (giving up after 5 s with
+/// no byte arriving); without one, until hvc0 stays quiet for 20 ms.
+fn drain_source(ports: &Ports, pending: &mut Vec<u8>, received: &mut u64, total: Option<u64>) {
+    let Some(src) = &ports.stdin_source else {
+        return;
+    };
+    let wait_ms: u16 = if total.is_some() { 5000 } else { 20 };
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if total.is_some_and(|t| *received >= t) {
+            return;
+        }
+        let mut fds = [PollFd::new(src.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(wait_ms)) {
+            Ok(n) if n > 0 => match read_fd(src.as_fd(), &mut buf) {
+                Ok(n) if n > 0 => {
+                    *received += n as u64;
+                    pending.extend_from_slice(&buf[..n]);
+                }
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                _ => return,
+            },
+            Err(Errno::EINTR) => {}
+            _ => return,
+        }
+    }
 }
 
 fn read_fd(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {

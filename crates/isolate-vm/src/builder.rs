@@ -12,9 +12,8 @@
 //!    at the top of RAM;
 //! 4. devices: [`attach_legacy`] (8250 serial at 0x3f8 / IRQ 4, i8042 at
 //!    0x60–0x64 for the reset), then on the virtio-mmio bus
-//!    [`attach_console`] (one multiport console: the stdin, stdout, stderr
-//!    and control ports, named as the guest init expects) and
-//!    [`attach_block`] per disk;
+//!    [`attach_console`] ×3 (stdin+stdout, stderr, control — the order the
+//!    guest init expects) and [`attach_block`] per disk;
 //! 5. the kernel command line (announcing each virtio-mmio device), the MP
 //!    table (vCPUs, IOAPIC, interrupt routing: there is no ACPI) and the
 //!    boot information (`boot_params` or PVH `hvm_start_info`);
@@ -43,9 +42,7 @@ use crate::boot::{self, BootError, InitrdRegion};
 use crate::cpu::{self, CpuError};
 use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::serial::{Serial, SerialLog, COM1_IRQ, COM1_LEN, COM1_PORT};
-use crate::devices::virtio::{
-    Console, ConsoleInput, ConsoleOutputs, MmioTransport, Output, PortConfig,
-};
+use crate::devices::virtio::{Console, ConsoleInput, MmioTransport};
 use crate::devices::{Bus, BusDevice, DeviceError, Interrupt};
 use crate::kernel::{self, Entry, KernelError};
 use crate::layout::{self, KVM_IDENTITY_MAP_START, KVM_TSS_START, MMIO_LEN};
@@ -217,12 +214,11 @@ pub struct BootSpec {
 
 /// Where the guest's console output goes.
 pub struct ConsoleSinks {
-    /// The stdout port's output (written by a writer thread; may block).
+    /// Console 0 (`/dev/hvc0`) output: the workload's stdout.
     pub stdout: Box<dyn Write + Send>,
-    /// The stderr port's output (the same).
+    /// Console 1 (`/dev/hvc1`) output: the workload's stderr.
     pub stderr: Box<dyn Write + Send>,
-    /// The control port's output: control lines from the guest init,
-    /// written on the vCPU thread (must never block).
+    /// Console 2 (`/dev/hvc2`) output: control lines from the guest init.
     pub control: Box<dyn Write + Send>,
 }
 
@@ -238,12 +234,10 @@ pub struct MicroVm {
     pub stop: Arc<StopFlag>,
     /// The kernel's console (last lines).
     pub serial_log: SerialLog,
-    /// Input of the stdin port (the workload's stdin).
+    /// Input of console 0 (the workload's stdin).
     pub stdin: ConsoleInput,
-    /// Input of the control port (control messages to the guest).
+    /// Input of console 2 (control messages to the guest).
     pub control: ConsoleInput,
-    /// The stdout and stderr ports' buffers (flushed at the end).
-    pub outputs: ConsoleOutputs,
     /// The kernel command line used.
     pub cmdline: String,
 }
@@ -340,7 +334,9 @@ pub fn build_traced(
     let mut mmio = Bus::new();
     let serial_log = attach_legacy(&machine.vm, &mut pio, &stop, spec.console_log)?;
     let mut slots = Vec::new();
-    let (stdin, control, outputs) = attach_console(&machine, &mut mmio, &mut slots, sinks)?;
+    let stdin = attach_console(&machine, &mut mmio, &mut slots, sinks.stdout)?;
+    attach_console(&machine, &mut mmio, &mut slots, sinks.stderr)?;
+    let control = attach_console(&machine, &mut mmio, &mut slots, sinks.control)?;
     for block in disks {
         attach_block(&machine, &mut mmio, &mut slots, block)?;
     }
@@ -385,7 +381,6 @@ pub fn build_traced(
         serial_log,
         stdin,
         control,
-        outputs,
         cmdline,
     })
 }
@@ -566,40 +561,17 @@ fn attach_virtio(
     Ok(())
 }
 
-/// The multiport virtio console with the ports of the host ↔ guest
-/// protocol ([`isolate_core::protocol::CONSOLE_PORTS`], in that order);
-/// returns the stdin and control input handles and the output buffers.
+/// A virtio console whose output goes to `out`; returns its input handle.
 pub fn attach_console(
     machine: &Machine,
     mmio: &mut Bus,
     slots: &mut Vec<(u64, u32)>,
-    sinks: ConsoleSinks,
-) -> Result<(ConsoleInput, ConsoleInput, ConsoleOutputs), BuildError> {
-    let (console, handles) = console(sinks)?;
+    out: Box<dyn Write + Send>,
+) -> Result<ConsoleInput, BuildError> {
+    let console = Console::new(out);
+    let input = console.input();
     attach_virtio(machine, mmio, slots, "virtio console", Box::new(console))?;
-    Ok(handles)
-}
-
-/// The console with isolate's named ports over `sinks`, and its stdin and
-/// control inputs and its outputs.
-#[allow(clippy::type_complexity)]
-pub fn console(
-    sinks: ConsoleSinks,
-) -> Result<(Console, (ConsoleInput, ConsoleInput, ConsoleOutputs)), BuildError> {
-    use isolate_core::protocol::{CONTROL_PORT, STDERR_PORT, STDIN_PORT, STDOUT_PORT};
-    let port = |name: &str, output| PortConfig {
-        name: name.to_string(),
-        output,
-    };
-    let console = Console::new(vec![
-        port(STDIN_PORT, None),
-        port(STDOUT_PORT, Some(Output::Stream(sinks.stdout))),
-        port(STDERR_PORT, Some(Output::Stream(sinks.stderr))),
-        port(CONTROL_PORT, Some(Output::Inline(sinks.control))),
-    ])
-    .map_err(|e| BuildError::Device("virtio console", e))?;
-    let handles = (console.input(0), console.input(3), console.outputs());
-    Ok((console, handles))
+    Ok(input)
 }
 
 /// A virtio-blk device (its image opened by [`BootFiles::open`]).

@@ -3,7 +3,7 @@
 //! cgroup, and turns its reports into an [`Outcome`].
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -539,47 +539,11 @@ struct Shared {
     cv: Condvar,
 }
 
-/// Longest report line read from the VMM (it may carry guest text, which
-/// the VMM bounds far below this).
-const MAX_REPORT_LINE: usize = 1 << 20;
-
-/// Reads one line of at most `max` bytes (without its `\n`): `Ok(None)`
-/// at end-of-file, an error for a longer line.
-fn read_bounded_line(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let mut line = Vec::new();
-    let n = r.take(max as u64 + 1).read_until(b'\n', &mut line)?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if line.last() == Some(&b'\n') {
-        line.pop();
-    }
-    if line.len() > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("a report line longer than {max} bytes"),
-        ));
-    }
-    Ok(Some(line))
-}
-
 fn read_reports(pipe: File, shared: &Shared) {
-    let mut reader = BufReader::new(pipe);
-    loop {
-        let line = match read_bounded_line(&mut reader, MAX_REPORT_LINE) {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(e) => {
-                let mut st = lock(&shared.state);
-                st.finished_at = Some(Instant::now());
-                st.last = Some(Report::Failed {
-                    kind: FailKind::Vmm,
-                    message: format!("the VMM's reports are unreadable: {e}"),
-                });
-                break;
-            }
-        };
-        let Some(r) = Report::from_line(&String::from_utf8_lossy(&line)) else {
+    let reader = BufReader::new(pipe);
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let Some(r) = Report::from_line(&line) else {
             continue;
         };
         let now = Instant::now();
@@ -833,21 +797,6 @@ mod tests {
         assert!(!is_stale_vm_cgroup(&live));
         assert!(!is_stale_vm_cgroup("ct-run-4194305-0"));
         assert!(!is_stale_vm_cgroup(&format!("{CGROUP_PREFIX}myjob")));
-    }
-
-    #[test]
-    fn report_lines_are_bounded() {
-        let mut r = std::io::Cursor::new(b"one\ntwo\n0123456789\nlast".to_vec());
-        assert_eq!(read_bounded_line(&mut r, 8).unwrap(), Some(b"one".to_vec()));
-        assert_eq!(read_bounded_line(&mut r, 8).unwrap(), Some(b"two".to_vec()));
-        assert!(read_bounded_line(&mut r, 8).is_err());
-        let mut r = std::io::Cursor::new(b"12345678\nx".to_vec());
-        assert_eq!(
-            read_bounded_line(&mut r, 8).unwrap(),
-            Some(b"12345678".to_vec())
-        );
-        assert_eq!(read_bounded_line(&mut r, 8).unwrap(), Some(b"x".to_vec()));
-        assert_eq!(read_bounded_line(&mut r, 8).unwrap(), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::builder::{self, BuildError, ConsoleSinks, MicroVm};
 use crate::devices::serial::{Serial, SerialLog, COM1_LEN, COM1_PORT};
+use crate::devices::virtio::Console;
 use crate::devices::{Bus, BusDevice, Interrupt};
 use crate::vcpu::StopFlag;
 
@@ -189,9 +190,8 @@ pub fn build(kvm: Kvm, guest: &TestGuest, sinks: ConsoleSinks) -> Result<MicroVm
     .map_err(|e| BuildError::Device("serial port", e))?;
     pio.insert(u64::from(HOOK_PORT), 1, Arc::new(Mutex::new(Hook)))
         .map_err(|e| BuildError::Device("test hook", e))?;
-    // The console is made for its handles only: the hand-made guest has no
-    // virtio driver.
-    let (_console, (stdin, control, outputs)) = builder::console(sinks)?;
+    let stdin = Console::new(sinks.stdout).input();
+    let control = Console::new(sinks.control).input();
     Ok(MicroVm {
         machine,
         pio: Arc::new(pio),
@@ -200,7 +200,6 @@ pub fn build(kvm: Kvm, guest: &TestGuest, sinks: ConsoleSinks) -> Result<MicroVm
         serial_log,
         stdin,
         control,
-        outputs,
         cmdline: String::new(),
     })
 }

@@ -79,14 +79,6 @@ pub enum DeviceError {
         /// Why.
         reason: &'static str,
     },
-    /// A console was given no ports, or more than it can carry.
-    #[error("a virtio console carries 1 to {max} ports, not {count}")]
-    ConsolePorts {
-        /// Ports asked for.
-        count: usize,
-        /// Most it carries.
-        max: usize,
-    },
     /// A host-side I/O operation failed while setting up a device.
     #[error("{context}")]
     Io {

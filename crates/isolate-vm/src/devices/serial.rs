@@ -10,8 +10,6 @@ use std::convert::Infallible;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use isolate_core::protocol::escape_guest_text;
-
 use crate::devices::{lock, BusDevice, Interrupt};
 
 /// Base port of COM1.
@@ -112,22 +110,8 @@ struct Sink {
 impl Sink {
     fn write_echo(&mut self) {
         if let Some(echo) = self.echo.as_mut() {
-            // The guest's text goes to the host's terminal: its control
-            // characters (escape sequences) are shown, not obeyed.
-            let text = String::from_utf8_lossy(&self.pending);
-            let mut safe = String::with_capacity(text.len());
-            for piece in text.split_inclusive('\n') {
-                let (line, newline) = match piece.strip_suffix('\n') {
-                    Some(line) => (line.trim_end_matches('\r'), true),
-                    None => (piece, false),
-                };
-                safe.push_str(&escape_guest_text(line, usize::MAX));
-                if newline {
-                    safe.push('\n');
-                }
-            }
             // The console copy is best effort: a closed stderr must not stop the guest.
-            let _ = echo.write_all(safe.as_bytes());
+            let _ = echo.write_all(&self.pending);
             let _ = echo.flush();
         }
         self.pending.clear();
@@ -339,18 +323,6 @@ mod tests {
         let got = calls.0.lock().unwrap();
         assert_eq!(got.len(), 2, "the unterminated line is written at the end");
         assert_eq!(got[1], b"second");
-    }
-
-    #[test]
-    fn echo_escapes_control_characters() {
-        let calls = Calls::default();
-        let irq = Arc::new(CountingIrq::default());
-        let mut s = Serial::with_echo(irq, SerialLog::new(3), Some(Box::new(calls.clone())));
-        print(&mut s, "\x1b]0;title\x07\x1b[2Jok\r\n");
-        assert_eq!(
-            *calls.0.lock().unwrap(),
-            vec![b"\\x1b]0;title\\x07\\x1b[2Jok\n".to_vec()]
-        );
     }
 
     #[test]

@@ -1,687 +1,206 @@
-//! A multiport virtio console (`VIRTIO_CONSOLE_F_MULTIPORT`).
+//! A single-port virtio console (no `VIRTIO_CONSOLE_F_MULTIPORT`).
 //!
-//! One device carries several named ports. Linux shows each one as a
-//! character device `/dev/vportNpM`, with its name in
-//! `/sys/class/virtio-ports/vportNpM/name`. There is no tty layer on a
-//! port: no line discipline or echo, no 2 KiB split of every write, no
-//! spinning vCPU while the host copies (Linux's `hvc` console path waits
-//! with interrupts off until the device has used each buffer). A guest
-//! write of up to 32 KiB is one buffer and one notification.
+//! Queue 0 (receiveq) carries host→guest bytes, queue 1 (transmitq)
+//! guest→host bytes. Output goes to a `Write` sink chosen by the VMM
+//! (stdout, stderr, a control-line parser). Input comes from any thread
+//! through a [`ConsoleInput`] handle; bytes the guest has no buffers for yet
+//! wait in a pending buffer and are delivered when buffers arrive.
 //!
-//! Queues (virtio 1.2, 5.3.2): port 0 receive/transmit are 0/1, the control
-//! receive/transmit queues 2/3, port N's are 2N+2 / 2N+3.
+//! # When input may flow
 //!
-//! The control protocol, device side: the driver sends `DEVICE_READY`; the
-//! device answers `DEVICE_ADD` for each port; the driver sends `PORT_READY`
-//! for each; the device answers `PORT_NAME` and `PORT_OPEN(1)` (the host
-//! end is connected). The driver sends `PORT_OPEN(1)` / `PORT_OPEN(0)` when
-//! a guest process opens or closes the port.
-//!
-//! **Input** (host→guest, [`ConsoleInput`]) waits until a guest process has
-//! the port open (Linux throws away data that arrives on a port nobody has
-//! open). Its end travels in band: once every byte pushed before
-//! [`ConsoleInput::close`] is in the guest's buffers, the device sends
-//! `PORT_OPEN(0)`, and the guest's reads return end-of-file after the data.
-//!
-//! **Output** (guest→host) goes to the port's [`Output`]:
-//! - [`Output::Inline`]: written on the vCPU thread as the guest transmits;
-//!   for sinks that never block (the control-line parser);
-//! - [`Output::Stream`]: copied into a buffer of [`STREAM_BUFFER`] bytes
-//!   that a writer thread empties into the sink (a pipe, a terminal). While
-//!   the buffer is full the device leaves the guest's buffers in the ring:
-//!   the guest's writes wait (flow control) and no vCPU ever waits for the
-//!   host's reader. [`ConsoleOutputs::flush`] writes out the rest at the end.
-//!
-//! Every notification from the guest is a VM exit, so the device asks for
-//! them only when it needs them (`VRING_USED_F_NO_NOTIFY` otherwise): on a
-//! receive queue only while input waits for buffers, on a transmit queue
-//! only while the device is ready to take more.
+//! Without `VIRTIO_CONSOLE_F_MULTIPORT` the guest never says when its port
+//! is ready. Linux posts its receive buffers while it is still setting the
+//! port up, and throws away (or frees) whatever arrives before the port is
+//! registered. Input is therefore held until the port is known to be open:
+//! either the guest has transmitted on this console, or the VMM calls
+//! [`ConsoleInput::open`] (e.g. once the guest init reported in on another
+//! console).
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
-    read_stream, write_stream, ActiveQueue, SplitChain, VirtioDevice, TYPE_CONSOLE,
-    VIRTIO_F_VERSION_1,
+    for_each_range, ActiveQueue, SplitChain, VirtioDevice, TYPE_CONSOLE, VIRTIO_F_VERSION_1,
 };
 use crate::devices::{lock, DeviceError, Interrupt};
 
-/// Feature bit: the device has several ports and a control queue pair.
-pub const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1 << 1;
-/// Feature bit: the driver may put a chain's descriptors in an indirect
-/// table (Linux then splices a whole pipe, up to 256 pages, as one chain).
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 =
-    1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-/// Size of each receive queue offered to the driver: Linux posts one page
-/// per buffer, so a port holds at most 512 KiB of input in flight.
-pub const QUEUE_SIZE: u16 = 128;
-/// Size of each transmit queue: a guest writer has at most this many
-/// buffers in flight (32 KiB each from `write`, up to one pipe from
-/// `splice`), pinned in guest memory until the host takes them.
-pub const TX_QUEUE_SIZE: u16 = QUEUE_SIZE;
-/// Index of the control receive queue (device→driver messages).
-pub const CONTROL_RX_QUEUE: u16 = 2;
-/// Index of the control transmit queue (driver→device messages).
-pub const CONTROL_TX_QUEUE: u16 = 3;
-/// Most ports one console carries.
-pub const MAX_PORTS: usize = 16;
-/// Guest output a stream port buffers on the host before the guest waits.
-pub const STREAM_BUFFER: usize = 1 << 20;
-/// Most bytes taken from one guest buffer chain; the rest of a longer
-/// chain is dropped (Linux sends at most 32 KiB per write, and a splice
-/// of at most one pipe: 1 MiB with the largest pipes).
-pub const MAX_CHAIN: u64 = 2 << 20;
-/// What [`ConsoleOutputs::flush`] takes from the rings beyond the buffer.
-const FLUSH_LIMIT: usize = 8 * STREAM_BUFFER;
-/// Device→driver control messages kept while the driver posts no buffers
-/// (a driver that asks again and again without reading gets no more).
-const MAX_CONTROL_BACKLOG: usize = 4 * MAX_PORTS;
+/// Index of the receive queue (host→guest).
+pub const RX_QUEUE: u16 = 0;
+/// Index of the transmit queue (guest→host).
+pub const TX_QUEUE: u16 = 1;
+/// Size of each queue offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
 
-/// `struct virtio_console_control`: id (u32), event (u16), value (u16).
-const CONTROL_LEN: usize = 8;
 /// Size of `struct virtio_console_config` (cols, rows, max_nr_ports, emerg_wr).
-const CONFIG_LEN: usize = 12;
+const CONFIG_LEN: u64 = 12;
+/// Bounce buffer for guest→host copies.
+const TX_CHUNK: usize = 4096;
 
-// Control events (virtio 1.2, 5.3.6.2).
-const DEVICE_READY: u16 = 0;
-const DEVICE_ADD: u16 = 1;
-const PORT_READY: u16 = 3;
-const PORT_OPEN: u16 = 6;
-const PORT_NAME: u16 = 7;
-
-/// Where a port's guest output goes.
-pub enum Output {
-    /// Written on the vCPU thread; the sink must never block.
-    Inline(Box<dyn Write + Send>),
-    /// Buffered and written by a writer thread; the sink may block.
-    Stream(Box<dyn Write + Send>),
-}
-
-/// One port of the console.
-pub struct PortConfig {
-    /// The name the guest reads in `/sys/class/virtio-ports/*/name`.
-    pub name: String,
-    /// Its guest output; `None` drops it.
-    pub output: Option<Output>,
-}
-
-/// What a queue index is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Rx(usize),
-    Tx(usize),
-    ControlRx,
-    ControlTx,
-}
-
-fn role(index: u16) -> Role {
-    match index {
-        0 => Role::Rx(0),
-        1 => Role::Tx(0),
-        CONTROL_RX_QUEUE => Role::ControlRx,
-        CONTROL_TX_QUEUE => Role::ControlTx,
-        i => {
-            let port = usize::from(i) / 2 - 1;
-            if i % 2 == 0 {
-                Role::Rx(port)
-            } else {
-                Role::Tx(port)
-            }
-        }
-    }
-}
-
-/// A control message, as the wire has it (little endian: virtio 1.x).
-fn control_message(id: usize, event: u16, value: u16, extra: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(CONTROL_LEN + extra.len());
-    m.extend_from_slice(&(id as u32).to_le_bytes());
-    m.extend_from_slice(&event.to_le_bytes());
-    m.extend_from_slice(&value.to_le_bytes());
-    m.extend_from_slice(extra);
-    m
-}
-
-/// The host buffer of a stream port.
+/// Receive side, shared between the device (vCPU thread) and [`ConsoleInput`]s.
 #[derive(Default)]
-struct Stream {
-    buf: Vec<u8>,
-    /// The writer thread is writing bytes it took out of `buf`.
-    busy: bool,
-    /// The sink failed (e.g. its reader went away): output is dropped.
-    failed: bool,
+struct RxState {
+    pending: VecDeque<u8>,
+    active: Option<ActiveQueue>,
+    /// The guest port is known to be set up: input may be delivered.
+    open: bool,
 }
 
-struct Port {
-    name: String,
-    rx: Option<ActiveQueue>,
-    tx: Option<ActiveQueue>,
-    /// The driver sent `PORT_READY`.
-    ready: bool,
-    /// A guest process has the port open: input may be delivered.
-    guest_open: bool,
-    input: VecDeque<u8>,
-    /// The host's input ended (after `input`).
-    input_closed: bool,
-    /// `PORT_OPEN(0)` was sent for the end of input.
-    close_sent: bool,
-    inline: Option<Box<dyn Write + Send>>,
-    stream: Option<Stream>,
-    /// Guest output bytes dropped (failed sink, cut chains, unreadable buffers).
-    dropped: u64,
-}
-
-struct State {
-    ports: Vec<Port>,
-    control_rx: Option<ActiveQueue>,
-    control_tx: Option<ActiveQueue>,
-    /// Device→driver control messages not yet delivered.
-    control_out: VecDeque<Vec<u8>>,
-    /// The device is gone: writer threads finish and end.
-    shutdown: bool,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    /// Notified when a stream buffer gains or loses bytes and when input
-    /// is taken by the guest.
-    changed: Condvar,
-}
-
-impl State {
-    /// Queues a device→driver control message, unless too many wait.
-    fn queue_control(&mut self, msg: Vec<u8>) {
-        if self.control_out.len() < MAX_CONTROL_BACKLOG {
-            self.control_out.push_back(msg);
-        }
-    }
-
-    /// Copies pending input of `p` into the guest's buffers (if a guest
-    /// process has the port open), then sends the end of input once all of
-    /// it is delivered.
-    fn deliver(&mut self, p: usize, changed: &Condvar) {
-        let Some(port) = self.ports.get_mut(p) else {
+impl RxState {
+    /// Copies pending bytes into the buffers the guest made available,
+    /// and interrupts it if any buffer was used.
+    fn deliver(&mut self) {
+        if !self.open {
             return;
-        };
-        if port.guest_open && !port.input.is_empty() {
-            if let Some(rx) = port.rx.as_mut() {
-                let mut used = false;
-                let mut rechecked = false;
-                while !port.input.is_empty() {
-                    let Some(chain) = rx.queue.pop_descriptor_chain(&rx.mem) else {
-                        // Out of buffers: the driver's next ones must be
-                        // announced, unless some came in meanwhile (looked
-                        // at once: a garbage ring must not loop forever).
-                        if !rechecked && rx.queue.enable_notification(&rx.mem).unwrap_or(false) {
-                            rechecked = true;
-                            continue;
-                        }
-                        break;
-                    };
-                    let head = chain.head_index();
-                    let chain = SplitChain::collect(chain);
-                    // The front part only: making the whole backlog
-                    // contiguous would move up to a megabyte per buffer.
-                    let data = port.input.as_slices().0;
-                    let want = (data.len() as u64).min(chain.writable_len()) as usize;
-                    let written = if write_stream(&rx.mem, &chain.writable, 0, &data[..want]) {
-                        want
-                    } else {
-                        0
-                    };
-                    port.input.drain(..written);
-                    // `written` is bounded by the chain length, which fits in u32.
-                    let _ = rx.queue.add_used(&rx.mem, head, written as u32);
-                    used = true;
-                }
-                if port.input.is_empty() {
-                    // Nothing waits for buffers: new ones need no exit (the
-                    // next push looks at the ring anyway).
-                    let _ = rx.queue.disable_notification(&rx.mem);
-                }
-                if used {
-                    rx.notify_guest();
-                    changed.notify_all();
-                }
-            }
         }
-        if port.ready && port.input_closed && port.input.is_empty() && !port.close_sent {
-            port.close_sent = true;
-            self.queue_control(control_message(p, PORT_OPEN, 0, &[]));
-            self.send_control();
-        }
-    }
-
-    /// Takes the guest's output buffers of port `p`: into its sink (inline),
-    /// or into its stream buffer while that holds less than `limit` bytes.
-    fn pull_tx(&mut self, p: usize, limit: usize, changed: &Condvar) {
-        let Some(port) = self.ports.get_mut(p) else {
-            return;
-        };
-        let Some(tx) = port.tx.as_mut() else {
+        let Some(rx) = self.active.as_mut() else {
             return;
         };
         let mut used = false;
-        let mut grew = false;
-        let mut rechecked = false;
-        loop {
-            if let Some(s) = &port.stream {
-                if !s.failed && s.buf.len() >= limit {
-                    // Full: the writer thread takes more once it has room;
-                    // until then the guest's notifications are useless exits.
-                    let _ = tx.queue.disable_notification(&tx.mem);
-                    break;
-                }
-            }
-            let Some(chain) = tx.queue.pop_descriptor_chain(&tx.mem) else {
-                // All taken: the next buffer must be announced, unless one
-                // came in meanwhile (looked at once, as above).
-                if !rechecked && tx.queue.enable_notification(&tx.mem).unwrap_or(false) {
-                    rechecked = true;
-                    continue;
-                }
-                break;
-            };
-            let head = chain.head_index();
-            let chain = SplitChain::collect(chain);
-            let total = chain.readable_len();
-            let len = total.min(MAX_CHAIN);
-            port.dropped += total - len;
-            // `len` <= MAX_CHAIN, which fits in usize.
-            let len = len as usize;
-            match (&mut port.stream, &mut port.inline) {
-                (Some(s), _) if !s.failed => {
-                    let start = s.buf.len();
-                    s.buf.resize(start + len, 0);
-                    if read_stream(&tx.mem, &chain.readable, 0, &mut s.buf[start..]) {
-                        grew |= len > 0;
-                    } else {
-                        s.buf.truncate(start);
-                        port.dropped += len as u64;
-                    }
-                }
-                (None, Some(sink)) => {
-                    let mut data = vec![0u8; len];
-                    if !read_stream(&tx.mem, &chain.readable, 0, &mut data)
-                        || sink.write_all(&data).is_err()
-                    {
-                        port.dropped += len as u64;
-                    }
-                }
-                _ => port.dropped += len as u64,
-            }
-            let _ = tx.queue.add_used(&tx.mem, head, 0);
-            used = true;
-        }
-        if let Some(sink) = port.inline.as_mut() {
-            let _ = sink.flush();
-        }
-        if used {
-            tx.notify_guest();
-        }
-        if grew {
-            changed.notify_all();
-        }
-    }
-
-    /// Moves pending device→driver control messages into the driver's buffers.
-    fn send_control(&mut self) {
-        let Some(rx) = self.control_rx.as_mut() else {
-            return;
-        };
-        let mut used = false;
-        while let Some(msg) = self.control_out.front() {
+        while !self.pending.is_empty() {
             let Some(chain) = rx.queue.pop_descriptor_chain(&rx.mem) else {
                 break;
             };
             let head = chain.head_index();
             let chain = SplitChain::collect(chain);
-            // A buffer too small for the message goes back empty; the
-            // message waits for the next one.
-            let len = if chain.writable_len() >= msg.len() as u64
-                && write_stream(&rx.mem, &chain.writable, 0, msg)
-            {
-                let len = msg.len() as u32;
-                self.control_out.pop_front();
-                len
-            } else {
-                0
-            };
-            let _ = rx.queue.add_used(&rx.mem, head, len);
+            let data = self.pending.make_contiguous();
+            let want = (data.len() as u64).min(chain.writable_len());
+            let written = for_each_range(&chain.writable, 0, want, |addr, pos, len| {
+                // `pos + len <= want <= data.len()`, both fit in usize.
+                let (pos, len) = (pos as usize, len as usize);
+                rx.mem.write_slice(&data[pos..pos + len], addr).is_ok()
+            });
+            self.pending.drain(..written as usize);
+            // `written` is bounded by the chain length, which fits in u32.
+            let _ = rx.queue.add_used(&rx.mem, head, written as u32);
             used = true;
         }
         if used {
             rx.notify_guest();
         }
     }
-
-    /// Reads the driver's control messages and acts on them.
-    fn process_control(&mut self, changed: &Condvar) {
-        let mut messages = Vec::new();
-        if let Some(tx) = self.control_tx.as_mut() {
-            let mut used = false;
-            while let Some(chain) = tx.queue.pop_descriptor_chain(&tx.mem) {
-                let head = chain.head_index();
-                let chain = SplitChain::collect(chain);
-                let mut m = [0u8; CONTROL_LEN];
-                if read_stream(&tx.mem, &chain.readable, 0, &mut m) {
-                    messages.push(m);
-                }
-                let _ = tx.queue.add_used(&tx.mem, head, 0);
-                used = true;
-            }
-            if used {
-                tx.notify_guest();
-            }
-        }
-        for m in messages {
-            let id = u32::from_le_bytes([m[0], m[1], m[2], m[3]]) as usize;
-            let event = u16::from_le_bytes([m[4], m[5]]);
-            let value = u16::from_le_bytes([m[6], m[7]]);
-            self.control_event(id, event, value, changed);
-        }
-        self.send_control();
-    }
-
-    fn control_event(&mut self, id: usize, event: u16, value: u16, changed: &Condvar) {
-        match event {
-            DEVICE_READY if value == 1 => {
-                for p in 0..self.ports.len() {
-                    self.queue_control(control_message(p, DEVICE_ADD, 0, &[]));
-                }
-            }
-            PORT_READY if value == 1 => {
-                let Some(port) = self.ports.get_mut(id) else {
-                    return;
-                };
-                port.ready = true;
-                let name = port.name.clone().into_bytes();
-                self.queue_control(control_message(id, PORT_NAME, 0, &name));
-                self.queue_control(control_message(id, PORT_OPEN, 1, &[]));
-                self.deliver(id, changed);
-            }
-            PORT_OPEN => {
-                let Some(port) = self.ports.get_mut(id) else {
-                    return;
-                };
-                port.guest_open = value != 0;
-                self.deliver(id, changed);
-            }
-            // DEVICE_READY(0) (the driver failed), RESIZE, unknown events.
-            _ => {}
-        }
-    }
 }
 
-/// A cloneable handle that feeds bytes to one port's guest input.
+/// A cloneable handle that feeds bytes to the guest's console input.
 #[derive(Clone)]
 pub struct ConsoleInput {
-    shared: Arc<Shared>,
-    port: usize,
+    rx: Arc<Mutex<RxState>>,
 }
 
 impl ConsoleInput {
-    /// Queues `data` for the guest and delivers what the guest has buffers
-    /// for; the rest goes when it adds buffers. Never blocks on the guest.
+    /// Queues `data` for the guest and delivers as much as the guest has
+    /// buffers for now; the rest is delivered when the guest adds buffers.
+    /// Never blocks on the guest. Callable from any thread.
     pub fn push(&self, data: &[u8]) {
-        let mut st = lock(&self.shared.state);
-        st.ports[self.port].input.extend(data);
-        st.deliver(self.port, &self.shared.changed);
+        let mut rx = lock(&self.rx);
+        rx.pending.extend(data);
+        rx.deliver();
     }
 
-    /// Ends the input: the guest reads end-of-file after what was pushed.
-    pub fn close(&self) {
-        let mut st = lock(&self.shared.state);
-        st.ports[self.port].input_closed = true;
-        st.deliver(self.port, &self.shared.changed);
+    /// Declares the guest port ready for input (see the module docs) and
+    /// delivers what is pending. Idempotent; a device reset closes it again.
+    pub fn open(&self) {
+        let mut rx = lock(&self.rx);
+        rx.open = true;
+        rx.deliver();
     }
 
-    /// Whether a guest process has the port open (input is delivered).
+    /// Whether input is being delivered (the port is open, see [`open`](Self::open)).
     pub fn is_open(&self) -> bool {
-        lock(&self.shared.state).ports[self.port].guest_open
+        lock(&self.rx).open
     }
 
-    /// Bytes pushed but not yet taken by the guest.
+    /// Bytes pushed but not yet taken by the guest (for back-pressure: a
+    /// reader of host stdin can wait while this is large).
     pub fn pending_len(&self) -> usize {
-        lock(&self.shared.state).ports[self.port].input.len()
-    }
-
-    /// Waits until fewer than `limit` bytes are pending, or `deadline`;
-    /// returns whether they are.
-    pub fn wait_pending_below(&self, limit: usize, deadline: Instant) -> bool {
-        let mut st = lock(&self.shared.state);
-        loop {
-            if st.ports[self.port].input.len() < limit {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
+        lock(&self.rx).pending.len()
     }
 }
 
-/// A handle on the console's stream outputs, for the end of a run.
-#[derive(Clone)]
-pub struct ConsoleOutputs {
-    shared: Arc<Shared>,
-}
-
-impl ConsoleOutputs {
-    /// Takes what the guest has queued on its stream ports (past the
-    /// buffer bound: the guest has nothing left to say) and waits until the
-    /// writer threads wrote it all, or until `deadline`. Returns whether
-    /// everything was written (or dropped by a failed sink).
-    pub fn flush(&self, deadline: Instant) -> bool {
-        let mut st = lock(&self.shared.state);
-        for p in 0..st.ports.len() {
-            if st.ports[p].stream.is_some() {
-                st.pull_tx(p, FLUSH_LIMIT, &self.shared.changed);
-            }
-        }
-        loop {
-            let idle = st.ports.iter().all(|p| {
-                p.stream
-                    .as_ref()
-                    .is_none_or(|s| s.failed || (s.buf.is_empty() && !s.busy))
-            });
-            if idle {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-    }
-
-    /// Guest output bytes dropped so far, all ports.
-    pub fn dropped(&self) -> u64 {
-        lock(&self.shared.state)
-            .ports
-            .iter()
-            .map(|p| p.dropped)
-            .sum()
-    }
-}
-
-/// Writes a stream port's buffer to its sink until the device is gone.
-fn writer(shared: Arc<Shared>, p: usize, mut sink: Box<dyn Write + Send>) {
-    let mut chunk = Vec::new();
-    loop {
-        {
-            let mut st = lock(&shared.state);
-            loop {
-                let shutdown = st.shutdown;
-                let Some(s) = st.ports[p].stream.as_mut() else {
-                    return;
-                };
-                s.busy = false;
-                if !s.buf.is_empty() {
-                    std::mem::swap(&mut chunk, &mut s.buf);
-                    s.busy = true;
-                    break;
-                }
-                if shutdown {
-                    shared.changed.notify_all();
-                    return;
-                }
-                // The buffer is empty: take more from the ring (it may have
-                // stopped at the bound), or wait, waking a waiting flush.
-                st.pull_tx(p, STREAM_BUFFER, &shared.changed);
-                if st.ports[p]
-                    .stream
-                    .as_ref()
-                    .is_some_and(|s| s.buf.is_empty())
-                {
-                    shared.changed.notify_all();
-                    st = shared
-                        .changed
-                        .wait(st)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                }
-            }
-        }
-        let ok = sink.write_all(&chunk).and_then(|()| sink.flush()).is_ok();
-        let mut st = lock(&shared.state);
-        if !ok {
-            st.ports[p].dropped += chunk.len() as u64;
-            if let Some(s) = st.ports[p].stream.as_mut() {
-                s.failed = true;
-                s.buf.clear();
-            }
-        }
-        chunk.clear();
-        // Room again: take what the guest queued meanwhile.
-        st.pull_tx(p, STREAM_BUFFER, &shared.changed);
-        shared.changed.notify_all();
-    }
-}
-
-/// The multiport virtio console device model.
+/// The virtio console device model.
 pub struct Console {
-    shared: Arc<Shared>,
-    queue_sizes: Vec<u16>,
+    out: Box<dyn Write + Send>,
+    rx: Arc<Mutex<RxState>>,
+    tx: Option<ActiveQueue>,
     acked_features: u64,
+    output_errors: u64,
 }
 
 impl Console {
-    /// A console with `ports` (port 0 first); starts one writer thread per
-    /// stream port.
-    pub fn new(ports: Vec<PortConfig>) -> Result<Self, DeviceError> {
-        if ports.is_empty() || ports.len() > MAX_PORTS {
-            return Err(DeviceError::ConsolePorts {
-                count: ports.len(),
-                max: MAX_PORTS,
-            });
-        }
-        let mut sinks = Vec::new();
-        let state_ports = ports
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let (inline, stream) = match c.output {
-                    Some(Output::Inline(w)) => (Some(w), None),
-                    Some(Output::Stream(w)) => {
-                        sinks.push((i, c.name.clone(), w));
-                        (None, Some(Stream::default()))
-                    }
-                    None => (None, None),
-                };
-                Port {
-                    name: c.name,
-                    rx: None,
-                    tx: None,
-                    ready: false,
-                    guest_open: false,
-                    input: VecDeque::new(),
-                    input_closed: false,
-                    close_sent: false,
-                    inline,
-                    stream,
-                    dropped: 0,
-                }
-            })
-            .collect::<Vec<_>>();
-        let n = state_ports.len();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                ports: state_ports,
-                control_rx: None,
-                control_tx: None,
-                control_out: VecDeque::new(),
-                shutdown: false,
-            }),
-            changed: Condvar::new(),
-        });
-        for (i, name, sink) in sinks {
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("console-{name}"))
-                .spawn(move || writer(s, i, sink))
-                .map_err(|source| DeviceError::Io {
-                    context: format!("cannot start the writer thread of console port {name}"),
-                    source,
-                })?;
-        }
-        let queue_sizes = (0..2 * n + 2)
-            .map(|i| match role(i as u16) {
-                Role::Rx(_) | Role::ControlRx => QUEUE_SIZE,
-                Role::Tx(_) | Role::ControlTx => TX_QUEUE_SIZE,
-            })
-            .collect();
-        Ok(Self {
-            shared,
-            queue_sizes,
+    /// A console whose guest output goes to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out,
+            rx: Arc::default(),
+            tx: None,
             acked_features: 0,
-        })
+            output_errors: 0,
+        }
     }
 
-    /// A handle to send input to port `port` (panics if there is no such port).
-    pub fn input(&self, port: usize) -> ConsoleInput {
-        assert!(
-            port < lock(&self.shared.state).ports.len(),
-            "no console port {port}"
-        );
+    /// A handle to send input to the guest, usable from other threads.
+    pub fn input(&self) -> ConsoleInput {
         ConsoleInput {
-            shared: self.shared.clone(),
-            port,
+            rx: self.rx.clone(),
         }
     }
 
-    /// A handle on the stream outputs.
-    pub fn outputs(&self) -> ConsoleOutputs {
-        ConsoleOutputs {
-            shared: self.shared.clone(),
+    /// How many writes to the output sink failed (the bytes were dropped).
+    pub fn output_errors(&self) -> u64 {
+        self.output_errors
+    }
+
+    /// Writes what the guest transmitted to the sink and returns the buffers.
+    fn process_tx(&mut self) {
+        let Some(tx) = self.tx.as_mut() else {
+            return;
+        };
+        let out = &mut self.out;
+        let errors = &mut self.output_errors;
+        let mut buf = [0u8; TX_CHUNK];
+        let mut used = false;
+        while let Some(chain) = tx.queue.pop_descriptor_chain(&tx.mem) {
+            let head = chain.head_index();
+            let chain = SplitChain::collect(chain);
+            for_each_range(&chain.readable, 0, chain.readable_len(), |addr, _, len| {
+                let mut done = 0u64;
+                while done < len {
+                    let n = (len - done).min(TX_CHUNK as u64) as usize;
+                    let Some(at) = addr.0.checked_add(done) else {
+                        return false;
+                    };
+                    if tx
+                        .mem
+                        .read_slice(&mut buf[..n], vm_memory::GuestAddress(at))
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    if out.write_all(&buf[..n]).is_err() {
+                        *errors += 1;
+                    }
+                    done += n as u64;
+                }
+                true
+            });
+            let _ = tx.queue.add_used(&tx.mem, head, 0);
+            used = true;
         }
-    }
-
-    fn multiport(&self) -> bool {
-        self.acked_features & VIRTIO_CONSOLE_F_MULTIPORT != 0
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        lock(&self.shared.state).shutdown = true;
-        self.shared.changed.notify_all();
+        if out.flush().is_err() {
+            *errors += 1;
+        }
+        if used {
+            tx.notify_guest();
+            // The guest wrote through its port: the port is set up.
+            let mut rx = lock(&self.rx);
+            if !rx.open {
+                rx.open = true;
+                rx.deliver();
+            }
+        }
     }
 }
 
@@ -691,11 +210,11 @@ impl VirtioDevice for Console {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+        &[QUEUE_SIZE, QUEUE_SIZE]
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_CONSOLE_F_MULTIPORT | VIRTIO_RING_F_INDIRECT_DESC
+        VIRTIO_F_VERSION_1
     }
 
     fn ack_features(&mut self, features: u64) {
@@ -703,17 +222,9 @@ impl VirtioDevice for Console {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // cols and rows 0 (no size), max_nr_ports, emerg_wr 0.
-        let mut config = [0u8; CONFIG_LEN];
-        let ports = lock(&self.shared.state).ports.len() as u32;
-        config[4..8].copy_from_slice(&ports.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        // cols, rows, max_nr_ports and emerg_wr are all 0: no size, one port.
+        let _ = (offset, CONFIG_LEN);
+        data.fill(0);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -726,16 +237,16 @@ impl VirtioDevice for Console {
         queues: Vec<Queue>,
         interrupt: Arc<dyn Interrupt>,
     ) -> Result<(), DeviceError> {
-        if queues.len() != self.queue_sizes.len() {
+        let count = queues.len();
+        let mut queues = queues.into_iter();
+        let (Some(rxq), Some(txq), None) = (queues.next(), queues.next(), queues.next()) else {
             return Err(DeviceError::QueueNotUsable {
                 device: "console",
-                index: queues.len().min(self.queue_sizes.len()),
-                reason: "wrong number of queues",
+                index: count.min(2),
+                reason: "the console needs exactly 2 queues",
             });
-        }
-        let multiport = self.multiport();
-        // Port 0's queues are always needed; the rest only with MULTIPORT.
-        for (index, q) in queues.iter().enumerate().take(2) {
+        };
+        for (index, q) in [&rxq, &txq].into_iter().enumerate() {
             if !q.ready() {
                 return Err(DeviceError::QueueNotUsable {
                     device: "console",
@@ -744,67 +255,357 @@ impl VirtioDevice for Console {
                 });
             }
         }
-        let mut st = lock(&self.shared.state);
-        for (index, queue) in queues.into_iter().enumerate() {
-            if !queue.ready() || (!multiport && index >= 2) {
-                continue;
-            }
-            let active = Some(ActiveQueue {
-                queue,
-                mem: mem.clone(),
-                interrupt: interrupt.clone(),
-            });
-            match role(index as u16) {
-                Role::Rx(p) => st.ports[p].rx = active,
-                Role::Tx(p) => st.ports[p].tx = active,
-                Role::ControlRx => st.control_rx = active,
-                Role::ControlTx => st.control_tx = active,
-            }
-        }
-        if !multiport {
-            // A single-port driver never sends PORT_READY or PORT_OPEN: its
-            // port 0 is live from the start.
-            st.ports[0].ready = true;
-            st.ports[0].guest_open = true;
-            st.deliver(0, &self.shared.changed);
-        }
+        self.tx = Some(ActiveQueue {
+            queue: txq,
+            mem: mem.clone(),
+            interrupt: interrupt.clone(),
+        });
+        let mut rx = lock(&self.rx);
+        rx.active = Some(ActiveQueue {
+            queue: rxq,
+            mem,
+            interrupt,
+        });
+        rx.deliver();
         Ok(())
     }
 
     fn queue_notify(&mut self, queue_index: u16) {
-        let changed = &self.shared.changed;
-        let mut st = lock(&self.shared.state);
-        match role(queue_index) {
-            Role::Rx(p) => st.deliver(p, changed),
-            Role::Tx(p) => st.pull_tx(p, STREAM_BUFFER, changed),
-            Role::ControlRx => st.send_control(),
-            Role::ControlTx => st.process_control(changed),
+        match queue_index {
+            RX_QUEUE => lock(&self.rx).deliver(),
+            TX_QUEUE => self.process_tx(),
+            _ => {}
         }
     }
 
     fn reset(&mut self) {
+        self.tx = None;
         self.acked_features = 0;
-        let mut st = lock(&self.shared.state);
-        // What the guest transmitted and the device did not take yet (its
-        // buffer was full) is taken now: a guest that resets the device on
-        // its way down (reboot) has said it, and its memory is still there.
-        for p in 0..st.ports.len() {
-            st.pull_tx(p, FLUSH_LIMIT, &self.shared.changed);
-        }
-        // Pending input and buffered output stay: the input is delivered
-        // once the driver is back and a guest process opens the port again.
-        st.control_rx = None;
-        st.control_tx = None;
-        st.control_out.clear();
-        for port in &mut st.ports {
-            port.rx = None;
-            port.tx = None;
-            port.ready = false;
-            port.guest_open = false;
-            port.close_sent = false;
-        }
+        // Pending input stays: it is delivered once the driver is back and
+        // its port is open again.
+        let mut rx = lock(&self.rx);
+        rx.active = None;
+        rx.open = false;
     }
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::devices::test_util::{add_chain, guest_memory, used_entries, CountingIrq};
+
+    /// A `Write` sink the test can read back.
+    #[derive(Clone, Default)]
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Fixture<'a> {
+        console: Console,
+        out: SharedBuf,
+        irq: Arc<CountingIrq>,
+        rxq: MockSplitQueue<'a, GuestMemoryMmap>,
+        txq: MockSplitQueue<'a, GuestMemoryMmap>,
+    }
+
+    fn fixture(mem: &GuestMemoryMmap) -> Fixture<'_> {
+        let out = SharedBuf::default();
+        let console = Console::new(Box::new(out.clone()));
+        let rxq = MockSplitQueue::create(mem, GuestAddress(0), 16);
+        let txq = MockSplitQueue::create(mem, GuestAddress(0x4000), 16);
+        Fixture {
+            console,
+            out,
+            irq: Arc::new(CountingIrq::default()),
+            rxq,
+            txq,
+        }
+    }
+
+    /// Activates the console and declares its port open.
+    fn activate(f: &mut Fixture<'_>, mem: &GuestMemoryMmap) {
+        activate_closed(f, mem);
+        f.console.input().open();
+    }
+
+    /// Activates the console like a driver that has not set its port up yet.
+    fn activate_closed(f: &mut Fixture<'_>, mem: &GuestMemoryMmap) {
+        let queues = vec![f.rxq.create_queue().unwrap(), f.txq.create_queue().unwrap()];
+        f.console
+            .activate(mem.clone(), queues, f.irq.clone())
+            .unwrap();
+    }
+
+    #[test]
+    fn transmitted_bytes_reach_the_sink_in_order() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        mem.write_slice(b"hello, ", GuestAddress(0x1_0000)).unwrap();
+        mem.write_slice(b"world", GuestAddress(0x2_0000)).unwrap();
+        mem.write_slice(b"!\n", GuestAddress(0x3_0000)).unwrap();
+        // One chain of two readable buffers, then a one-buffer chain.
+        add_chain(&f.txq, 0, &[(0x1_0000, 7, false), (0x2_0000, 5, false)]);
+        add_chain(&f.txq, 2, &[(0x3_0000, 2, false)]);
+
+        f.console.queue_notify(TX_QUEUE);
+
+        assert_eq!(&*f.out.0.lock().unwrap(), b"hello, world!\n");
+        assert_eq!(used_entries(&f.txq), vec![(0, 0), (2, 0)]);
+        assert_eq!(f.irq.count(), 1);
+    }
+
+    #[test]
+    fn pushed_bytes_fill_guest_buffers() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        add_chain(&f.rxq, 0, &[(0x1_0000, 4, true), (0x2_0000, 4, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        assert_eq!(f.irq.count(), 0, "no input yet, no interrupt");
+
+        f.console.input().push(b"abcdef");
+
+        let mut got = [0u8; 6];
+        mem.read_slice(&mut got[..4], GuestAddress(0x1_0000))
+            .unwrap();
+        mem.read_slice(&mut got[4..], GuestAddress(0x2_0000))
+            .unwrap();
+        assert_eq!(&got, b"abcdef");
+        assert_eq!(used_entries(&f.rxq), vec![(0, 6)]);
+        assert_eq!(f.irq.count(), 1);
+        assert_eq!(f.console.input().pending_len(), 0);
+    }
+
+    #[test]
+    fn pending_bytes_arrive_when_buffers_are_added() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        let input = f.console.input();
+        // Before activation.
+        input.push(b"early ");
+        activate(&mut f, &mem);
+        // After activation, with no buffers.
+        input.push(b"late");
+        assert_eq!(input.pending_len(), 10);
+        assert_eq!(f.irq.count(), 0);
+
+        // A buffer smaller than the pending input: delivered in two rounds.
+        add_chain(&f.rxq, 0, &[(0x1_0000, 8, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        assert_eq!(input.pending_len(), 2);
+        add_chain(&f.rxq, 1, &[(0x2_0000, 8, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        assert_eq!(input.pending_len(), 0);
+
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 2];
+        mem.read_slice(&mut a, GuestAddress(0x1_0000)).unwrap();
+        mem.read_slice(&mut b, GuestAddress(0x2_0000)).unwrap();
+        assert_eq!(&a, b"early la");
+        assert_eq!(&b, b"te");
+        assert_eq!(used_entries(&f.rxq), vec![(0, 8), (1, 2)]);
+        assert_eq!(f.irq.count(), 2);
+    }
+
+    /// Like the Linux driver: a ring full of page-sized receive buffers,
+    /// each re-posted as soon as the guest has read it, while much more
+    /// input than the ring holds is pending. The ring indexes wrap around.
+    /// (The rings are laid out by hand: the mock's layout is only good for a
+    /// few entries.)
+    #[test]
+    fn bulk_input_flows_through_reposted_buffers() {
+        use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+        use virtio_queue::desc::split::Descriptor;
+
+        const SIZE: u16 = 16;
+        const BUF: u32 = 4096;
+        let (desc, avail, used) = (0x8_0000u64, 0x8_1000u64, 0x8_2000u64);
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        let mut rxq = Queue::new(SIZE).unwrap();
+        rxq.try_set_desc_table_address(GuestAddress(desc)).unwrap();
+        rxq.try_set_avail_ring_address(GuestAddress(avail)).unwrap();
+        rxq.try_set_used_ring_address(GuestAddress(used)).unwrap();
+        rxq.set_ready(true);
+        assert!(rxq.is_valid(&mem));
+        let txq = f.txq.create_queue().unwrap();
+        f.console
+            .activate(mem.clone(), vec![rxq, txq], f.irq.clone())
+            .unwrap();
+        f.console.input().open();
+
+        let mut avail_idx = 0u16;
+        let post = |head: u16, idx: &mut u16| {
+            let slot = avail + 4 + u64::from(*idx % SIZE) * 2;
+            mem.write_obj(head, GuestAddress(slot)).unwrap();
+            *idx = idx.wrapping_add(1);
+            mem.write_obj(*idx, GuestAddress(avail + 2)).unwrap();
+        };
+        for head in 0..SIZE {
+            let addr = 0x1_0000 + u64::from(head) * u64::from(BUF);
+            let d = Descriptor::new(addr, BUF, VRING_DESC_F_WRITE as u16, 0);
+            mem.write_obj(d, GuestAddress(desc + u64::from(head) * 16))
+                .unwrap();
+            post(head, &mut avail_idx);
+        }
+        f.console.queue_notify(RX_QUEUE);
+
+        let input: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let handle = f.console.input();
+        handle.push(&input);
+
+        let mut received = Vec::new();
+        let mut used_seen = 0u16;
+        let mut rounds = 0;
+        while received.len() < input.len() {
+            rounds += 1;
+            assert!(rounds < 1000, "input stalled at {} bytes", received.len());
+            let used_idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
+            assert_ne!(used_idx, used_seen, "no buffer used while input is pending");
+            while used_seen != used_idx {
+                let elem = used + 4 + u64::from(used_seen % SIZE) * 8;
+                let head: u32 = mem.read_obj(GuestAddress(elem)).unwrap();
+                let len: u32 = mem.read_obj(GuestAddress(elem + 4)).unwrap();
+                let addr = 0x1_0000 + u64::from(head) * u64::from(BUF);
+                let mut chunk = vec![0u8; len as usize];
+                mem.read_slice(&mut chunk, GuestAddress(addr)).unwrap();
+                received.extend_from_slice(&chunk);
+                used_seen = used_seen.wrapping_add(1);
+                // The driver gives the buffer back and kicks.
+                post(head as u16, &mut avail_idx);
+                f.console.queue_notify(RX_QUEUE);
+            }
+        }
+        assert_eq!(received.len(), input.len());
+        assert!(received == input, "input arrived altered or out of order");
+        assert_eq!(handle.pending_len(), 0);
+        assert!(f.irq.count() > 1);
+    }
+
+    #[test]
+    fn input_waits_until_the_port_is_opened() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate_closed(&mut f, &mem);
+        add_chain(&f.rxq, 0, &[(0x1_0000, 64, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        let input = f.console.input();
+        input.push(b"early");
+        // Linux would discard this: nothing may be delivered yet.
+        assert!(used_entries(&f.rxq).is_empty());
+        assert_eq!(f.irq.count(), 0);
+        assert!(!input.is_open());
+
+        input.open();
+
+        assert_eq!(used_entries(&f.rxq), vec![(0, 5)]);
+        let mut got = [0u8; 5];
+        mem.read_slice(&mut got, GuestAddress(0x1_0000)).unwrap();
+        assert_eq!(&got, b"early");
+    }
+
+    #[test]
+    fn guest_transmission_opens_the_port() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate_closed(&mut f, &mem);
+        let input = f.console.input();
+        input.push(b"reply");
+        add_chain(&f.rxq, 0, &[(0x1_0000, 64, true)]);
+        f.console.queue_notify(RX_QUEUE);
+        assert_eq!(input.pending_len(), 5);
+
+        mem.write_slice(b"{\"t\":\"started\"}\n", GuestAddress(0x2_0000))
+            .unwrap();
+        add_chain(&f.txq, 0, &[(0x2_0000, 16, false)]);
+        f.console.queue_notify(TX_QUEUE);
+
+        assert!(input.is_open());
+        assert_eq!(input.pending_len(), 0);
+        assert_eq!(used_entries(&f.rxq), vec![(0, 5)]);
+    }
+
+    #[test]
+    fn reset_closes_the_port_again() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        assert!(f.console.input().is_open());
+        f.console.reset();
+        assert!(!f.console.input().is_open());
+    }
+
+    #[test]
+    fn input_from_another_thread_is_delivered() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        add_chain(&f.rxq, 0, &[(0x1_0000, 64, true)]);
+        let input = f.console.input();
+        std::thread::spawn(move || input.push(b"from a thread"))
+            .join()
+            .unwrap();
+        let mut got = [0u8; 13];
+        mem.read_slice(&mut got, GuestAddress(0x1_0000)).unwrap();
+        assert_eq!(&got, b"from a thread");
+    }
+
+    #[test]
+    fn reset_keeps_pending_input_and_drops_queues() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        f.console.reset();
+        f.console.input().push(b"kept");
+        // No queues: notifications are ignored, nothing is written.
+        f.console.queue_notify(RX_QUEUE);
+        f.console.queue_notify(TX_QUEUE);
+        assert_eq!(f.console.input().pending_len(), 4);
+        assert_eq!(f.irq.count(), 0);
+    }
+
+    #[test]
+    fn bad_guest_buffers_do_not_panic() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        // TX: a buffer outside guest memory, one that straddles its end, a
+        // writable one (ignored), and a huge length.
+        add_chain(&f.txq, 0, &[(0x10_0000_0000, 16, false)]);
+        add_chain(&f.txq, 1, &[(0xf_fff0, 0x100, false)]);
+        add_chain(&f.txq, 2, &[(0x1_0000, 16, true)]);
+        add_chain(&f.txq, 3, &[(0x1_0000, u32::MAX, false)]);
+        f.console.queue_notify(TX_QUEUE);
+        assert_eq!(used_entries(&f.txq).len(), 4);
+        // RX: a readable-only chain and an out-of-memory buffer.
+        add_chain(&f.rxq, 0, &[(0x1_0000, 16, false)]);
+        add_chain(&f.rxq, 1, &[(u64::MAX - 4, 16, true)]);
+        f.console.input().push(b"x");
+        assert_eq!(used_entries(&f.rxq), vec![(0, 0), (1, 0)]);
+        assert_eq!(f.console.input().pending_len(), 1);
+    }
+
+    #[test]
+    fn activation_needs_two_ready_queues() {
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        let one = vec![f.rxq.create_queue().unwrap()];
+        assert!(f.console.activate(mem.clone(), one, f.irq.clone()).is_err());
+        let mut txq: Queue = f.txq.create_queue().unwrap();
+        txq.set_ready(false);
+        let two = vec![f.rxq.create_queue().unwrap(), txq];
+        assert!(f.console.activate(mem.clone(), two, f.irq.clone()).is_err());
+    }
+}

@@ -18,7 +18,7 @@ pub mod console;
 pub mod mmio;
 
 pub use block::Block;
-pub use console::{Console, ConsoleInput, ConsoleOutputs, Output, PortConfig};
+pub use console::{Console, ConsoleInput};
 pub use mmio::MmioTransport;
 
 /// Feature bit: the device follows virtio 1.x (required by this transport).
