@@ -128,10 +128,8 @@ done
         printf "harness_sh security/%s 'cd %s && PROBE=%s tests/security/run --mode %s'\n" \
             "$mode" "$root" "$tmp/probe" "$mode"
     done
-    printf "harness_sh security/hostile-guest '%s/tests/security/hostile-guest.sh %s'\n" \
-        "$root" "$tmp/hostile-init"
 } >"$tmp/suite.sh"
-for prog in probe hostile-init; do
+for prog in probe; do
     if ! cc -static -O2 -o "$tmp/$prog" "$root/tests/security/$prog.c"; then
         echo "emulated-host suite: cannot build tests/security/$prog.c (cc -static)" >&2
         exit 2

@@ -90,7 +90,12 @@ VOLUMES=()
 #   console (ttyS0, \r removed), control (control lines, prefix removed),
 #   out/err (workload stdout/stderr: ports mode only). Sets RC and WALL.
 boot() {
-    local name=$1 mode=$2 spec_json=$3 stdin_text=${4:-} control_text=${5:-'{"t":"stdin_eof"}'}
+    local name=$1 mode=$2 spec_json=$3 stdin_text=${4:-} control_text=${5:-}
+    # Like isolate's VMM, the end of stdin says how many bytes were sent:
+    # the init reads hvc0 until it has them (the message travels on another
+    # port than the data and may overtake it).
+    [[ -n $control_text ]] ||
+        control_text="{\"t\":\"stdin_eof\",\"bytes\":$(printf '%s' "$stdin_text" | wc -c)}"
     local w="$WORK/$name"
     printf '%s' "$spec_json" >"$w.spec.json"
     local mk=("$MAKE_INITRD" --spec-json "$w.spec.json")

@@ -7,6 +7,9 @@
 # bounded, no raw control characters reaching the caller's terminal, and no
 # monitor process left.
 #
+# On demand (not in tests/run yet): the monitor in this tree does not bound
+# guest report lines, which this test requires.
+#
 # usage: tests/security/hostile-guest.sh HOSTILE-INIT-BINARY
 # environment: ISOLATE_BIN, ISOLATE_HOME; needs a KVM that boots Linux
 # guests (run it in the emulated KVM host). Closing line:
@@ -32,13 +35,16 @@ for mode in garbage lies oversize flood all; do
     took=$(($(date +%s) - start))
     # The monitor is the largest process isolate waited for.
     rss=$(sed -n 's/.*Maximum resident set size (kbytes): *//p' "$work/err" | tail -n 1)
-    msg=$(grep -v -e '^	' -e 'Command being timed' "$work/err" | grep isolate | head -n 1)
+    msg=$(grep -a '^isolate' "$work/err" | head -n 1 | cut -c1-200)
     why=
     case $code in 124|125) ;; *) why="$why exit $code (want 124 or 125);" ;; esac
     [ "$took" -le 70 ] || why="$why took $took s;"
     [ -n "$rss" ] && [ "$rss" -lt "$limit_kib" ] || why="$why monitor peak RSS ${rss:-?} KiB (limit $limit_kib);"
-    if tr -d '\n\t' <"$work/err" | LC_ALL=C grep -q "$(printf '[\001-\010\013-\037\177]')"; then
-        why="$why raw control characters reached the terminal;"
+    # The workload's own stderr passes through as it is (as in container
+    # mode); isolate's messages about the guest must carry no raw control
+    # characters.
+    if grep -a '^isolate' "$work/err" | tr -d '\n\t' | LC_ALL=C grep -q "$(printf '[\001-\010\013-\037\177]')"; then
+        why="$why raw control characters in isolate's own messages;"
     fi
     if pgrep -x isolate-vmm >/dev/null; then
         why="$why an isolate-vmm process was left;"
