@@ -4,7 +4,8 @@
 #   - the isolate and isolate-vmm binaries (with their libraries), taken from
 #     $ISOLATE_HOME/bin, else the workspace's target/release, else PATH;
 #   - the guest assets $ISOLATE_HOME/{kernel,rootfs,init};
-#   - the tools isolate calls: mkfs.ext4 (volumes, ext4 images), mkfs.erofs
+#   - the tools isolate calls: mkfs.ext4 (volumes, ext4 images), e2fsck (the
+#     check before a host mount of a named volume), mkfs.erofs
 #     (erofs images) when installed;
 #   - ISOLATE_HOME and ISOLATE_BIN in the environment.
 # Needs: root (the repository root), ISOLATE_HOME set.
@@ -41,7 +42,7 @@ isolate_payload() {
         echo "emulated-host: missing ${missing[*]}; run ./install.sh --no-demo first" >&2
         return 1
     fi
-    for name in mkfs.ext4 mkfs.erofs; do
+    for name in mkfs.ext4 mkfs.erofs e2fsck; do
         if path=$(command -v "$name"); then payload+=(--exec "$path"); fi
     done
     [[ ! -f /etc/mke2fs.conf ]] || payload+=(--add /etc/mke2fs.conf)
