@@ -291,17 +291,13 @@ pub fn bind_fd(fd: i32, target: &str, read_only: bool, ops: &mut Vec<Op>) {
     }
 }
 
-/// An ext4 block device (held open as fd `fd`) mounted at `target`.
-pub fn ext4_fd(fd: i32, target: &str, read_only: bool, ops: &mut Vec<Op>) {
-    // A guest may have written it: no set-id programs, no device nodes.
-    let flags = libc::MS_NODEV | libc::MS_NOSUID | if read_only { libc::MS_RDONLY } else { 0 };
-    ops.push(mount(
-        &format!("/proc/self/fd/{fd}"),
-        target,
-        "ext4",
-        flags,
-        "",
-    ));
+/// A named volume (its ext4 file system mounted detached by the parent,
+/// held as descriptor `fd`) attached at `target`.
+pub fn ext4_fd(fd: i32, target: &str, ops: &mut Vec<Op>) {
+    ops.push(Op::Attach {
+        fd,
+        target: c(target),
+    });
 }
 
 impl Op {

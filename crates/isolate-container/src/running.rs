@@ -63,8 +63,8 @@ impl Drop for Resources {
 }
 
 impl Attached {
-    /// Closes this process's descriptor of the loop device once the child
-    /// holds its own (the device detaches when the last user goes).
+    /// Closes this process's descriptor of the volume's mount once the
+    /// child holds its own (the loop device detaches when the mount goes).
     pub(crate) fn release_device(&mut self) {
         self.device = None;
     }

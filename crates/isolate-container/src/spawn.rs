@@ -364,7 +364,7 @@ fn prepare(
             VolumeSource::Named(_) => {
                 let att = named.next().expect("one attachment per named volume");
                 let fd = att.device_fd().expect("attached until clone");
-                mounts::ext4_fd(fd, target, v.read_only, &mut ops);
+                mounts::ext4_fd(fd, target, &mut ops);
             }
         }
     }
@@ -636,7 +636,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     drop(child_fds);
     let into_cgroup = cgroup_fd.is_some();
     drop(cgroup_fd);
-    // Named volumes: the child holds the loop devices now.
+    // Named volumes: the child holds their mounts now.
     for a in &mut res.volumes {
         a.release_device();
     }

@@ -1,8 +1,11 @@
 //! Volumes, host side: resolving a target inside the root without leaving
-//! it, and attaching a named volume's ext4 image to a loop device
-//! (`LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE`, autoclear) that the child
-//! mounts. The loop device detaches itself when the container's mount
-//! namespace, the last user, goes away.
+//! it, and mounting a named volume's ext4 image: attached to a loop device
+//! (`LOOP_CTL_GET_FREE` + `LOOP_CONFIGURE`, autoclear), checked, and
+//! mounted here as a detached mount (`fsopen` + `fsmount`) that the child
+//! attaches inside its root. The mount is made outside the container's
+//! cgroup, whose device rules rightly refuse it the loop device; the loop
+//! device detaches itself when the mount, held last by the container's
+//! mount namespace, goes away.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -66,11 +69,10 @@ fn components(p: &Path) -> Vec<OsString> {
         .collect()
 }
 
-/// A named volume attached to a loop device for one run.
+/// A named volume mounted (detached) for one run.
 #[derive(Debug)]
 pub struct Attached {
-    /// The loop device, open read-write (or read-only), until the child
-    /// holds it.
+    /// The detached ext4 mount, until the child holds it.
     pub device: Option<OwnedFd>,
     /// The image, locked (`flock`) for the run so that two runs never
     /// mount the same ext4 image at once.
@@ -78,7 +80,7 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// The loop device's descriptor, while this process holds it.
+    /// The detached mount's descriptor, while this process holds it.
     pub fn device_fd(&self) -> Option<std::os::fd::RawFd> {
         self.device.as_ref().map(AsRawFd::as_raw_fd)
     }
@@ -183,10 +185,17 @@ pub fn attach(image: &Path, read_only: bool) -> Result<Attached, ContainerError>
         // SAFETY: `cfg` is a valid loop_config the kernel reads during the call.
         let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg) };
         if rc == 0 {
-            // SAFETY: into_raw_fd hands over sole ownership of the descriptor.
-            let device = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(dev)) };
+            let mount = mount_ext4(&dev_path, read_only).map_err(|e| {
+                ContainerError::host(
+                    format!(
+                        "mount the ext4 file system of volume image {} ({dev_path})",
+                        image.display()
+                    ),
+                    e,
+                )
+            })?;
             return Ok(Attached {
-                device: Some(device),
+                device: Some(mount),
                 _image_lock: file,
             });
         }
@@ -203,6 +212,60 @@ pub fn attach(image: &Path, read_only: bool) -> Result<Attached, ContainerError>
         format!("attach {} to a loop device", image.display()),
         std::io::Error::from_raw_os_error(libc::EBUSY),
     ))
+}
+
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+
+/// Mounts the ext4 file system on `device` as a detached mount (new mount
+/// API): no set-id programs and no device nodes, since a VM guest may
+/// have written it; read-only down to the superblock when asked.
+fn mount_ext4(device: &str, read_only: bool) -> std::io::Result<OwnedFd> {
+    let check = |rc: libc::c_long| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    let source = std::ffi::CString::new(device).map_err(std::io::Error::other)?;
+    // SAFETY: the name is a NUL-terminated string valid for the call.
+    let ctx = check(unsafe { libc::syscall(libc::SYS_fsopen, c"ext4".as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: fsopen returned a new descriptor that nothing else owns.
+    let ctx = unsafe { OwnedFd::from_raw_fd(ctx as i32) };
+    let set = |cmd: libc::c_uint, key: Option<&std::ffi::CStr>, value: Option<&std::ffi::CStr>| {
+        // SAFETY: key and value are NUL-terminated strings (or null) valid
+        // for the call; the context descriptor is open.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                ctx.as_raw_fd(),
+                cmd,
+                key.map_or(std::ptr::null(), |k| k.as_ptr()),
+                value.map_or(std::ptr::null(), |v| v.as_ptr()),
+                0,
+            )
+        })
+    };
+    set(FSCONFIG_SET_STRING, Some(c"source"), Some(&source))?;
+    if read_only {
+        set(FSCONFIG_SET_FLAG, Some(c"ro"), None)?;
+    }
+    set(FSCONFIG_CMD_CREATE, None, None)?;
+    let attrs =
+        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if read_only { MOUNT_ATTR_RDONLY } else { 0 };
+    // SAFETY: integer arguments only; the context descriptor is open.
+    let fd = check(unsafe {
+        libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), FSMOUNT_CLOEXEC, attrs)
+    })?;
+    // SAFETY: fsmount returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]
