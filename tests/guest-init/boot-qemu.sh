@@ -336,6 +336,15 @@ if wanted ports-stdin-big; then
     check ports-stdin-big $M "256 KiB of stdin arrive intact" \
         eval 'same_bytes ports-stdin-big.out "$(printf "%s\n" "$BIG" | md5sum | cut -d" " -f1)\n"'
 fi
+if wanted ports-stdout-big; then
+    # Many tiny writes and a background writer cut off at the end: the
+    # init relays through pipes, in order, and everything written before
+    # the workload ended arrives before the exit report.
+    boot ports-stdout-big $M "$(spec '["sh","-c","yes 0123456789abcdef | head -c 1048576; i=0; while [ $i -lt 2000 ]; do printf %s. $i; i=$((i+1)); done; echo end"]')"
+    want_out=$( (yes 0123456789abcdef | head -c 1048576; i=0; while [ $i -lt 2000 ]; do printf %s. $i; i=$((i+1)); done; echo end) | md5sum | cut -d' ' -f1)
+    check ports-stdout-big $M "1 MiB and 2000 small writes arrive intact, in order" \
+        eval '[ "$(md5sum <$WORK/ports-stdout-big.out | cut -d" " -f1)" = "$want_out" ] && exit_is ports-stdout-big "{\"exited\":0}"'
+fi
 if wanted ports-signal; then
     boot ports-signal $M "$(spec '["sleep","60"]')" "" '{"t":"signal","signo":15}'
     check ports-signal $M "signal message forwarded (signaled 15)" exit_is ports-signal '{"signaled":15}'

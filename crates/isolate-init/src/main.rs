@@ -27,6 +27,7 @@ mod cgroup;
 mod console;
 mod mounts;
 mod privileges;
+mod relay;
 mod run;
 mod spec;
 

@@ -1,5 +1,5 @@
 //! Starting the workload and supervising it: exec-failure detection,
-//! stdin bridge, signal forwarding, reaping, outcome.
+//! stdin bridge, stdout/stderr relay, signal forwarding, reaping, outcome.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -19,7 +19,13 @@ use nix::unistd::{ForkResult, Pid};
 
 use crate::cgroup::Cgroup;
 use crate::console::{LineBuffer, Ports};
+use crate::relay::{self, Output};
 use crate::spec;
+
+/// How long the relay waits for more output once the workload is gone and
+/// everything else was killed (only a writer that escaped the kill keeps
+/// a pipe open).
+const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Errors of starting the workload (other than the program's own exec
 /// failure, which is reported as `ExecFailure`).
@@ -177,6 +183,10 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
         }
     };
 
+    let (stdout_relay, stdout_w) = Output::pipe().map_err(|e| Error::Sys("pipe2", e))?;
+    let (stderr_relay, stderr_w) = Output::pipe().map_err(|e| Error::Sys("pipe2", e))?;
+    let mut outputs = [stdout_relay, stderr_relay];
+
     // SIGCHLD arrives through a signalfd; the child unblocks it again.
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
@@ -194,8 +204,8 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
             &plan,
             [
                 stdin_file.as_raw_fd(),
-                ports.stdout.as_raw_fd(),
-                ports.stderr.as_raw_fd(),
+                stdout_w.as_raw_fd(),
+                stderr_w.as_raw_fd(),
             ],
             report_w.as_raw_fd(),
         ),
@@ -203,6 +213,8 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
     };
     drop(report_w);
     drop(stdin_file);
+    drop(stdout_w);
+    drop(stderr_w);
 
     let mut report = [0u8; 8];
     let mut got = 0;
@@ -240,7 +252,15 @@ pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Optio
         uptime_ns: uptime_ns(),
     });
 
-    let ws = supervise(child, ports, &sigfd);
+    let ws = supervise(child, ports, &sigfd, &mut outputs);
+    // What the workload's leftovers still write is lost with them, as in
+    // container mode; what is already in the pipes goes out before the exit
+    // report.
+    kill_all();
+    let mut buf = vec![0u8; relay::CHUNK];
+    let [stdout_relay, stderr_relay] = &mut outputs;
+    stdout_relay.drain(&mut ports.stdout, &mut buf, DRAIN_QUIET);
+    stderr_relay.drain(&mut ports.stderr, &mut buf, DRAIN_QUIET);
     Ok(Some(status_of(ws, cgroup.oom_kills())))
 }
 
@@ -339,9 +359,15 @@ fn child(plan: &Plan, stdio: [RawFd; 3], report: RawFd) -> ! {
     fail(STAGE_EXEC, e)
 }
 
-/// Serves the workload until it ends: feeds stdin from hvc0, obeys
-/// control messages, reaps every child. Returns the workload's status.
-fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
+/// Serves the workload until it ends: feeds stdin from hvc0, relays its
+/// stdout and stderr to their ports, obeys control messages, reaps every
+/// child. Returns the workload's status.
+fn supervise(
+    workload: Pid,
+    ports: &mut Ports,
+    sigfd: &SignalFd,
+    outputs: &mut [Output; 2],
+) -> WaitStatus {
     let mut pending: Vec<u8> = Vec::new();
     let mut source_open = ports.stdin_pipe.is_some();
     let mut eof = false;
@@ -377,6 +403,13 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
         if let (Some(p), true) = (&ports.stdin_pipe, want_write) {
             fds.push(PollFd::new(p.as_fd(), PollFlags::POLLOUT));
         }
+        let mut out_idx = [None; 2];
+        for (slot, out) in out_idx.iter_mut().zip(outputs.iter()) {
+            if let Some(fd) = out.fd() {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                *slot = Some(fds.len() - 1);
+            }
+        }
         // EINTR and other errors: fall through and re-check everything.
         let _ = poll(&mut fds, PollTimeout::NONE);
         let ready = |i: Option<usize>| {
@@ -386,7 +419,17 @@ fn supervise(workload: Pid, ports: &mut Ports, sigfd: &SignalFd) -> WaitStatus {
         let sig_ready = ready(Some(0));
         let ctl_ready = ready(ctl_idx);
         let src_ready = ready(src_idx);
+        let out_ready = out_idx.map(ready);
         drop(fds);
+
+        // Output first: the workload may be blocked on a full pipe.
+        let [stdout_relay, stderr_relay] = outputs;
+        if !out_ready[0].is_empty() {
+            stdout_relay.pump(&mut ports.stdout, &mut buf);
+        }
+        if !out_ready[1].is_empty() {
+            stderr_relay.pump(&mut ports.stderr, &mut buf);
+        }
 
         // Error or hang-up with nothing to read: the port is gone for good
         // (stop polling it rather than spin).
