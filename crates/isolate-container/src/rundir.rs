@@ -32,8 +32,7 @@ const BUSY: &[u8; 2] = b"1\n";
 /// As root: `ISOLATE_STATE/containers`. Rootless, without `ISOLATE_STATE`:
 /// `$XDG_RUNTIME_DIR/isolate/containers`, else `/tmp/isolate-<uid>/containers`.
 pub fn base() -> PathBuf {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = isolate_core::sys::euid();
     if euid != 0 && std::env::var_os("ISOLATE_STATE").is_none() {
         let runtime = std::env::var_os("XDG_RUNTIME_DIR")
             .filter(|d| !d.is_empty())
@@ -105,8 +104,7 @@ fn crashed(f: &File) -> bool {
 
 /// Removes the cgroup a crashed run `id` left; `true` once it is gone.
 fn remove_leftover_cgroup(id: &str) -> bool {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if isolate_core::sys::rootless() {
         return true; // rootless runs have no cgroup
     }
     let rel = format!(

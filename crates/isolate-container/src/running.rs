@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use isolate_cgroups::Cgroup;
+use isolate_core::sys::lock;
 use isolate_core::{state, Error, Limits, Outcome, Running, Stats, Status};
 
 use crate::error::ContainerError;
@@ -139,10 +140,6 @@ fn remove_empty(dirs: &[PathBuf]) -> bool {
     // Anything unexpected (even a directory already gone) is left to
     // `Cgroup::remove`, which knows the layout.
     !dirs.is_empty() && dirs.iter().all(|d| std::fs::remove_dir(d).is_ok())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Container {

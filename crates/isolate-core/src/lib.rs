@@ -26,6 +26,7 @@
 //! ```
 
 mod error;
+pub mod exec;
 mod isolator;
 mod outcome;
 pub mod parse;
@@ -33,10 +34,11 @@ pub mod paths;
 pub mod protocol;
 mod seccomp;
 pub mod state;
+pub mod sys;
 pub mod volume;
 mod workload;
 
-pub use error::{Error, ExecFailure, Result};
+pub use error::{chain as error_chain, Error, ExecFailure, Result};
 pub use isolator::{Isolator, Mode, Running};
 pub use outcome::{Outcome, Stats, Status};
 pub use seccomp::{

@@ -448,10 +448,7 @@ impl Workload {
     /// The environment the workload sees: defaults, then [`Workload::env`].
     pub fn effective_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            (
-                "PATH".to_string(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ),
+            ("PATH".to_string(), crate::exec::DEFAULT_PATH.to_string()),
             (
                 "HOSTNAME".to_string(),
                 self.effective_hostname().to_string(),
