@@ -29,9 +29,6 @@ use isolate_policy::{caps, seccomp};
 
 use crate::{sys, volumes};
 
-/// Prefix of the container backend's cgroup names (`isolate/ct-<id>`).
-pub const CGROUP_PREFIX: &str = "ct-";
-
 fn cstr(bytes: impl Into<Vec<u8>>, what: &str) -> Result<CString, Error> {
     CString::new(bytes).map_err(|_| Error::invalid(what, "contains a NUL byte"))
 }
@@ -737,7 +734,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
 /// Makes the container's cgroup `isolate/ct-<id>` with the workload's
 /// limits, where only the devices `rules` allow can be opened.
 fn make_cgroup(id: &str, w: &Workload, rules: &[DeviceRule]) -> Result<Cgroup, Error> {
-    let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
+    let cg = Cgroup::create(&rundir::cgroup_name(id))
         .map_err(|e| ContainerError::Cgroup(error_chain(&e)))?;
     // Only these devices open, whatever nodes the workload makes.
     if let Err(e) = cg.restrict_devices(rules) {
