@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use isolate_cgroups::Cgroup;
 use isolate_core::{
-    error_chain, exec, paths, state, volume, Error, ExecFailure, Mode, Network, Stdio,
-    VolumeSource, Workload,
+    error_chain, exec, paths, state, Error, ExecFailure, Mode, Network, Stdio, VolumeSource,
+    Workload,
 };
 
 use crate::child::{self, ChildPlan, Report, RootMount, Stage};
@@ -270,7 +270,7 @@ fn prepare(
     }
     for v in &w.volumes {
         if let VolumeSource::Named(name) = &v.source {
-            let image = volume::ensure(name)?;
+            let image = isolate_image::volume::ensure(name)?;
             res.volumes.push(volumes::attach(&image, v.read_only)?);
         }
     }

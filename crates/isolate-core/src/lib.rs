@@ -35,7 +35,6 @@ pub mod protocol;
 mod seccomp;
 pub mod state;
 pub mod sys;
-pub mod volume;
 mod workload;
 
 pub use error::{chain as error_chain, Error, ExecFailure, Result};
@@ -46,6 +45,6 @@ pub use seccomp::{
     SeccompOp, SeccompProfile, SeccompSyscall, MAX_ERRNO,
 };
 pub use workload::{
-    Capabilities, Device, Limits, Network, Stdio, User, VmOptions, Volume, VolumeSource, Workload,
-    MAX_ID, MIN_MEMORY,
+    check_name, Capabilities, Device, Limits, Network, Stdio, User, VmOptions, Volume,
+    VolumeSource, Workload, MAX_ID, MIN_MEMORY,
 };

@@ -575,7 +575,7 @@ fn check_inside_path(field: &str, path: &Path) -> Result<()> {
 }
 
 /// A workload or volume name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
-pub(crate) fn check_name(field: &str, name: &str) -> Result<()> {
+pub fn check_name(field: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphanumeric()
