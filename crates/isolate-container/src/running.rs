@@ -4,7 +4,7 @@
 //! of everything the run held.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -330,20 +330,9 @@ impl Container {
     }
 
     fn send(&self, signo: i32) -> Result<(), Error> {
-        // SAFETY: pidfd_send_signal with our pidfd, no siginfo, no flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                signo,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if rc == 0 {
+        let Err(e) = isolate_core::sys::pidfd_send_signal(self.pidfd.as_fd(), signo) else {
             return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
+        };
         match e.raw_os_error() {
             // Already ended: nothing left to signal.
             Some(libc::ESRCH) => Ok(()),
