@@ -399,8 +399,7 @@ mod tests {
 
     #[test]
     fn v2_program_is_enforced_by_the_kernel() {
-        // SAFETY: geteuid has no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if isolate_core::sys::rootless() {
             eprintln!("SKIP v2_program_is_enforced_by_the_kernel: needs root");
             return;
         }

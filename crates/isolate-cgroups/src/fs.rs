@@ -4,6 +4,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub(crate) use isolate_core::parse::keyed;
+
 use crate::error::CgroupError;
 
 /// Reads a whole cgroup file.
@@ -55,15 +57,6 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
         .map_err(|e| CgroupError::write(path, value, e))
-}
-
-/// The value of `key` in a flat keyed file (`key value` per line, as in
-/// `memory.events`, `cpu.stat`, `memory.oom_control`).
-pub(crate) fn keyed(content: &str, key: &str) -> Option<u64> {
-    content.lines().find_map(|line| {
-        let mut it = line.split_whitespace();
-        (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
-    })
 }
 
 /// The processes listed in `dir/cgroup.procs` and in the same file of every
@@ -151,6 +144,19 @@ pub(crate) fn sigkill(pid: u32) -> io::Result<()> {
     }
 }
 
+/// Sends SIGKILL to each of `pids`, the members of the cgroup at `rel_path`
+/// (a process that is already gone is not an error).
+pub(crate) fn sigkill_all(pids: Vec<u32>, rel_path: &str) -> Result<(), CgroupError> {
+    for pid in pids {
+        sigkill(pid).map_err(|source| CgroupError::Signal {
+            pid,
+            rel_path: rel_path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 /// The cgroup of this process in the hierarchy holding `controller`
 /// (`""` for cgroup v2), from `/proc/self/cgroup`
 /// (`ID:CONTROLLERS:PATH` per line), as a path relative to that root.
@@ -195,18 +201,6 @@ pub(crate) fn poll_until(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keyed_finds_exact_keys_only() {
-        let events = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
-        assert_eq!(keyed(events, "oom_kill"), Some(2));
-        assert_eq!(keyed(events, "oom"), Some(3));
-        assert_eq!(keyed(events, "oom_k"), None);
-        assert_eq!(
-            keyed("usage_usec 1234\nuser_usec 1000\n", "usage_usec"),
-            Some(1234)
-        );
-    }
 
     #[test]
     fn finds_own_cgroup_per_controller() {

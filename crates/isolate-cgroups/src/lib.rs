@@ -51,6 +51,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use isolate_core::sys::lock;
 use isolate_core::{Limits, Stats};
 
 pub use error::CgroupError;
@@ -257,7 +258,7 @@ impl Cgroup {
                 Imp::V1(c) => c.own_procs_files()?,
                 Imp::V2(c) => c.own_procs_files()?,
             };
-            let mut slot = self.origin.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = lock(&self.origin);
             slot.get_or_insert(origin);
         }
         match &self.imp {
@@ -273,7 +274,7 @@ impl Cgroup {
     /// know where it came from.
     pub fn leave(&self) -> Result<(), CgroupError> {
         let me = std::process::id();
-        let origin = self.origin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let origin = lock(&self.origin).take();
         match origin {
             Some(files) => files.iter().try_for_each(|f| fs::write(f, &me.to_string())),
             None if self.procs()?.contains(&me) => Err(CgroupError::SelfInside {

@@ -327,14 +327,7 @@ impl V1 {
     }
 
     fn signal_all(&self) -> Result<(), CgroupError> {
-        for pid in self.procs()? {
-            fs::sigkill(pid).map_err(|source| CgroupError::Signal {
-                pid,
-                rel_path: self.rel.clone(),
-                source,
-            })?;
-        }
-        Ok(())
+        fs::sigkill_all(self.procs()?, &self.rel)
     }
 
     pub fn is_empty(&self) -> Result<bool, CgroupError> {

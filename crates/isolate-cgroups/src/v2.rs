@@ -271,14 +271,7 @@ impl V2 {
     }
 
     fn signal_all(&self) -> Result<(), CgroupError> {
-        for pid in self.procs()? {
-            fs::sigkill(pid).map_err(|source| CgroupError::Signal {
-                pid,
-                rel_path: self.rel.clone(),
-                source,
-            })?;
-        }
-        Ok(())
+        fs::sigkill_all(self.procs()?, &self.rel)
     }
 
     pub fn is_empty(&self) -> Result<bool, CgroupError> {
@@ -335,8 +328,7 @@ mod tests {
     #[test]
     fn freeze_and_kill_ends_every_process() {
         let test = "v2::freeze_and_kill_ends_every_process";
-        // SAFETY: geteuid has no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if isolate_core::sys::rootless() {
             eprintln!("SKIP {test}: needs root");
             return;
         }
@@ -394,8 +386,7 @@ mod tests {
     #[test]
     fn missing_controller_error_names_the_file_to_fix() {
         let test = "v2::missing_controller_error_names_the_file_to_fix";
-        // SAFETY: geteuid has no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if isolate_core::sys::rootless() {
             eprintln!("SKIP {test}: needs root");
             return;
         }

@@ -4,7 +4,7 @@
 //! Tests that need a unified (v2) host print `SKIP` elsewhere; all others
 //! run on every layout and check the files of the layout they find.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,7 @@ const MIB: u64 = 1 << 20;
 
 /// `Some(layout)` if the test can run (root), else prints why not.
 fn host(test: &str) -> Option<Layout> {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if isolate_core::sys::rootless() {
         eprintln!("SKIP {test}: needs root to create cgroups");
         return None;
     }
@@ -102,12 +101,7 @@ struct Child {
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    isolate_core::sys::pipe().expect("pipe2")
 }
 
 impl Child {

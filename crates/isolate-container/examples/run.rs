@@ -11,8 +11,7 @@ fn main() {
     let mut w = Workload::new(args.next().expect("a command"));
     w.args(args).rootfs(&rootfs);
     // Rootless mode has no cgroup: limits only as root.
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if !isolate_core::sys::rootless() {
         w.memory(256 << 20).pids(64);
     }
     if let Ok(name) = std::env::var("NAME") {

@@ -125,9 +125,7 @@ impl Isolator for ContainerIsolator {
     }
 
     fn check_host(&self) -> Result<()> {
-        // SAFETY: geteuid has no arguments and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        if euid != 0 {
+        if isolate_core::sys::rootless() {
             let max: u64 = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
                 .ok()
                 .and_then(|s| s.trim().parse().ok())

@@ -24,6 +24,9 @@ use isolate_core::paths;
 
 use crate::error::ContainerError;
 
+/// Prefix of the container backend's cgroup names (`isolate/ct-<id>`).
+const CGROUP_PREFIX: &str = "ct-";
+
 const IDLE: &[u8; 2] = b"0\n";
 const BUSY: &[u8; 2] = b"1\n";
 
@@ -32,8 +35,7 @@ const BUSY: &[u8; 2] = b"1\n";
 /// As root: `ISOLATE_STATE/containers`. Rootless, without `ISOLATE_STATE`:
 /// `$XDG_RUNTIME_DIR/isolate/containers`, else `/tmp/isolate-<uid>/containers`.
 pub fn base() -> PathBuf {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = isolate_core::sys::euid();
     if euid != 0 && std::env::var_os("ISOLATE_STATE").is_none() {
         let runtime = std::env::var_os("XDG_RUNTIME_DIR")
             .filter(|d| !d.is_empty())
@@ -42,6 +44,13 @@ pub fn base() -> PathBuf {
         return runtime.join("containers");
     }
     paths::state_dir().join("containers")
+}
+
+/// The name of run `id`'s cgroup below [`isolate_cgroups::PARENT`]: a
+/// run's marker and its cgroup share the id, so stale clean-up finds the
+/// cgroup from the marker.
+pub fn cgroup_name(id: &str) -> String {
+    format!("{CGROUP_PREFIX}{id}")
 }
 
 /// The marker of a run in progress: held locked until dropped, which
@@ -105,15 +114,10 @@ fn crashed(f: &File) -> bool {
 
 /// Removes the cgroup a crashed run `id` left; `true` once it is gone.
 fn remove_leftover_cgroup(id: &str) -> bool {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if isolate_core::sys::rootless() {
         return true; // rootless runs have no cgroup
     }
-    let rel = format!(
-        "{}/{}{id}",
-        isolate_cgroups::PARENT,
-        crate::spawn::CGROUP_PREFIX
-    );
+    let rel = format!("{}/{}", isolate_cgroups::PARENT, cgroup_name(id));
     match isolate_cgroups::Cgroup::open(&rel) {
         Err(isolate_cgroups::CgroupError::NotFound { .. }) => true,
         Err(_) => false,

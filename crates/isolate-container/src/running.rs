@@ -4,13 +4,14 @@
 //! of everything the run held.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use isolate_cgroups::Cgroup;
+use isolate_core::sys::lock;
 use isolate_core::{state, Error, Limits, Outcome, Running, Stats, Status};
 
 use crate::error::ContainerError;
@@ -139,10 +140,6 @@ fn remove_empty(dirs: &[PathBuf]) -> bool {
     // Anything unexpected (even a directory already gone) is left to
     // `Cgroup::remove`, which knows the layout.
     !dirs.is_empty() && dirs.iter().all(|d| std::fs::remove_dir(d).is_ok())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Container {
@@ -333,20 +330,9 @@ impl Container {
     }
 
     fn send(&self, signo: i32) -> Result<(), Error> {
-        // SAFETY: pidfd_send_signal with our pidfd, no siginfo, no flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                signo,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if rc == 0 {
+        let Err(e) = isolate_core::sys::pidfd_send_signal(self.pidfd.as_fd(), signo) else {
             return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
+        };
         match e.raw_os_error() {
             // Already ended: nothing left to signal.
             Some(libc::ESRCH) => Ok(()),

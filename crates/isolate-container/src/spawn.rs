@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use isolate_cgroups::Cgroup;
 use isolate_core::{
-    paths, state, volume, Error, ExecFailure, Mode, Network, Stdio, VolumeSource, Workload,
+    error_chain, exec, paths, state, Error, ExecFailure, Mode, Network, Stdio, VolumeSource,
+    Workload,
 };
 
 use crate::child::{self, ChildPlan, Report, RootMount, Stage};
@@ -27,9 +28,6 @@ use crate::running::{Container, Resources};
 use isolate_policy::{caps, seccomp};
 
 use crate::{sys, volumes};
-
-/// Prefix of the container backend's cgroup names (`isolate/ct-<id>`).
-pub const CGROUP_PREFIX: &str = "ct-";
 
 fn cstr(bytes: impl Into<Vec<u8>>, what: &str) -> Result<CString, Error> {
     CString::new(bytes).map_err(|_| Error::invalid(what, "contains a NUL byte"))
@@ -60,13 +58,7 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), ContainerError> {
 
 /// A pipe: (read end, write end), both close-on-exec.
 fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(ContainerError::last_os("create a pipe"));
-    }
-    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    isolate_core::sys::pipe().map_err(|e| ContainerError::host("create a pipe", e))
 }
 
 /// Escapes an overlay option value (`\`, `,` and `:` are special).
@@ -139,19 +131,12 @@ fn host_devices(w: &Workload) -> Result<Vec<HostDevice>, Error> {
         .collect()
 }
 
-/// Paths `execve` is tried on: `argv[0]` itself if it has a `/`, else each
-/// directory of the workload's PATH.
+/// Paths `execve` is tried on (see [`exec::candidates`]), with the
+/// workload's PATH.
 fn candidates(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, Error> {
-    if program.contains('/') {
-        return Ok(vec![cstr(program, "command")?]);
-    }
-    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or(
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        |(_, v)| v,
-    );
-    path.split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| cstr(format!("{}/{program}", d.trim_end_matches('/')), "command"))
+    exec::candidates(program, exec::search_path(env))
+        .iter()
+        .map(|p| cstr(p.as_os_str().as_bytes(), "command"))
         .collect()
 }
 
@@ -285,7 +270,7 @@ fn prepare(
     }
     for v in &w.volumes {
         if let VolumeSource::Named(name) = &v.source {
-            let image = volume::ensure(name)?;
+            let image = isolate_image::volume::ensure(name)?;
             res.volumes.push(volumes::attach(&image, v.read_only)?);
         }
     }
@@ -589,8 +574,7 @@ fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Err
 /// Starts `w` in a new container.
 pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let start = Instant::now();
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let rootless = unsafe { libc::geteuid() } != 0;
+    let rootless = isolate_core::sys::rootless();
     if rootless {
         check_rootless(w)?;
     }
@@ -675,12 +659,12 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
             // turned out unified): move the shim from here.
             Ok(_) => cg
                 .add_process(pid)
-                .map_err(|e| ContainerError::Cgroup(chain(&e)).into()),
-            Err(e) => Err(ContainerError::Cgroup(chain(&e)).into()),
+                .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into()),
+            Err(e) => Err(ContainerError::Cgroup(error_chain(&e)).into()),
         },
         Some(cg) if !into_cgroup => cg
             .add_process(pid)
-            .map_err(|e| ContainerError::Cgroup(chain(&e)).into()),
+            .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into()),
         _ => Ok(()),
     };
     if let Err(e) = placed {
@@ -750,18 +734,18 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
 /// Makes the container's cgroup `isolate/ct-<id>` with the workload's
 /// limits, where only the devices `rules` allow can be opened.
 fn make_cgroup(id: &str, w: &Workload, rules: &[DeviceRule]) -> Result<Cgroup, Error> {
-    let cg = Cgroup::create(&format!("{CGROUP_PREFIX}{id}"))
-        .map_err(|e| ContainerError::Cgroup(chain(&e)))?;
+    let cg = Cgroup::create(&rundir::cgroup_name(id))
+        .map_err(|e| ContainerError::Cgroup(error_chain(&e)))?;
     // Only these devices open, whatever nodes the workload makes.
     if let Err(e) = cg.restrict_devices(rules) {
         let _ = cg.remove();
-        return Err(ContainerError::Cgroup(chain(&e)).into());
+        return Err(ContainerError::Cgroup(error_chain(&e)).into());
     }
     if let Err(e) = cg.apply(&w.limits) {
         if !(e.is_unsupported() && w.limits.io_weight.is_some()) {
             // Nothing is in it yet: remove it before reporting.
             let _ = cg.remove();
-            return Err(ContainerError::Cgroup(chain(&e)).into());
+            return Err(ContainerError::Cgroup(error_chain(&e)).into());
         }
     }
     Ok(cg)
@@ -807,8 +791,9 @@ fn check_rootless(w: &Workload) -> Result<(), Error> {
 
 /// Maps the caller's uid and gid to 0 in the child's user namespace.
 fn write_id_maps(pid: u32) -> Result<(), ContainerError> {
-    // SAFETY: geteuid/getegid have no arguments and cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let uid = isolate_core::sys::euid();
+    // SAFETY: getegid(2) takes no arguments, touches no memory and cannot fail.
+    let gid = unsafe { libc::getegid() };
     for (file, text) in [
         ("uid_map", format!("0 {uid} 1\n")),
         ("setgroups", "deny".to_string()),
@@ -823,17 +808,6 @@ fn write_id_maps(pid: u32) -> Result<(), ContainerError> {
         })?;
     }
     Ok(())
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 #[cfg(test)]

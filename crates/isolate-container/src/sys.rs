@@ -589,27 +589,10 @@ pub fn restore_sigmask(old: &libc::sigset_t) {
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, ptr::null_mut()) };
 }
 
-/// Brings the loopback interface up (in the caller's network namespace).
+/// Brings the loopback interface up (in the caller's network namespace);
+/// see [`isolate_core::sys::loopback_up`].
 pub fn loopback_up() -> Result<(), Errno> {
-    // SAFETY: socket takes integers only.
-    let s = check(
-        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }.into(),
-    )? as RawFd;
-    // SAFETY: ifreq is plain data; all-zero is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: `req` is a valid ifreq for SIOCGIFFLAGS, which fills ifru_flags.
-    let got = check(unsafe { libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) }.into());
-    let res = got.and_then(|_| {
-        // SAFETY: the union field was just written by SIOCGIFFLAGS.
-        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-        // SAFETY: `req` is a valid ifreq for SIOCSIFFLAGS.
-        check(unsafe { libc::ioctl(s, libc::SIOCSIFFLAGS, &req) }.into())
-    });
-    close(s);
-    res.map(drop)
+    isolate_core::sys::loopback_up().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 #[cfg(test)]

@@ -412,7 +412,7 @@ fn named_volume_survives_into_the_next_run() {
     assert_eq!(e.exit_code(), 125);
     first.kill().unwrap();
     first.wait().unwrap();
-    let image = isolate_core::volume::image_path(&name);
+    let image = isolate_image::volume::image_path(&name);
     // The loop devices detached themselves (autoclear).
     let attached = || {
         std::fs::read_dir("/sys/block").unwrap().flatten().any(|d| {

@@ -116,20 +116,29 @@ impl Error {
         }
     }
 
-    /// The whole error as one line: this error and its chain of sources.
+    /// The whole error as one line: this error and its chain of sources
+    /// (see [`chain`]).
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !out.ends_with(&text) {
-                out.push_str(": ");
-                out.push_str(&text);
-            }
-            source = s.source();
-        }
-        out
+        chain(self)
     }
+}
+
+/// Any error as one line: its message, then each source's after `": "`.
+/// A source whose message the line already ends with is left out, so an
+/// error that repeats its source in its own message (`"...: {0}"`) does
+/// not print it twice.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Result of the contract's operations.
@@ -164,5 +173,22 @@ mod tests {
         let text = e.chain();
         assert!(text.starts_with("cannot read /x: "), "{text}");
         assert!(text.contains("No such file"), "{text}");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("mount failed")]
+        Plain(#[source] std::io::Error),
+        #[error("mount failed: {0}")]
+        Repeats(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn chain_joins_each_source_once() {
+        let enoent = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let plain = chain(&Outer::Plain(enoent()));
+        let repeats = chain(&Outer::Repeats(enoent()));
+        assert_eq!(plain, format!("mount failed: {}", enoent()));
+        assert_eq!(repeats, plain);
     }
 }

@@ -26,6 +26,7 @@
 //! ```
 
 mod error;
+pub mod exec;
 mod isolator;
 mod outcome;
 pub mod parse;
@@ -33,10 +34,10 @@ pub mod paths;
 pub mod protocol;
 mod seccomp;
 pub mod state;
-pub mod volume;
+pub mod sys;
 mod workload;
 
-pub use error::{Error, ExecFailure, Result};
+pub use error::{chain as error_chain, Error, ExecFailure, Result};
 pub use isolator::{Isolator, Mode, Running};
 pub use outcome::{Outcome, Stats, Status};
 pub use seccomp::{
@@ -44,6 +45,6 @@ pub use seccomp::{
     SeccompOp, SeccompProfile, SeccompSyscall, MAX_ERRNO,
 };
 pub use workload::{
-    Capabilities, Device, Limits, Network, Stdio, User, VmOptions, Volume, VolumeSource, Workload,
-    MAX_ID, MIN_MEMORY,
+    check_name, Capabilities, Device, Limits, Network, Stdio, User, VmOptions, Volume,
+    VolumeSource, Workload, MAX_ID, MIN_MEMORY,
 };

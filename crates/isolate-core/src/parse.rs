@@ -1,5 +1,7 @@
 //! Parsing of the user-facing forms: sizes (`256m`), durations (`30s`),
-//! volumes (`SRC:DST[:ro]`), users (`UID[:GID]`) and `KEY=VAL`.
+//! volumes (`SRC:DST[:ro]`), users (`UID[:GID]`) and `KEY=VAL`; and the
+//! flat keyed files of cgroup v2 and v1 (`key value` per line), read by the
+//! host's cgroups and by the guest init alike.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -188,6 +190,16 @@ pub fn env(s: &str) -> Result<(String, String)> {
     }
 }
 
+/// The value of `key` in a flat keyed file (`key value` per line, as in
+/// `memory.events`, `cpu.stat`, `memory.oom_control`): `None` when no line
+/// has exactly that key or its value is not a number.
+pub fn keyed(content: &str, key: &str) -> Option<u64> {
+    content.lines().find_map(|line| {
+        let mut it = line.split_whitespace();
+        (it.next() == Some(key)).then(|| it.next()?.parse().ok())?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +281,17 @@ mod tests {
         assert_eq!(env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
         assert!(env("=x").is_err());
         assert!(env("ISOLATE_SURELY_UNSET_VARIABLE").is_err());
+    }
+
+    #[test]
+    fn keyed_files_are_read_by_exact_key() {
+        let stat = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n";
+        assert_eq!(keyed(stat, "usage_usec"), Some(1500));
+        assert_eq!(keyed(stat, "usage"), None);
+        let events = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(keyed(events, "oom_kill"), Some(1));
+        assert_eq!(keyed(events, "oom"), Some(1));
+        assert_eq!(keyed("", "oom_kill"), None);
+        assert_eq!(keyed("oom_kill x\n", "oom_kill"), None);
     }
 }

@@ -48,8 +48,7 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
         Err(e) => return Err(e),
     }
     let m = std::fs::symlink_metadata(dir)?;
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::sys::euid();
     if !m.is_dir() || m.uid() != euid {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,

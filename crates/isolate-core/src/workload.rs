@@ -448,10 +448,7 @@ impl Workload {
     /// The environment the workload sees: defaults, then [`Workload::env`].
     pub fn effective_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            (
-                "PATH".to_string(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ),
+            ("PATH".to_string(), crate::exec::DEFAULT_PATH.to_string()),
             (
                 "HOSTNAME".to_string(),
                 self.effective_hostname().to_string(),
@@ -578,7 +575,7 @@ fn check_inside_path(field: &str, path: &Path) -> Result<()> {
 }
 
 /// A workload or volume name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
-pub(crate) fn check_name(field: &str, name: &str) -> Result<()> {
+pub fn check_name(field: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphanumeric()

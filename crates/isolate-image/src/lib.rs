@@ -11,7 +11,11 @@
 //!   its trailer and is padded to 4 bytes, as the kernel requires of
 //!   concatenated archives);
 //! - [`choose`]: which of the two a rootfs should use
-//!   ([`INITRAMFS_MAX_BYTES`]).
+//!   ([`INITRAMFS_MAX_BYTES`]);
+//! - [`volume`]: named volumes, ext4 images under
+//!   `${ISOLATE_HOME}/volumes/` made with `mkfs.ext4` on first use, which
+//!   both modes attach (container mode mounts them, VM mode gives them to
+//!   the guest as disks).
 //!
 //! Cached images are named by a SHA-256 over the tree's metadata (paths,
 //! types, modes, owners, sizes, mtimes, ctimes, link targets, device
@@ -66,6 +70,7 @@
 
 pub mod cpio;
 mod tree;
+pub mod volume;
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};

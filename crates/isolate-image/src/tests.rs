@@ -190,8 +190,7 @@ fn concatenated_initrd_extracts_with_gnu_cpio() {
         eprintln!("SKIP concatenated_initrd_extracts_with_gnu_cpio: cpio(1) not installed");
         return;
     };
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if isolate_core::sys::rootless() {
         eprintln!(
             "SKIP concatenated_initrd_extracts_with_gnu_cpio: needs root to mknod /dev/console"
         );

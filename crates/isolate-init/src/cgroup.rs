@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use isolate_core::parse::keyed;
 use nix::mount::{mount, MsFlags};
 
 /// Where cgroup2 is mounted.
@@ -117,29 +118,5 @@ impl Cgroup {
         self.read("memory.events")
             .and_then(|s| keyed(&s, "oom_kill"))
             .unwrap_or(0)
-    }
-}
-
-/// The value of `key` in a flat-keyed cgroup file (`key value` lines).
-pub fn keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keyed_files_are_read_by_exact_key() {
-        let stat = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n";
-        assert_eq!(keyed(stat, "usage_usec"), Some(1500));
-        assert_eq!(keyed(stat, "usage"), None);
-        let events = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n";
-        assert_eq!(keyed(events, "oom_kill"), Some(1));
-        assert_eq!(keyed(events, "oom"), Some(1));
-        assert_eq!(keyed("", "oom_kill"), None);
     }
 }

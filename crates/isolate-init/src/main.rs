@@ -32,54 +32,15 @@ mod run;
 mod spec;
 
 use std::error::Error as StdError;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use isolate_core::protocol::{ControlMessage, SPEC_PATH};
 use nix::sys::reboot::{reboot, RebootMode};
 
 /// `error` message text: the error and its source chain.
-fn chain(e: &dyn StdError) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn setup_error(e: impl StdError) -> String {
-    chain(&e)
-}
-
-/// Sets the interface `lo` up (SIOCGIFFLAGS / SIOCSIFFLAGS).
-fn loopback_up() -> std::io::Result<()> {
-    // SAFETY: socket(2) with constant arguments; the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name and writes the
-    // flags into `req`, a valid ifreq that lives across the call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS filled the `ifru_flags` member of the union.
-    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
-    // SAFETY: SIOCSIFFLAGS reads the name and flags from `req`, valid as above.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    isolate_core::error_chain(&e)
 }
 
 /// Everything from the spec to the workload's end. Messages other than a
@@ -95,7 +56,7 @@ fn guest(ports: &mut console::Ports, volumes: &mut Vec<String>) -> Result<(), St
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| format!("cannot set hostname {:?}: {e}", spec.hostname))?;
     if spec.loopback {
-        loopback_up().map_err(|e| format!("cannot bring loopback up: {e}"))?;
+        isolate_core::sys::loopback_up().map_err(|e| format!("cannot bring loopback up: {e}"))?;
     }
     let cg = cgroup::Cgroup::create(spec.memory_limit, spec.pids_limit).map_err(setup_error)?;
 

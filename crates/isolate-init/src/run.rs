@@ -6,9 +6,10 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use isolate_core::protocol::{ControlMessage, GuestSpec};
-use isolate_core::{ExecFailure, Status};
+use isolate_core::{exec, ExecFailure, Status};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -128,15 +129,13 @@ fn uptime_ns() -> u64 {
 /// never started).
 pub fn run(spec: &GuestSpec, cgroup: &Cgroup, ports: &mut Ports) -> Result<Option<Status>, Error> {
     let program = &spec.argv[0];
-    let path = match spec::resolve(program, spec::search_path(&spec.env), spec::probe) {
+    let search_path = exec::search_path(&spec.env);
+    let path = match spec::resolve(program, search_path, Path::new(&spec.cwd), spec::probe) {
         Ok(p) => p,
         Err(kind) => {
             ports.control.send(&ControlMessage::Error {
                 exec: Some(kind),
-                message: format!(
-                    "{program}: not found in PATH {}",
-                    spec::search_path(&spec.env)
-                ),
+                message: format!("{program}: not found in PATH {search_path}"),
             });
             return Ok(None);
         }

@@ -3,12 +3,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use isolate_core::exec;
 use isolate_core::protocol::GuestSpec;
 use isolate_core::ExecFailure;
-
-/// PATH used when the spec's environment has none (the usual default of
-/// container runtimes).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Errors of reading the spec.
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +51,6 @@ pub fn read(path: &Path) -> Result<GuestSpec, Error> {
     parse(&bytes)
 }
 
-/// The value of `PATH` in `env`, or [`DEFAULT_PATH`].
-pub fn search_path(env: &[(String, String)]) -> &str {
-    env.iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or(DEFAULT_PATH)
-}
-
 /// What a candidate path is, as far as the lookup cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Candidate {
@@ -84,21 +72,23 @@ pub fn probe(p: &Path) -> Candidate {
 }
 
 /// Resolves the program to exec, as `execvp` would: a name with a `/` is
-/// used as is; otherwise the first executable file named `program` in
-/// `path` (relative entries count from `/`, empty ones are skipped), else
-/// the first non-executable one (so the exec reports "not executable"),
-/// else [`ExecFailure::NotFound`].
+/// used as is (the exec reports what is wrong with it); otherwise, of the
+/// paths [`exec::candidates`] lists for `path` (a relative one counts from
+/// `cwd`, the workload's working directory), the first executable file,
+/// else the first non-executable one (so the exec reports "not
+/// executable"), else [`ExecFailure::NotFound`].
 pub fn resolve(
     program: &str,
     path: &str,
+    cwd: &Path,
     probe: impl Fn(&Path) -> Candidate,
 ) -> Result<PathBuf, ExecFailure> {
     if program.contains('/') {
         return Ok(PathBuf::from(program));
     }
     let mut fallback = None;
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let p = Path::new("/").join(dir).join(program);
+    for p in exec::candidates(program, path) {
+        let p = cwd.join(p);
         match probe(&p) {
             Candidate::Executable => return Ok(p),
             Candidate::File if fallback.is_none() => fallback = Some(p),
@@ -125,7 +115,7 @@ mod tests {
         assert_eq!(s.argv, ["echo", "hi"]);
         assert_eq!(s.volumes[0].target, "/data");
         assert_eq!(s.memory_limit, Some(128 << 20));
-        assert_eq!(search_path(&s.env), "/bin");
+        assert_eq!(exec::search_path(&s.env), "/bin");
     }
 
     #[test]
@@ -150,11 +140,6 @@ mod tests {
         assert!(matches!(parse(b"{"), Err(Error::Parse(_))));
     }
 
-    #[test]
-    fn default_path_when_env_has_none() {
-        assert_eq!(search_path(&[]), DEFAULT_PATH);
-    }
-
     fn fake(files: &[(&str, Candidate)]) -> impl Fn(&Path) -> Candidate {
         let m: HashMap<PathBuf, Candidate> =
             files.iter().map(|(p, c)| (PathBuf::from(p), *c)).collect();
@@ -168,7 +153,7 @@ mod tests {
             ("/bin/tool", Candidate::Executable),
         ]);
         assert_eq!(
-            resolve("tool", "/usr/bin:/bin", &fs).unwrap(),
+            resolve("tool", "/usr/bin:/bin", Path::new("/"), &fs).unwrap(),
             Path::new("/bin/tool")
         );
     }
@@ -177,7 +162,7 @@ mod tests {
     fn resolve_falls_back_to_a_non_executable_file() {
         let fs = fake(&[("/usr/bin/tool", Candidate::File)]);
         assert_eq!(
-            resolve("tool", "/usr/bin:/bin", &fs).unwrap(),
+            resolve("tool", "/usr/bin:/bin", Path::new("/"), &fs).unwrap(),
             Path::new("/usr/bin/tool")
         );
     }
@@ -185,8 +170,23 @@ mod tests {
     #[test]
     fn resolve_reports_not_found_and_keeps_slashed_names() {
         let fs = fake(&[]);
-        assert_eq!(resolve("nope", "/bin::", &fs), Err(ExecFailure::NotFound));
-        assert_eq!(resolve("./x", "/bin", &fs).unwrap(), Path::new("./x"));
+        assert_eq!(
+            resolve("nope", "/bin::", Path::new("/"), &fs),
+            Err(ExecFailure::NotFound)
+        );
+        assert_eq!(
+            resolve("./x", "/bin", Path::new("/"), &fs).unwrap(),
+            Path::new("./x")
+        );
+    }
+
+    #[test]
+    fn resolve_counts_relative_path_entries_from_the_working_directory() {
+        let fs = fake(&[("/work/bin/tool", Candidate::Executable)]);
+        assert_eq!(
+            resolve("tool", "bin:/usr/bin", Path::new("/work"), &fs).unwrap(),
+            Path::new("/work/bin/tool")
+        );
     }
 
     #[test]
@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(probe(&x), Candidate::Executable);
         assert_eq!(probe(d.path()), Candidate::Missing);
         assert_eq!(
-            resolve("x", &d.path().display().to_string(), probe).unwrap(),
+            resolve("x", &d.path().display().to_string(), Path::new("/"), probe).unwrap(),
             x
         );
     }

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 use isolate_cgroups::Cgroup;
 use isolate_core::protocol::{GuestPrivileges, GuestRoot, GuestSpec, GuestVolume};
 use isolate_core::{
-    paths, state, volume, Error, ExecFailure, Isolator, Limits, Mode, Network, Outcome, Result,
-    Running, Stats, Status, Stdio, VolumeSource, Workload,
+    paths, state, Error, ExecFailure, Isolator, Limits, Mode, Network, Outcome, Result, Running,
+    Stats, Status, Stdio, VolumeSource, Workload,
 };
+use isolate_image::volume;
 
 use crate::builder::{BootSpec, Disk, InitrdPart};
 use crate::config::{FailKind, Report, VmmConfig};

@@ -7,8 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::error::{Error, Result};
-use crate::paths;
+use isolate_core::{paths, Error, Result};
 
 /// Size of a new named volume (sparse: it takes disk space only as it fills).
 pub const DEFAULT_SIZE: u64 = 1 << 30;
@@ -21,7 +20,7 @@ pub fn image_path(name: &str) -> PathBuf {
 /// Returns the image of volume `name`, creating an empty ext4 image first
 /// if it does not exist.
 pub fn ensure(name: &str) -> Result<PathBuf> {
-    crate::workload::check_name("volume", name)?;
+    isolate_core::check_name("volume", name)?;
     let path = image_path(name);
     if path.is_file() {
         return Ok(path);
