@@ -3,7 +3,11 @@
 # boots stock guests and cgroups are v2:
 #   - the contract suite for both modes (ISOLATE_CONTRACT_MODES=vm,container);
 #   - the test binaries of the crates that touch KVM, namespaces or cgroups
-#     (isolate-vm, isolate-container, isolate-cgroups), each as one test.
+#     (isolate-vm, isolate-container, isolate-cgroups), each as one test;
+#   - the security suite in both modes;
+#   - VM mode's console data path (console-tests.sh: stdout, stdin, tiny
+#     writes, a stalled reader, --timeout and SIGTERM), CONSOLE_MIB MiB per
+#     bulk test (default 16; console.sh runs 64 on demand).
 #
 # usage: suite.sh [--list] [--timeout SECS] [--test-timeout SECS]
 #                 [-- MORE-RUN-OPTIONS...]
@@ -12,7 +16,7 @@
 #   --test-timeout  one test binary (default 1500): a hanging binary fails
 #                   alone, the following ones still run
 # environment: ISOLATE_HOME (default /var/lib/isolate), CARGO_TARGET_DIR,
-# ISOLATE_CONTRACT_TIMEOUT (per case inside, default 180).
+# ISOLATE_CONTRACT_TIMEOUT (per case inside, default 180), CONSOLE_MIB.
 # Needs ./install.sh --no-demo first (binaries, guest kernel, rootfs, init).
 # Exit status as tests/emulated-host/run: 0 all passed, 1 a test failed,
 # 2 harness failure. A crate whose tests do not build is named at the end
@@ -128,6 +132,7 @@ done
         printf "harness_sh security/%s 'cd %s && PROBE=%s tests/security/run --mode %s'\n" \
             "$mode" "$root" "$tmp/probe" "$mode"
     done
+    printf 'CONSOLE_MIB=%s\n. %s\n' "${CONSOLE_MIB:-16}" "$here/console-tests.sh"
 } >"$tmp/suite.sh"
 for prog in probe; do
     if ! cc -static -O2 -o "$tmp/$prog" "$root/tests/security/$prog.c"; then
