@@ -43,8 +43,16 @@ static void open_ports(void) {
             char p[300];
             snprintf(p, sizeof p, "/dev/%s", e->d_name);
             int fd = open(p, O_RDWR | O_NONBLOCK | O_NOCTTY);
-            if (fd >= 0)
-                ports[nports++] = fd;
+            if (fd < 0)
+                continue;
+            /* Raw, as isolate's init makes them: no echo of what the host
+             * sends, so that the host sees only what this init writes. */
+            struct termios t;
+            if (tcgetattr(fd, &t) == 0) {
+                cfmakeraw(&t);
+                tcsetattr(fd, TCSANOW, &t);
+            }
+            ports[nports++] = fd;
         }
     }
     console = open("/dev/console", O_WRONLY | O_NONBLOCK | O_NOCTTY);
