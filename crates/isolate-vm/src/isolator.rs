@@ -598,12 +598,17 @@ fn read_reports(pipe: File, shared: &Shared) {
             Ok(None) => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                let mut st = lock(&shared.state);
-                st.finished_at = Some(Instant::now());
-                st.last = Some(Report::Failed {
-                    kind: FailKind::Vmm,
-                    message: format!("its reports are unreadable: {e}"),
-                });
+                {
+                    let mut st = lock(&shared.state);
+                    st.finished_at = Some(Instant::now());
+                    st.last = Some(Report::Failed {
+                        kind: FailKind::Vmm,
+                        message: format!("its reports are unreadable: {e}"),
+                    });
+                }
+                // Nothing more is believed; the rest is read only to see
+                // the end of the pipe, as after a good report.
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
                 break;
             }
         };
@@ -890,6 +895,30 @@ mod tests {
         );
         assert_eq!(read_bounded_line(&mut r, 8).unwrap(), Some(b"x".to_vec()));
         assert_eq!(read_bounded_line(&mut r, 8).unwrap(), None);
+    }
+
+    #[test]
+    fn an_oversize_report_line_is_a_failure_not_a_report() {
+        let shared = Shared::default();
+        let mut pipe = tempfile::tempfile().unwrap();
+        pipe.write_all(&vec![b'x'; MAX_REPORT_LINE + 10]).unwrap();
+        let finished = Report::Finished {
+            status: Status::Exited(0),
+            cpu_time_ns: None,
+            peak_memory: None,
+            host_overhead: None,
+            guest_memory_touched: None,
+        };
+        pipe.write_all(finished.to_line().as_bytes()).unwrap();
+        std::io::Seek::rewind(&mut pipe).unwrap();
+        read_reports(pipe, &shared);
+        let st = lock(&shared.state);
+        assert!(st.eof);
+        assert!(
+            matches!(&st.last, Some(Report::Failed { kind: FailKind::Vmm, message }) if message.contains("unreadable")),
+            "{:?}",
+            st.last
+        );
     }
 
     #[test]
