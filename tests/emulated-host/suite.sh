@@ -4,7 +4,8 @@
 #   - the contract suite for both modes (ISOLATE_CONTRACT_MODES=vm,container);
 #   - the test binaries of the crates that touch KVM, namespaces or cgroups
 #     (isolate-vm, isolate-container, isolate-cgroups), each as one test;
-#   - the security suite in both modes;
+#   - the security suite for both modes, and VM mode against a hostile guest
+#     (tests/security/hostile-guest.sh);
 #   - VM mode's console data path (console-tests.sh: stdout, stdin, tiny
 #     writes, a stalled reader, --timeout and SIGTERM), CONSOLE_MIB MiB per
 #     bulk test (default 16; console.sh runs 64 on demand).
@@ -132,9 +133,13 @@ done
         printf "harness_sh security/%s 'cd %s && PROBE=%s tests/security/run --mode %s'\n" \
             "$mode" "$root" "$tmp/probe" "$mode"
     done
+    # VM mode against a hostile guest init (garbage, an endless control
+    # line, floods, lying reports, terminal escapes).
+    printf "harness_sh security/hostile-guest '%s/tests/security/hostile-guest.sh %s'\n" \
+        "$root" "$tmp/hostile-init"
     printf 'CONSOLE_MIB=%s\n. %s\n' "${CONSOLE_MIB:-16}" "$here/console-tests.sh"
 } >"$tmp/suite.sh"
-for prog in probe; do
+for prog in probe hostile-init; do
     if ! cc -static -O2 -o "$tmp/$prog" "$root/tests/security/$prog.c"; then
         echo "emulated-host suite: cannot build tests/security/$prog.c (cc -static)" >&2
         exit 2

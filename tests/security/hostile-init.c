@@ -9,7 +9,10 @@
  *   oversize  one endless control line (no newline, ever)
  *   flood     unbounded output on every port
  *   lies      well-formed reports with out-of-range numbers, then silence
- *   all       each of the above in turn
+ *   console   terminal escapes and garbage on the kernel console only (for
+ *             --console-log, which copies it to the host's stderr), then a
+ *             line that is not a control message
+ *   all       garbage, lies, oversize and flood in turn
  * It never reports a normal exit: the host must end the run by itself, with
  * a clear error, holding bounded memory.
  */
@@ -21,10 +24,12 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 static int ports[16];
 static int nports;
+static int console = -1;
 
 static void open_ports(void) {
     mkdir("/dev", 0755);
@@ -38,13 +43,21 @@ static void open_ports(void) {
             char p[300];
             snprintf(p, sizeof p, "/dev/%s", e->d_name);
             int fd = open(p, O_RDWR | O_NONBLOCK | O_NOCTTY);
-            if (fd >= 0)
-                ports[nports++] = fd;
+            if (fd < 0)
+                continue;
+            /* Raw, as isolate's init makes them: no echo of what the host
+             * sends, so that the host sees only what this init writes. */
+            struct termios t;
+            if (tcgetattr(fd, &t) == 0) {
+                cfmakeraw(&t);
+                tcsetattr(fd, TCSANOW, &t);
+            }
+            ports[nports++] = fd;
         }
     }
-    int c = open("/dev/console", O_WRONLY | O_NONBLOCK | O_NOCTTY);
-    if (c >= 0)
-        ports[nports++] = c;
+    console = open("/dev/console", O_WRONLY | O_NONBLOCK | O_NOCTTY);
+    if (console >= 0)
+        ports[nports++] = console;
 }
 
 static void write_all_ports(const void *b, size_t n) {
@@ -92,6 +105,37 @@ static void lies(void) {
         write_all_ports(l[i], strlen(l[i]));
 }
 
+static void console_escapes(void) {
+    const char *e[] = {
+        "\033]0;hostile title\007",          /* window title (OSC) */
+        "\033[2J\033[H",                    /* clear the screen */
+        "\033[6n",                           /* ask the terminal to answer */
+        "\302\233" "31m C1 CSI\r\n",      /* U+009B, 8-bit CSI */
+        "\342\200\256 bidi override\r\n", /* U+202E */
+        "\r overwritten \b\b\b\n",
+    };
+    fcntl(console, F_SETFL, 0); /* blocking: nothing is dropped */
+    for (size_t i = 0; i < sizeof e / sizeof e[0]; i++)
+        (void)write(console, e[i], strlen(e[i]));
+    unsigned char b[256];
+    unsigned x = 777;
+    for (int r = 0; r < 32; r++) {
+        for (size_t i = 0; i < sizeof b; i++) {
+            x = x * 1103515245 + 12345;
+            b[i] = x >> 16;
+        }
+        (void)write(console, b, sizeof b);
+    }
+    (void)write(console, "\n", 1);
+    /* Every byte reaches the host before the run is ended. */
+    tcdrain(console);
+    sleep(1);
+    const char *bad = "not a control message\n";
+    for (int i = 0; i < nports; i++)
+        if (ports[i] != console)
+            (void)write(ports[i], bad, strlen(bad));
+}
+
 int main(void) {
     open_ports();
     char mode[32] = "all";
@@ -102,6 +146,8 @@ int main(void) {
         mode[strcspn(mode, "\n")] = 0;
     }
     int all = !strcmp(mode, "all");
+    if (!strcmp(mode, "console") && console >= 0)
+        console_escapes();
     if (all || !strcmp(mode, "garbage"))
         garbage(256);
     if (all || !strcmp(mode, "lies"))

@@ -4,6 +4,12 @@
 //! The VMM hands the guest a [`GuestSpec`] as `/isolate/spec.json` in a cpio
 //! archive appended to the initrd; the two then talk on the control port
 //! (`/dev/hvc2`) in [`ControlMessage`]s, one JSON object per line.
+//!
+//! The guest is untrusted: the host splits its control stream with a
+//! [`LineSplitter`] (lines of at most [`MAX_CONTROL_LINE`] bytes), checks
+//! each message with [`ControlMessage::check_from_guest`] before acting on
+//! it, and escapes guest text with [`escape_guest_text`] before a terminal
+//! may show it.
 
 use std::time::Duration;
 
@@ -180,7 +186,94 @@ pub enum ControlMessage {
     },
 }
 
+/// Longest control line either side accepts (64 KiB, without the `\n`).
+pub const MAX_CONTROL_LINE: usize = 64 * 1024;
+/// Most characters of guest text (an error message) the host passes on.
+pub const MAX_GUEST_TEXT: usize = 4096;
+/// Highest signal number Linux knows (`SIGRTMAX`).
+pub const MAX_SIGNAL: i32 = 64;
+
+/// What is wrong with what the guest sent on the control channel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A control line longer than [`MAX_CONTROL_LINE`].
+    #[error("the guest sent a control line longer than {max} bytes")]
+    LineTooLong {
+        /// The bound.
+        max: usize,
+    },
+    /// An exit code outside 0..=255.
+    #[error("the guest reported exit code {0}, outside 0..=255")]
+    ExitCode(i32),
+    /// A signal number outside 1..=[`MAX_SIGNAL`].
+    #[error("the guest reported signal {0}, outside 1..={MAX_SIGNAL}")]
+    Signal(i32),
+    /// A size or time larger than possible.
+    #[error("the guest reported {what} {value}, more than the possible {max}")]
+    TooLarge {
+        /// What the number is.
+        what: &'static str,
+        /// The number.
+        value: u64,
+        /// The largest possible.
+        max: u64,
+    },
+    /// A status the guest cannot know (a timeout is the host's to decide).
+    #[error("the guest reported a status only the host decides ({0})")]
+    HostStatus(&'static str),
+    /// A host→guest message sent by the guest.
+    #[error("the guest sent a {0} message, which only the host sends")]
+    WrongDirection(&'static str),
+}
+
+/// What a guest's report can possibly hold, for
+/// [`ControlMessage::check_from_guest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestBounds {
+    /// Guest RAM, bytes (bounds peak memory).
+    pub memory: u64,
+    /// CPU time the guest can have used so far, nanoseconds (its vCPUs
+    /// times the wall time since it started, with slack).
+    pub cpu_time_ns: u64,
+}
+
 impl ControlMessage {
+    /// Checks a message that came from the guest: only guest→host kinds,
+    /// numbers in range. The host acts on no message that fails.
+    pub fn check_from_guest(&self, bounds: GuestBounds) -> Result<(), ProtocolError> {
+        let at_most = |what, value: Option<u64>, max: u64| match value {
+            Some(v) if v > max => Err(ProtocolError::TooLarge {
+                what,
+                value: v,
+                max,
+            }),
+            _ => Ok(()),
+        };
+        match self {
+            ControlMessage::Started { .. } | ControlMessage::Error { .. } => Ok(()),
+            ControlMessage::Exit {
+                status,
+                peak_memory,
+                cpu_time_ns,
+            } => {
+                match *status {
+                    Status::Exited(code) if !(0..=255).contains(&code) => {
+                        return Err(ProtocolError::ExitCode(code))
+                    }
+                    Status::Signaled(sig) if !(1..=MAX_SIGNAL).contains(&sig) => {
+                        return Err(ProtocolError::Signal(sig))
+                    }
+                    Status::TimedOut => return Err(ProtocolError::HostStatus("timed_out")),
+                    Status::Exited(_) | Status::Signaled(_) | Status::OomKilled => {}
+                }
+                at_most("peak memory (bytes)", *peak_memory, bounds.memory)?;
+                at_most("CPU time (ns)", *cpu_time_ns, bounds.cpu_time_ns)
+            }
+            ControlMessage::StdinEof { .. } => Err(ProtocolError::WrongDirection("stdin_eof")),
+            ControlMessage::Signal { .. } => Err(ProtocolError::WrongDirection("signal")),
+        }
+    }
+
     /// The message as one line, with its newline.
     pub fn to_line(&self) -> String {
         let mut s = serde_json::to_string(self).expect("control message serializes");
@@ -202,9 +295,300 @@ impl ControlMessage {
     }
 }
 
+/// Guest text made safe for a host terminal: control characters (escape
+/// sequences, carriage returns, bells, line breaks) and bidirectional
+/// overrides become visible escapes (`\x1b`, `\n`, `\u{202e}`), and the
+/// text is cut to `max_chars` characters (marked with `…`). Tabs stay.
+pub fn escape_guest_text(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_add(1)));
+    for (n, c) in text.chars().enumerate() {
+        if n == max_chars {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\t' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Characters that reorder how a terminal shows the text around them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// Splits a byte stream from the guest into lines of at most
+/// [`MAX_CONTROL_LINE`] bytes (without the `\n`). It holds at most one
+/// line, so the guest cannot make it grow past the bound.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Feeds bytes; calls `line` with each line they complete. A line that
+    /// grows past the bound is an error, and the stream is not trusted any
+    /// further: the caller ends the run (the splitter is left empty).
+    pub fn push(&mut self, bytes: &[u8], mut line: impl FnMut(&[u8])) -> Result<(), ProtocolError> {
+        for chunk in bytes.split_inclusive(|&b| b == b'\n') {
+            let (body, ends) = match chunk.strip_suffix(b"\n") {
+                Some(body) => (body, true),
+                None => (chunk, false),
+            };
+            if self.buf.len() + body.len() > MAX_CONTROL_LINE {
+                self.buf = Vec::new();
+                return Err(ProtocolError::LineTooLong {
+                    max: MAX_CONTROL_LINE,
+                });
+            }
+            if ends && self.buf.is_empty() {
+                line(body);
+                continue;
+            }
+            self.buf.extend_from_slice(body);
+            if ends {
+                line(&self.buf);
+                self.buf.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the unfinished line held.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BOUNDS: GuestBounds = GuestBounds {
+        memory: 1 << 30,
+        cpu_time_ns: 10_000_000_000,
+    };
+
+    fn exit(status: Status, peak: Option<u64>, cpu: Option<u64>) -> ControlMessage {
+        ControlMessage::Exit {
+            status,
+            peak_memory: peak,
+            cpu_time_ns: cpu,
+        }
+    }
+
+    #[test]
+    fn guest_exit_codes_and_signals_in_range_pass() {
+        for ok in [
+            Status::Exited(0),
+            Status::Exited(255),
+            Status::Signaled(1),
+            Status::Signaled(MAX_SIGNAL),
+            Status::OomKilled,
+        ] {
+            assert_eq!(exit(ok, None, None).check_from_guest(BOUNDS), Ok(()));
+        }
+    }
+
+    #[test]
+    fn rejects_exit_codes_outside_a_byte() {
+        for code in [-1, 256, 99_999, i32::MIN, i32::MAX] {
+            assert_eq!(
+                exit(Status::Exited(code), None, None).check_from_guest(BOUNDS),
+                Err(ProtocolError::ExitCode(code))
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_signals_linux_does_not_have() {
+        for sig in [0, -7, MAX_SIGNAL + 1, i32::MIN, i32::MAX] {
+            assert_eq!(
+                exit(Status::Signaled(sig), None, None).check_from_guest(BOUNDS),
+                Err(ProtocolError::Signal(sig))
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_timeout_reported_by_the_guest() {
+        assert_eq!(
+            exit(Status::TimedOut, None, None).check_from_guest(BOUNDS),
+            Err(ProtocolError::HostStatus("timed_out"))
+        );
+    }
+
+    #[test]
+    fn guest_sizes_and_times_are_bounded() {
+        assert_eq!(
+            exit(Status::Exited(0), Some(1 << 30), Some(10_000_000_000)).check_from_guest(BOUNDS),
+            Ok(())
+        );
+        assert_eq!(
+            exit(Status::Exited(0), Some(u64::MAX), None).check_from_guest(BOUNDS),
+            Err(ProtocolError::TooLarge {
+                what: "peak memory (bytes)",
+                value: u64::MAX,
+                max: 1 << 30,
+            })
+        );
+        assert_eq!(
+            exit(Status::Exited(0), None, Some(10_000_000_001)).check_from_guest(BOUNDS),
+            Err(ProtocolError::TooLarge {
+                what: "CPU time (ns)",
+                value: 10_000_000_001,
+                max: 10_000_000_000,
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_host_messages_from_the_guest() {
+        assert_eq!(
+            ControlMessage::Signal { signo: 9 }.check_from_guest(BOUNDS),
+            Err(ProtocolError::WrongDirection("signal"))
+        );
+        assert_eq!(
+            ControlMessage::StdinEof { bytes: Some(1) }.check_from_guest(BOUNDS),
+            Err(ProtocolError::WrongDirection("stdin_eof"))
+        );
+    }
+
+    #[test]
+    fn started_and_error_messages_pass() {
+        let started = ControlMessage::Started {
+            uptime_ns: u64::MAX,
+        };
+        assert_eq!(started.check_from_guest(BOUNDS), Ok(()));
+        let error = ControlMessage::Error {
+            exec: None,
+            message: "\x1b[2J".into(),
+        };
+        assert_eq!(error.check_from_guest(BOUNDS), Ok(()));
+    }
+
+    #[test]
+    fn protocol_errors_name_the_problem() {
+        assert_eq!(
+            ProtocolError::ExitCode(99_999).to_string(),
+            "the guest reported exit code 99999, outside 0..=255"
+        );
+        assert_eq!(
+            ProtocolError::LineTooLong { max: 65536 }.to_string(),
+            "the guest sent a control line longer than 65536 bytes"
+        );
+    }
+
+    #[test]
+    fn plain_guest_text_is_kept() {
+        assert_eq!(escape_guest_text("plain text\tok", 100), "plain text\tok");
+        assert_eq!(escape_guest_text("é€ ü", 100), "é€ ü");
+    }
+
+    #[test]
+    fn terminal_controls_in_guest_text_become_visible() {
+        assert_eq!(
+            escape_guest_text("\x1b]0;owned\x07\x1b[2J\r\nx\x7f", 100),
+            "\\x1b]0;owned\\x07\\x1b[2J\\r\\nx\\x7f"
+        );
+        // C1 controls (8-bit CSI) and bidirectional overrides.
+        assert_eq!(
+            escape_guest_text("a\u{202e}b\u{9b}c\u{2066}", 100),
+            "a\\u{202e}b\\u{9b}c\\u{2066}"
+        );
+    }
+
+    #[test]
+    fn no_control_character_survives_escaping() {
+        let hostile: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+        let safe = escape_guest_text(&hostile, usize::MAX);
+        assert!(
+            !safe
+                .chars()
+                .any(|c| (c.is_control() && c != '\t') || is_bidi_control(c)),
+            "{safe:?}"
+        );
+    }
+
+    #[test]
+    fn guest_text_is_cut_to_its_bound() {
+        assert_eq!(escape_guest_text("abcdef", 3), "abc…");
+        assert_eq!(escape_guest_text("abc", 3), "abc");
+        assert_eq!(escape_guest_text("ééé", 2), "éé…");
+        assert_eq!(escape_guest_text("abc", 0), "…");
+        let long = "x".repeat(MAX_GUEST_TEXT * 4);
+        assert_eq!(
+            escape_guest_text(&long, MAX_GUEST_TEXT).chars().count(),
+            MAX_GUEST_TEXT + 1
+        );
+    }
+
+    fn split(s: &mut LineSplitter, bytes: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+        let mut lines = Vec::new();
+        s.push(bytes, |l| lines.push(l.to_vec()))?;
+        Ok(lines)
+    }
+
+    #[test]
+    fn lines_are_split_across_writes() {
+        let mut s = LineSplitter::default();
+        assert_eq!(split(&mut s, b"ab").unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(s.pending(), 2);
+        assert_eq!(
+            split(&mut s, b"c\n\nde\nf").unwrap(),
+            [b"abc".to_vec(), b"".to_vec(), b"de".to_vec()]
+        );
+        assert_eq!(s.pending(), 1);
+        assert_eq!(split(&mut s, b"\n").unwrap(), [b"f".to_vec()]);
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_bound_passes() {
+        let mut s = LineSplitter::default();
+        let mut bytes = vec![b'x'; MAX_CONTROL_LINE];
+        bytes.push(b'\n');
+        assert_eq!(split(&mut s, &bytes).unwrap().len(), 1);
+        // Split across writes too.
+        split(&mut s, &vec![b'x'; MAX_CONTROL_LINE - 1]).unwrap();
+        split(&mut s, b"x").unwrap();
+        assert_eq!(split(&mut s, b"\n").unwrap()[0].len(), MAX_CONTROL_LINE);
+    }
+
+    #[test]
+    fn rejects_a_line_past_the_bound_even_split_across_writes() {
+        let too_long = Err(ProtocolError::LineTooLong {
+            max: MAX_CONTROL_LINE,
+        });
+        let mut s = LineSplitter::default();
+        assert_eq!(split(&mut s, &vec![b'x'; MAX_CONTROL_LINE + 1]), too_long);
+        assert_eq!(s.pending(), 0, "nothing of the line is kept");
+        split(&mut s, &vec![b'x'; MAX_CONTROL_LINE - 1]).unwrap();
+        assert_eq!(split(&mut s, b"yz\n"), too_long);
+    }
+
+    #[test]
+    fn an_endless_line_never_holds_more_than_the_bound() {
+        let mut s = LineSplitter::default();
+        let chunk = [b'A'; 4096];
+        let mut failed = false;
+        for _ in 0..(MAX_CONTROL_LINE / chunk.len() + 2) {
+            failed |= s.push(&chunk, |_| panic!("no line ends")).is_err();
+            assert!(s.pending() <= MAX_CONTROL_LINE);
+        }
+        assert!(failed);
+    }
 
     #[test]
     fn control_messages_round_trip_as_lines() {

@@ -51,6 +51,10 @@ pub enum FailKind {
     Boot,
     /// The VMM itself failed (KVM, devices, config).
     Vmm,
+    /// The guest broke the control protocol (a line too long or not a
+    /// control message, a number out of range, a host-only message); the
+    /// VMM ended the run.
+    Guest,
 }
 
 /// One line from the VMM.

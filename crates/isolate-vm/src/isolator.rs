@@ -3,7 +3,7 @@
 //! cgroup, and turns its reports into an [`Outcome`].
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +11,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use isolate_cgroups::Cgroup;
-use isolate_core::protocol::{GuestPrivileges, GuestRoot, GuestSpec, GuestVolume};
+use isolate_core::protocol::{
+    escape_guest_text, GuestPrivileges, GuestRoot, GuestSpec, GuestVolume, MAX_SIGNAL,
+};
 use isolate_core::{
     paths, state, Error, ExecFailure, Isolator, Limits, Mode, Network, Outcome, Result, Running,
     Stats, Status, Stdio, VolumeSource, Workload,
@@ -59,6 +61,9 @@ pub enum VmError {
     /// The VMM failed.
     #[error("the VMM failed: {0}")]
     Vmm(String),
+    /// The guest broke the host↔guest protocol and the VMM ended the run.
+    #[error("the VM was stopped: {0}")]
+    Guest(String),
     /// The VMM ended without a report.
     #[error("the VMM process ended without a report ({0})")]
     VmmDied(String),
@@ -540,12 +545,86 @@ struct Shared {
     cv: Condvar,
 }
 
+/// Longest report line read from the VMM. The VMM handles guest input
+/// and bounds the guest text it reports far below this; the library bounds
+/// it again, in case the guest took the VMM over.
+const MAX_REPORT_LINE: usize = 1 << 20;
+
+/// Reads one line of at most `max` bytes (without its `\n`): `Ok(None)`
+/// at end-of-file, an error for a longer line.
+fn read_bounded_line(r: &mut impl BufRead, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let n = r.take(max as u64 + 1).read_until(b'\n', &mut line)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    if line.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a report line longer than {max} bytes"),
+        ));
+    }
+    Ok(Some(line))
+}
+
+/// A report's message made safe for a terminal, line by line (boot
+/// failures carry the guest's last console lines, one per line).
+fn safe_message(message: &str) -> String {
+    message
+        .split('\n')
+        .map(|l| escape_guest_text(l, MAX_REPORT_LINE))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether a final status from the VMM is one a workload can have (the
+/// exit code the CLI derives from it stays in 0..=255).
+fn plausible(status: &Status) -> bool {
+    match *status {
+        Status::Exited(c) => (0..=255).contains(&c),
+        Status::Signaled(s) => (1..=MAX_SIGNAL).contains(&s),
+        Status::OomKilled | Status::TimedOut => true,
+    }
+}
+
 fn read_reports(pipe: File, shared: &Shared) {
-    let reader = BufReader::new(pipe);
-    for line in reader.lines() {
-        let Ok(line) = line else { break };
-        let Some(r) = Report::from_line(&line) else {
+    let mut reader = BufReader::new(pipe);
+    loop {
+        let line = match read_bounded_line(&mut reader, MAX_REPORT_LINE) {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                {
+                    let mut st = lock(&shared.state);
+                    st.finished_at = Some(Instant::now());
+                    st.last = Some(Report::Failed {
+                        kind: FailKind::Vmm,
+                        message: format!("its reports are unreadable: {e}"),
+                    });
+                }
+                // Nothing more is believed; the rest is read only to see
+                // the end of the pipe, as after a good report.
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                break;
+            }
+        };
+        let Some(r) = Report::from_line(&String::from_utf8_lossy(&line)) else {
             continue;
+        };
+        let r = match r {
+            Report::Failed { kind, message } => Report::Failed {
+                kind,
+                message: safe_message(&message),
+            },
+            Report::Finished { status, .. } if !plausible(&status) => Report::Failed {
+                kind: FailKind::Vmm,
+                message: format!("it reported an impossible status {status:?}"),
+            },
+            other => other,
         };
         let now = Instant::now();
         let mut st = lock(&shared.state);
@@ -574,6 +653,7 @@ enum Failure {
     Setup(String),
     Boot(String),
     Vmm(String),
+    Guest(String),
     Died(String),
 }
 
@@ -587,6 +667,7 @@ impl Failure {
             Failure::Setup(m) => backend(VmError::Setup(m.clone())),
             Failure::Boot(m) => backend(VmError::Boot(m.clone())),
             Failure::Vmm(m) => backend(VmError::Vmm(m.clone())),
+            Failure::Guest(m) => backend(VmError::Guest(m.clone())),
             Failure::Died(m) => backend(VmError::VmmDied(m.clone())),
         }
     }
@@ -672,6 +753,7 @@ impl VmRunning {
                 FailKind::Setup => Failure::Setup(message),
                 FailKind::Boot => Failure::Boot(message),
                 FailKind::Vmm => Failure::Vmm(message),
+                FailKind::Guest => Failure::Guest(message),
             }),
             // Killed by us, or SIGKILLed by someone else (`isolate kill NAME`
             // signals the VMM's pid): the workload was killed, as in container mode.
@@ -798,6 +880,98 @@ mod tests {
         assert!(!is_stale_vm_cgroup(&live));
         assert!(!is_stale_vm_cgroup("ct-run-4194305-0"));
         assert!(!is_stale_vm_cgroup(&format!("{CGROUP_PREFIX}myjob")));
+    }
+
+    #[test]
+    fn report_lines_are_bounded() {
+        let mut r = std::io::Cursor::new(b"one\ntwo\n0123456789\nlast".to_vec());
+        assert_eq!(read_bounded_line(&mut r, 8).unwrap(), Some(b"one".to_vec()));
+        assert_eq!(read_bounded_line(&mut r, 8).unwrap(), Some(b"two".to_vec()));
+        assert!(read_bounded_line(&mut r, 8).is_err());
+        let mut r = std::io::Cursor::new(b"12345678\nx".to_vec());
+        assert_eq!(
+            read_bounded_line(&mut r, 8).unwrap(),
+            Some(b"12345678".to_vec())
+        );
+        assert_eq!(read_bounded_line(&mut r, 8).unwrap(), Some(b"x".to_vec()));
+        assert_eq!(read_bounded_line(&mut r, 8).unwrap(), None);
+    }
+
+    #[test]
+    fn an_oversize_report_line_is_a_failure_not_a_report() {
+        let shared = Shared::default();
+        let mut pipe = tempfile::tempfile().unwrap();
+        pipe.write_all(&vec![b'x'; MAX_REPORT_LINE + 10]).unwrap();
+        let finished = Report::Finished {
+            status: Status::Exited(0),
+            cpu_time_ns: None,
+            peak_memory: None,
+            host_overhead: None,
+            guest_memory_touched: None,
+        };
+        pipe.write_all(finished.to_line().as_bytes()).unwrap();
+        std::io::Seek::rewind(&mut pipe).unwrap();
+        read_reports(pipe, &shared);
+        let st = lock(&shared.state);
+        assert!(st.eof);
+        assert!(
+            matches!(&st.last, Some(Report::Failed { kind: FailKind::Vmm, message }) if message.contains("unreadable")),
+            "{:?}",
+            st.last
+        );
+    }
+
+    #[test]
+    fn report_messages_keep_their_lines_and_lose_terminal_controls() {
+        let m = safe_message("the guest halted; last console lines:\n  \x1b[2Jpanic\r\n  ok");
+        assert_eq!(
+            m,
+            "the guest halted; last console lines:\n  \\x1b[2Jpanic\\r\n  ok"
+        );
+    }
+
+    #[test]
+    fn impossible_statuses_from_the_vmm_are_refused() {
+        for s in [
+            Status::Exited(256),
+            Status::Exited(-1),
+            Status::Signaled(0),
+            Status::Signaled(i32::MAX),
+        ] {
+            assert!(!plausible(&s), "{s:?}");
+        }
+        for s in [
+            Status::Exited(0),
+            Status::Exited(255),
+            Status::Signaled(9),
+            Status::OomKilled,
+            Status::TimedOut,
+        ] {
+            assert!(plausible(&s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn reports_of_a_hostile_guest_end_in_a_clear_error() {
+        let shared = Shared::default();
+        let mut pipe = tempfile::tempfile().unwrap();
+        let line = Report::Failed {
+            kind: FailKind::Guest,
+            message: "the guest reported exit code 99999, outside 0..=255".into(),
+        }
+        .to_line();
+        pipe.write_all(line.as_bytes()).unwrap();
+        std::io::Seek::rewind(&mut pipe).unwrap();
+        read_reports(pipe, &shared);
+        let st = lock(&shared.state);
+        assert!(st.eof);
+        let Some(Report::Failed { kind, message }) = st.last.clone() else {
+            panic!("no failure recorded");
+        };
+        assert_eq!(kind, FailKind::Guest);
+        let e = Failure::Guest(message).to_error("/bin/true");
+        assert_eq!(e.exit_code(), 125);
+        assert!(e.chain().contains("exit code 99999"), "{}", e.chain());
     }
 
     #[test]

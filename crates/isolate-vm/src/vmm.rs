@@ -13,6 +13,13 @@
 //! the library's process is gone, the VM ends). The main thread waits for
 //! events: control lines from the guest init, vCPU stops, signals,
 //! deadlines (boot watchdog, workload timeout).
+//!
+//! The guest is hostile: its control lines are bounded and split by a
+//! [`LineSplitter`], each message is checked with
+//! [`ControlMessage::check_from_guest`] before the VMM acts on it, and guest
+//! text (error messages, console lines) is escaped before it reaches a
+//! host terminal. A guest that breaks the protocol ends the run with a
+//! [`FailKind::Guest`] report.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,7 +29,9 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use isolate_core::protocol::ControlMessage;
+use isolate_core::protocol::{
+    escape_guest_text, ControlMessage, GuestBounds, LineSplitter, MAX_GUEST_TEXT,
+};
 use isolate_core::{ExecFailure, Status};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -46,14 +55,22 @@ pub const FORWARDED_SIGNALS: &[i32] = &[
 
 /// Console lines kept in boot-failure messages.
 const CONSOLE_LINES_IN_ERRORS: usize = 15;
-/// Longest control line accepted from the guest.
-const MAX_CONTROL_LINE: usize = 64 * 1024;
+/// Longest console line shown in an error (characters).
+const CONSOLE_LINE_CHARS: usize = 300;
+/// Most characters of a guest's non-message control line shown in an error.
+const BAD_LINE_CHARS: usize = 200;
+/// Wall time added to the time since the VMM started when bounding the
+/// CPU time a guest reports (clock granularity, accounting lag).
+const CPU_TIME_SLACK: Duration = Duration::from_secs(1);
 /// Input bytes allowed to wait for the guest before the stdin reader pauses.
 const STDIN_BACKLOG: usize = 1 << 20;
 
 /// What the main thread waits for.
 enum Event {
     Control(ControlMessage),
+    /// The guest broke the control protocol (the run ends): what it did,
+    /// guest text already escaped.
+    Protocol(String),
     Vcpu(VcpuStopped),
     Signal(i32),
     ParentGone,
@@ -202,10 +219,7 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
         stdout: Box::new(unsafe { File::from_raw_fd(stdout) }),
         // SAFETY: as above.
         stderr: Box::new(unsafe { File::from_raw_fd(stderr) }),
-        control: Box::new(ControlSink {
-            buf: Vec::new(),
-            tx: tx.clone(),
-        }),
+        control: Box::new(ControlSink::new(tx.clone())),
     };
     trace.mark("KVM and files open");
     if let Err(e) = crate::jail::enter(cfg.jail) {
@@ -351,7 +365,10 @@ fn supervise(
             Some(d) => rx.recv_timeout(d.saturating_duration_since(now)),
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
+        // Nothing the guest says is acted on before it is checked.
+        let ev = ev.map(|ev| checked(ev, guest_bounds(cfg, t0)));
         match ev {
+            Ok(Event::Protocol(what)) => return fail(FailKind::Guest, what),
             Ok(Event::Control(ControlMessage::Started { uptime_ns })) => {
                 if !started {
                     started = true;
@@ -385,12 +402,7 @@ fn supervise(
                 }
             }
             Ok(Event::Control(ControlMessage::Error { exec, message })) => {
-                let kind = match exec {
-                    Some(ExecFailure::NotFound) => FailKind::NotFound,
-                    Some(ExecFailure::NotExecutable) => FailKind::NotExecutable,
-                    None => FailKind::Setup,
-                };
-                return fail(kind, message);
+                return guest_error(exec, &message);
             }
             Ok(Event::Control(_)) => {}
             Ok(Event::Signal(signo)) => {
@@ -476,9 +488,43 @@ fn console_tail(vm: &MicroVm) -> String {
     let mut s = String::from("; last console lines:");
     for l in tail.into_iter().rev() {
         s.push_str("\n  ");
-        s.push_str(l);
+        s.push_str(&escape_guest_text(l.trim_end(), CONSOLE_LINE_CHARS));
     }
     s
+}
+
+/// `ev`, or a protocol error if it is a guest message that fails
+/// [`ControlMessage::check_from_guest`].
+fn checked(ev: Event, bounds: GuestBounds) -> Event {
+    match ev {
+        Event::Control(msg) => match msg.check_from_guest(bounds) {
+            Ok(()) => Event::Control(msg),
+            Err(e) => Event::Protocol(e.to_string()),
+        },
+        other => other,
+    }
+}
+
+/// The report for a guest's `error` message: its text is escaped and cut
+/// to [`MAX_GUEST_TEXT`] characters.
+fn guest_error(exec: Option<ExecFailure>, message: &str) -> Report {
+    let kind = match exec {
+        Some(ExecFailure::NotFound) => FailKind::NotFound,
+        Some(ExecFailure::NotExecutable) => FailKind::NotExecutable,
+        None => FailKind::Setup,
+    };
+    fail(kind, escape_guest_text(message, MAX_GUEST_TEXT))
+}
+
+/// What the guest's reports can hold: its RAM, and the CPU time all its
+/// vCPUs can have used since the VMM started (with [`CPU_TIME_SLACK`]).
+fn guest_bounds(cfg: &VmmConfig, t0: Instant) -> GuestBounds {
+    let wall = t0.elapsed().saturating_add(CPU_TIME_SLACK);
+    let wall_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
+    GuestBounds {
+        memory: cfg.boot.mem_size,
+        cpu_time_ns: wall_ns.saturating_mul(u64::from(cfg.boot.vcpus.max(1))),
+    }
 }
 
 fn finished(
@@ -611,25 +657,81 @@ fn watch_lifeline(mut pipe: BufReader<File>, tx: Sender<Event>) {
     let _ = tx.send(Event::ParentGone);
 }
 
-/// Console 2's output: control lines from the guest init.
+/// Console 2's output: control lines from the guest init. Runs on a vCPU
+/// thread, so it never blocks.
+///
+/// It holds at most one bounded line ([`LineSplitter`]) and passes on at
+/// most one `started`, then one `exit` or `error`, or one protocol error:
+/// the first line that is too long or is not a control message ends the
+/// run, and nothing after it, or after the workload's end, is read. So the
+/// guest can neither grow the VMM's memory nor flood its event queue.
 struct ControlSink {
-    buf: Vec<u8>,
+    lines: LineSplitter,
+    started: bool,
+    done: bool,
     tx: Sender<Event>,
+}
+
+impl ControlSink {
+    fn new(tx: Sender<Event>) -> Self {
+        Self {
+            lines: LineSplitter::default(),
+            started: false,
+            done: false,
+            tx,
+        }
+    }
+
+    /// One complete line: the event it makes, if any.
+    fn event(&mut self, line: &[u8]) -> Option<Event> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        let Some(msg) = std::str::from_utf8(line)
+            .ok()
+            .and_then(ControlMessage::from_line)
+        else {
+            return Some(Event::Protocol(format!(
+                "the guest sent a line that is not a control message: \"{}\"",
+                escape_guest_text(&String::from_utf8_lossy(line), BAD_LINE_CHARS)
+            )));
+        };
+        match msg {
+            ControlMessage::Started { .. } if self.started => None,
+            ControlMessage::Started { .. } => {
+                self.started = true;
+                Some(Event::Control(msg))
+            }
+            // Checked (and refused) by the main thread.
+            _ => Some(Event::Control(msg)),
+        }
+    }
+
+    fn send(&mut self, ev: Event) {
+        // After an exit, an error or a protocol error the run is over.
+        self.done = !matches!(ev, Event::Control(ControlMessage::Started { .. }));
+        let _ = self.tx.send(ev);
+    }
 }
 
 impl Write for ControlSink {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        for &b in data {
-            if b == b'\n' {
-                let line = std::mem::take(&mut self.buf);
-                if let Some(msg) = std::str::from_utf8(&line)
-                    .ok()
-                    .and_then(ControlMessage::from_line)
-                {
-                    let _ = self.tx.send(Event::Control(msg));
-                }
-            } else if self.buf.len() < MAX_CONTROL_LINE {
-                self.buf.push(b);
+        if self.done {
+            return Ok(data.len());
+        }
+        let mut events = Vec::new();
+        let split = self.lines.push(data, |line| events.push(line.to_vec()));
+        for line in events {
+            if self.done {
+                return Ok(data.len());
+            }
+            if let Some(ev) = self.event(&line) {
+                self.send(ev);
+            }
+        }
+        if let Err(e) = split {
+            if !self.done {
+                self.send(Event::Protocol(e.to_string()));
             }
         }
         Ok(data.len())
@@ -644,34 +746,201 @@ impl Write for ControlSink {
 mod tests {
     use super::*;
 
-    #[test]
-    fn control_sink_parses_lines_split_across_writes() {
+    fn sink() -> (ControlSink, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel();
-        let mut sink = ControlSink {
-            buf: Vec::new(),
-            tx,
-        };
-        sink.write_all(b"{\"t\":\"sta").unwrap();
-        sink.write_all(b"rted\",\"uptime_ns\":7}\r\nnot json\n{\"t\":\"exit\",\"status\":{\"exited\":3},\"peak_memory\":null,\"cpu_time_ns\":5}\n")
-            .unwrap();
-        let msgs: Vec<ControlMessage> = rx
-            .try_iter()
+        (ControlSink::new(tx), rx)
+    }
+
+    /// The events sent so far, as control messages or `Err(protocol error)`.
+    fn events(rx: &mpsc::Receiver<Event>) -> Vec<Result<ControlMessage, String>> {
+        rx.try_iter()
             .map(|e| match e {
-                Event::Control(m) => m,
+                Event::Control(m) => Ok(m),
+                Event::Protocol(p) => Err(p),
                 _ => panic!("not a control event"),
             })
-            .collect();
+            .collect()
+    }
+
+    const EXIT_3: &[u8] =
+        b"{\"t\":\"exit\",\"status\":{\"exited\":3},\"peak_memory\":null,\"cpu_time_ns\":5}\n";
+
+    fn exit_3() -> ControlMessage {
+        ControlMessage::Exit {
+            status: Status::Exited(3),
+            peak_memory: None,
+            cpu_time_ns: Some(5),
+        }
+    }
+
+    #[test]
+    fn control_sink_parses_lines_split_across_writes() {
+        let (mut sink, rx) = sink();
+        sink.write_all(b"{\"t\":\"sta").unwrap();
+        sink.write_all(b"rted\",\"uptime_ns\":7}\r\n\r\n").unwrap();
+        sink.write_all(EXIT_3).unwrap();
         assert_eq!(
-            msgs,
-            vec![
-                ControlMessage::Started { uptime_ns: 7 },
-                ControlMessage::Exit {
-                    status: Status::Exited(3),
-                    peak_memory: None,
-                    cpu_time_ns: Some(5)
-                }
-            ]
+            events(&rx),
+            vec![Ok(ControlMessage::Started { uptime_ns: 7 }), Ok(exit_3())]
         );
+    }
+
+    #[test]
+    fn an_oversize_control_line_ends_the_run() {
+        let (mut sink, rx) = sink();
+        let chunk = [b'A'; 4096];
+        for _ in 0..20 {
+            sink.write_all(&chunk).unwrap();
+        }
+        sink.write_all(b"\n").unwrap();
+        sink.write_all(EXIT_3).unwrap();
+        let got = events(&rx);
+        assert_eq!(
+            got.len(),
+            1,
+            "nothing is taken from the guest after the error"
+        );
+        let err = got[0].as_ref().unwrap_err();
+        assert!(err.contains("longer than 65536 bytes"), "{err}");
+        assert_eq!(sink.lines.pending(), 0, "the line is not kept");
+    }
+
+    #[test]
+    fn a_garbage_control_line_ends_the_run_with_escaped_text() {
+        let (mut sink, rx) = sink();
+        sink.write_all(b"\x1b]0;pwned\x07\x1b[2J\xff\n").unwrap();
+        sink.write_all(EXIT_3).unwrap();
+        let got = events(&rx);
+        assert_eq!(got.len(), 1);
+        let err = got[0].as_ref().unwrap_err();
+        assert!(
+            !err.chars().any(|c| c.is_control()),
+            "raw control characters in {err:?}"
+        );
+        assert!(err.contains("\\x1b]0;pwned\\x07"), "{err:?}");
+    }
+
+    #[test]
+    fn control_sink_passes_one_start_and_nothing_after_the_end() {
+        let (mut sink, rx) = sink();
+        let started = b"{\"t\":\"started\",\"uptime_ns\":1}\n";
+        for _ in 0..1000 {
+            sink.write_all(started).unwrap();
+        }
+        sink.write_all(EXIT_3).unwrap();
+        for _ in 0..1000 {
+            sink.write_all(EXIT_3).unwrap();
+            sink.write_all(b"garbage\n").unwrap();
+        }
+        assert_eq!(
+            events(&rx),
+            vec![Ok(ControlMessage::Started { uptime_ns: 1 }), Ok(exit_3())]
+        );
+    }
+
+    #[test]
+    fn host_messages_from_the_guest_are_passed_on_to_be_refused() {
+        let (mut sink, rx) = sink();
+        sink.write_all(b"{\"t\":\"signal\",\"signo\":9}\n").unwrap();
+        sink.write_all(EXIT_3).unwrap();
+        let got = events(&rx);
+        assert_eq!(got, vec![Ok(ControlMessage::Signal { signo: 9 })]);
+        let bounds = guest_bounds(&test_config(1 << 30, 1), Instant::now());
+        let Event::Protocol(why) =
+            checked(Event::Control(ControlMessage::Signal { signo: 9 }), bounds)
+        else {
+            panic!("a signal from the guest passed the check");
+        };
+        assert!(why.contains("only the host sends"), "{why}");
+    }
+
+    fn test_config(mem_size: u64, vcpus: u8) -> VmmConfig {
+        VmmConfig {
+            boot: crate::builder::BootSpec {
+                kernel: "/k".into(),
+                initrd: vec![],
+                mem_size,
+                vcpus,
+                disks: vec![],
+                console_log: false,
+                cmdline_extra: String::new(),
+            },
+            stdin: false,
+            timeout_ms: None,
+            boot_timeout_ms: 30_000,
+            seccomp: true,
+            jail: crate::jail::JailIds { uid: 1, gid: 1 },
+            trace: false,
+            #[cfg(feature = "test-hooks")]
+            test_guest: None,
+        }
+    }
+
+    #[test]
+    fn guest_bounds_are_the_ram_and_the_cpu_time_so_far() {
+        let cfg = test_config(64 << 20, 2);
+        let t0 = Instant::now() - Duration::from_secs(10);
+        let b = guest_bounds(&cfg, t0);
+        assert_eq!(b.memory, 64 << 20);
+        // 2 vCPUs × (10 s + 1 s of slack), and not much more.
+        assert!(b.cpu_time_ns >= 22_000_000_000, "{b:?}");
+        assert!(b.cpu_time_ns < 23_000_000_000, "{b:?}");
+    }
+
+    #[test]
+    fn lying_exit_reports_become_protocol_errors() {
+        let bounds = guest_bounds(&test_config(64 << 20, 1), Instant::now());
+        let lies = [
+            (Status::Exited(99_999), None, None, "exit code 99999"),
+            (Status::Signaled(-7), None, None, "signal -7"),
+            (Status::TimedOut, None, None, "only the host decides"),
+            (Status::Exited(0), Some(u64::MAX), None, "peak memory"),
+            (Status::Exited(0), None, Some(u64::MAX), "CPU time"),
+        ];
+        for (status, peak_memory, cpu_time_ns, named) in lies {
+            let msg = ControlMessage::Exit {
+                status,
+                peak_memory,
+                cpu_time_ns,
+            };
+            match checked(Event::Control(msg), bounds) {
+                Event::Protocol(why) => assert!(why.contains(named), "{why}"),
+                _ => panic!("{status:?} passed the check"),
+            }
+        }
+        let honest = ControlMessage::Exit {
+            status: Status::Exited(3),
+            peak_memory: Some(1 << 20),
+            cpu_time_ns: Some(1_000),
+        };
+        assert!(matches!(
+            checked(Event::Control(honest.clone()), bounds),
+            Event::Control(m) if m == honest
+        ));
+    }
+
+    #[test]
+    fn guest_error_text_is_escaped_and_bounded() {
+        let message = format!("\x1b]0;pwned\x07\x1b[2J{}", "x".repeat(100_000));
+        let Report::Failed { kind, message } = guest_error(None, &message) else {
+            panic!("not a failure");
+        };
+        assert_eq!(kind, FailKind::Setup);
+        assert!(
+            message.starts_with("\\x1b]0;pwned\\x07\\x1b[2J"),
+            "{message:.40}"
+        );
+        assert!(!message.chars().any(|c| c.is_control()));
+        // Cut after MAX_GUEST_TEXT characters of the guest's text.
+        assert!(message.ends_with('…'));
+        assert!(message.len() < MAX_GUEST_TEXT + 20, "{}", message.len());
+        assert!(matches!(
+            guest_error(Some(ExecFailure::NotFound), "x"),
+            Report::Failed {
+                kind: FailKind::NotFound,
+                ..
+            }
+        ));
     }
 
     #[test]

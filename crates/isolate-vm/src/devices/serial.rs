@@ -4,11 +4,18 @@
 //! [`SerialLog`], a ring of the last lines the guest printed (for "the guest
 //! failed to boot, last console lines: …" errors), optionally copied to the
 //! host's stderr (`--console-log`).
+//!
+//! Everything here is guest input: the log holds a bounded number of lines
+//! of bounded length, and the copy to stderr shows the guest's control
+//! characters as escapes (`\x1b`) instead of handing them to the host's
+//! terminal.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
+
+use isolate_core::protocol::escape_guest_text;
 
 use crate::devices::{lock, BusDevice, Interrupt};
 
@@ -108,14 +115,64 @@ struct Sink {
 }
 
 impl Sink {
-    fn write_echo(&mut self) {
+    /// Writes the pending echo bytes, escaped, to the echo. Unless `at_end`,
+    /// a trailing `\r` or unfinished UTF-8 sequence (at most 3 bytes) waits
+    /// for the next bytes, so that `\r\n` and characters cut by a chunk
+    /// boundary come out whole.
+    fn write_echo(&mut self, at_end: bool) {
+        let keep = if at_end {
+            0
+        } else if self.pending.last() == Some(&b'\r') {
+            1
+        } else {
+            unfinished_utf8(&self.pending)
+        };
+        let done = self.pending.len() - keep;
         if let Some(echo) = self.echo.as_mut() {
+            let safe = escape_console(&self.pending[..done]);
             // The console copy is best effort: a closed stderr must not stop the guest.
-            let _ = echo.write_all(&self.pending);
+            let _ = echo.write_all(safe.as_bytes());
             let _ = echo.flush();
         }
-        self.pending.clear();
+        self.pending.drain(..done);
     }
+}
+
+/// Console output made safe for a terminal: line by line, `\r\n` and `\n`
+/// end lines, every other control character is escaped, invalid UTF-8 is
+/// replaced.
+fn escape_console(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut safe = String::with_capacity(text.len());
+    for piece in text.split_inclusive('\n') {
+        match piece.strip_suffix('\n') {
+            Some(line) => {
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                safe.push_str(&escape_guest_text(line, usize::MAX));
+                safe.push('\n');
+            }
+            None => safe.push_str(&escape_guest_text(piece, usize::MAX)),
+        }
+    }
+    safe
+}
+
+/// Length of an unfinished UTF-8 sequence at the end of `bytes` (0 to 3).
+fn unfinished_utf8(bytes: &[u8]) -> usize {
+    for k in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - k];
+        if b & 0xc0 == 0x80 {
+            continue; // a continuation byte: look further back
+        }
+        let need = match b {
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf7 => 4,
+            _ => 1,
+        };
+        return if need > k { k } else { 0 };
+    }
+    0
 }
 
 impl Write for Sink {
@@ -124,7 +181,7 @@ impl Write for Sink {
         if self.echo.is_some() {
             self.pending.extend_from_slice(buf);
             if buf.contains(&b'\n') || self.pending.len() >= ECHO_CHUNK {
-                self.write_echo();
+                self.write_echo(false);
             }
         }
         Ok(buf.len())
@@ -139,7 +196,7 @@ impl Write for Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         if !self.pending.is_empty() {
-            self.write_echo();
+            self.write_echo(true);
         }
     }
 }
@@ -323,6 +380,68 @@ mod tests {
         let got = calls.0.lock().unwrap();
         assert_eq!(got.len(), 2, "the unterminated line is written at the end");
         assert_eq!(got[1], b"second");
+    }
+
+    fn echoed(text: &[u8]) -> Vec<u8> {
+        let calls = Calls::default();
+        let irq = Arc::new(CountingIrq::default());
+        let mut s = Serial::with_echo(irq, SerialLog::new(3), Some(Box::new(calls.clone())));
+        for &b in text {
+            s.write(THR, &[b]);
+        }
+        drop(s);
+        let got = calls.0.lock().unwrap();
+        got.concat()
+    }
+
+    #[test]
+    fn echo_escapes_control_characters() {
+        assert_eq!(
+            echoed(b"\x1b]0;title\x07\x1b[2Jok\r\nnext\rline\x9b\n"),
+            "\\x1b]0;title\\x07\\x1b[2Jok\nnext\\rline\u{fffd}\n".as_bytes()
+        );
+        assert_eq!(
+            echoed("\u{202e}evil\u{9b}2J\n".as_bytes()),
+            b"\\u{202e}evil\\u{9b}2J\n"
+        );
+    }
+
+    #[test]
+    fn echo_keeps_characters_and_line_ends_cut_by_a_chunk() {
+        // A line longer than a chunk, with a two-byte character and a
+        // `\r\n` across the chunk boundaries.
+        let mut text = vec![b'x'; ECHO_CHUNK - 1];
+        text.extend_from_slice("é".as_bytes());
+        text.extend(vec![b'y'; ECHO_CHUNK - 2]);
+        text.extend_from_slice(b"\r\nz\n");
+        let out = String::from_utf8(echoed(&text)).unwrap();
+        let want = format!(
+            "{}é{}\nz\n",
+            "x".repeat(ECHO_CHUNK - 1),
+            "y".repeat(ECHO_CHUNK - 2)
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn echo_of_garbage_has_no_raw_control_characters() {
+        let mut rng = Rng(7);
+        let garbage: Vec<u8> = (0..20_000).map(|_| rng.next_u64() as u8).collect();
+        let out = echoed(&garbage);
+        let text = String::from_utf8(out).expect("the echo is UTF-8");
+        assert!(!text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'));
+    }
+
+    #[test]
+    fn unfinished_utf8_sequences_are_measured() {
+        assert_eq!(unfinished_utf8(b"abc"), 0);
+        assert_eq!(unfinished_utf8("aé".as_bytes()), 0);
+        assert_eq!(unfinished_utf8(&"é".as_bytes()[..1]), 1);
+        assert_eq!(unfinished_utf8(&"€".as_bytes()[..2]), 2);
+        assert_eq!(unfinished_utf8(&"😀".as_bytes()[..3]), 3);
+        assert_eq!(unfinished_utf8(&[0x80, 0x80, 0x80, 0x80]), 0);
     }
 
     #[test]
