@@ -13,7 +13,7 @@
 # usage: suite.sh [--list] [--timeout SECS] [--test-timeout SECS]
 #                 [-- MORE-RUN-OPTIONS...]
 #   --list          print the tests that would run, and exit
-#   --timeout       whole run, boot included (default 3600)
+#   --timeout       whole run, boot included (default 1800)
 #   --test-timeout  one test binary (default 1500): a hanging binary fails
 #                   alone, the following ones still run
 # environment: ISOLATE_HOME (default /var/lib/isolate), CARGO_TARGET_DIR,
