@@ -822,8 +822,13 @@ mod tests {
 
     /// Drives a real device through the handshake with rings at random
     /// places in guest memory full of random bytes, then notifies at random:
-    /// garbage descriptors must never panic the device. Returns how many
-    /// chains the device returned in total (to show the fuzzing reached it).
+    /// garbage descriptors must never panic the device, and after every
+    /// notification the device must have kept the rules a driver relies on:
+    /// the used index moves forward by at most the queue size, every used
+    /// entry it wrote names a head inside the queue, the interrupt status
+    /// holds only the two defined bits, and the device stays live (or says
+    /// it needs a reset). Returns how many chains the device returned in
+    /// total (to show the fuzzing reached it).
     fn fuzz_device(make: &dyn Fn() -> Box<dyn VirtioDevice>, seed: u64) -> u64 {
         use vm_memory::Bytes;
         let mut rng = Rng(seed);
@@ -845,6 +850,7 @@ mod tests {
             negotiate(&mut t, VIRTIO_F_VERSION_1);
             let queues = t.queues.len() as u32;
             let mut used_rings = Vec::new();
+            let mut sizes = Vec::new();
             for sel in 0..queues {
                 let size = 1 << rng.below(9);
                 let base = rng.below(0xf0) << 12;
@@ -856,6 +862,7 @@ mod tests {
                 mem.write_obj(avail_idx, GuestAddress(base + 0x1002))
                     .unwrap();
                 used_rings.push(base + 0x2000);
+                sizes.push(size);
             }
             wr(&mut t, STATUS, ACK | DRIVER | FEATURES_OK | DRIVER_OK);
             assert!(t.is_activated());
@@ -865,10 +872,31 @@ mod tests {
                     _ => used_rings[0] - 0x2000 + rng.below(0x2000),
                 };
                 let _ = mem.write_obj(rng.next_u64(), GuestAddress(addr));
+                let idx = |ring: u64| mem.read_obj::<u16>(GuestAddress(ring + 2)).unwrap();
+                let before: Vec<u16> = used_rings.iter().map(|&r| idx(r)).collect();
                 wr(
                     &mut t,
                     QUEUE_NOTIFY,
                     rng.below(u64::from(queues) + 1) as u32,
+                );
+                for ((&ring, &size), &old) in used_rings.iter().zip(&sizes).zip(&before) {
+                    let moved = idx(ring).wrapping_sub(old);
+                    assert!(
+                        u32::from(moved) <= size,
+                        "used index moved by {moved} (queue of {size})"
+                    );
+                    for i in 0..moved {
+                        let slot = u64::from(old.wrapping_add(i)) % u64::from(size);
+                        let id: u32 = mem.read_obj(GuestAddress(ring + 4 + 8 * slot)).unwrap();
+                        assert!(id < size, "used entry names head {id} (queue of {size})");
+                    }
+                }
+                let isr = rd(&mut t, INTERRUPT_STATUS);
+                assert_eq!(isr & !0x3, 0, "interrupt status {isr:#x}");
+                let status = rd(&mut t, STATUS);
+                assert!(
+                    t.is_activated() || status & VIRTIO_CONFIG_S_NEEDS_RESET != 0,
+                    "device stopped without asking for a reset (status {status:#x})"
                 );
             }
             for ring in used_rings {
