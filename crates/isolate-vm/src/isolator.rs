@@ -14,6 +14,7 @@ use isolate_cgroups::Cgroup;
 use isolate_core::protocol::{
     escape_guest_text, GuestPrivileges, GuestRoot, GuestSpec, GuestVolume, MAX_SIGNAL,
 };
+use isolate_core::sys::lock;
 use isolate_core::{
     paths, state, Error, ExecFailure, Isolator, Limits, Mode, Network, Outcome, Result, Running,
     Stats, Status, Stdio, VolumeSource, Workload,
@@ -131,7 +132,7 @@ impl VmIsolator {
 
 /// The kernel's headers, or an `invalid kernel` error naming the file.
 fn probe_kernel(path: &Path) -> Result<kernel::KernelInfo> {
-    kernel::probe(path).map_err(|e| Error::invalid("kernel", crate::vmm::chain(&e)))
+    kernel::probe(path).map_err(|e| Error::invalid("kernel", isolate_core::error_chain(&e)))
 }
 
 fn boot_timeout() -> Result<Duration> {
@@ -453,7 +454,7 @@ fn start(
             // No privilege for the VMM's namespaces: VM mode is unavailable here.
             spawn::SpawnError::Clone(_) => Error::Unavailable {
                 backend: "vm",
-                reason: crate::vmm::chain(&e),
+                reason: isolate_core::error_chain(&e),
             },
             e => backend(VmError::Jail(e)),
         },
@@ -640,10 +641,6 @@ fn read_reports(pipe: File, shared: &Shared) {
     }
     lock(&shared.state).eof = true;
     shared.cv.notify_all();
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A failure that can be returned again by later `wait` calls.

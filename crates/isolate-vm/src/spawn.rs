@@ -12,12 +12,13 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
+use isolate_core::sys::{self, pipe};
 use isolate_core::Stdio;
 
 /// Descriptor numbers the VMM finds its pipes at.
@@ -115,21 +116,7 @@ impl VmmProcess {
 
     /// Sends `signo` to it (through its pidfd: never to a reused pid).
     pub fn signal(&self, signo: i32) -> std::io::Result<()> {
-        // SAFETY: pidfd_send_signal with our pidfd, a null siginfo and no flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                signo,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        sys::pidfd_send_signal(self.pidfd.as_fd(), signo)
     }
 
     /// SIGKILL, then reaps it.
@@ -141,16 +128,6 @@ impl VmmProcess {
 
 fn fds_err(what: &'static str) -> impl FnOnce(std::io::Error) -> SpawnError {
     move |source| SpawnError::Fds { what, source }
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid 2-element array for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two new fds that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// A close-on-exec copy of `fd` numbered 10 or more: the child then moves
@@ -409,8 +386,7 @@ mod tests {
     use super::*;
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        !sys::rootless()
     }
 
     #[test]
