@@ -18,7 +18,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
-use isolate_core::sys::{self, pipe};
+use isolate_core::sys::{self, pipe, CloneArgs};
 use isolate_core::Stdio;
 
 /// Descriptor numbers the VMM finds its pipes at.
@@ -176,22 +176,6 @@ struct ChildPlan {
     error_w: RawFd,
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// Starts `vmm` in new namespaces with the workload's stdio `stdio`
 /// (stdin, stdout, stderr) and blocked `signals`.
 pub fn spawn(vmm: &Path, stdio: [Stdio; 3], signals: &[i32]) -> Result<Spawned, SpawnError> {
@@ -294,7 +278,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 fn clone_child(plan: &ChildPlan) -> Result<(u32, OwnedFd), SpawnError> {
     let mut pidfd: RawFd = -1;
-    let mut args = CloneArgs {
+    let args = CloneArgs {
         flags: (libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWUTS
@@ -316,28 +300,18 @@ fn clone_child(plan: &ChildPlan) -> Result<(u32, OwnedFd), SpawnError> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         old
     };
-    // SAFETY: a fork-like clone3 (no stack given): the child runs on a
-    // copy of this thread's stack and only calls `child`, which makes raw
-    // system calls on data prepared above and never returns; `args` and
-    // `pidfd` are valid for the call.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid == 0 {
+    // SAFETY: the child only calls `child`, which makes raw system calls
+    // on data prepared above and never returns; `args.pidfd` points at
+    // `pidfd`, which outlives the call.
+    let cloned = unsafe { sys::clone3(&args) };
+    if let Ok(0) = cloned {
         child(plan);
     }
-    let err = std::io::Error::last_os_error();
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    if pid < 0 {
-        return Err(SpawnError::Clone(err));
-    }
+    let pid = cloned.map_err(SpawnError::Clone)?;
     // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.
-    Ok((pid as u32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
 /// The child between `clone3` and `execve`: only async-signal-safe system
