@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use isolate_cgroups::Cgroup;
 use isolate_core::sys::{CloneArgs, CLONE_INTO_CGROUP};
@@ -682,28 +682,13 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         }
     }
     handle.started(start.elapsed());
-    if let Some(name) = &w.name {
-        let record = state::Record {
-            name: name.clone(),
-            mode: Mode::Container,
-            pid,
-            pid_start: state::process_start(pid).unwrap_or(0),
-            cgroup: handle
-                .cgroup_mut()
-                .map(|c| c.rel_path().to_string())
-                .unwrap_or_default(),
-            argv: w.argv.clone(),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_secs(),
-        };
-        match state::register(&record) {
-            Ok(reg) => handle.set_registration(reg),
-            Err(e) => {
-                handle.abort();
-                return Err(e);
-            }
+    let cgroup = handle.cgroup_mut().map(|c| c.rel_path().to_string());
+    match state::register_named(w, Mode::Container, pid, cgroup.as_deref()) {
+        Ok(Some(reg)) => handle.set_registration(reg),
+        Ok(None) => {}
+        Err(e) => {
+            handle.abort();
+            return Err(e);
         }
     }
     Ok(handle)

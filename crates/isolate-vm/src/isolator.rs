@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use isolate_cgroups::Cgroup;
 use isolate_core::protocol::{
@@ -475,31 +475,13 @@ fn start(
             return Err(backend(VmError::Cgroup(e)));
         }
     }
-    let registration = match &w.name {
-        Some(name) => {
-            let record = state::Record {
-                name: name.clone(),
-                mode: Mode::Vm,
-                pid,
-                pid_start: state::process_start(pid).unwrap_or(0),
-                cgroup: cgroup
-                    .as_ref()
-                    .map(|c| c.rel_path().to_string())
-                    .unwrap_or_default(),
-                argv: w.argv.clone(),
-                started: SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            };
-            match state::register(&record) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    child.kill_and_wait();
-                    return Err(e);
-                }
-            }
+    let cgroup_path = cgroup.as_ref().map(|c| c.rel_path());
+    let registration = match state::register_named(w, Mode::Vm, pid, cgroup_path) {
+        Ok(r) => r,
+        Err(e) => {
+            child.kill_and_wait();
+            return Err(e);
         }
-        None => None,
     };
     let mut line = serde_json::to_string(&prepared.config).expect("config serializes");
     line.push('\n');
