@@ -132,7 +132,7 @@ impl VmIsolator {
 
 /// The kernel's headers, or an `invalid kernel` error naming the file.
 fn probe_kernel(path: &Path) -> Result<kernel::KernelInfo> {
-    kernel::probe(path).map_err(|e| Error::invalid("kernel", isolate_core::error_chain(&e)))
+    host::probe_kernel(path).map_err(|e| Error::invalid("kernel", isolate_core::error_chain(&e)))
 }
 
 fn boot_timeout() -> Result<Duration> {
@@ -171,7 +171,7 @@ impl Isolator for VmIsolator {
         if host::flavor_at(Path::new("/sys/module")) == host::KvmFlavor::Pvm {
             let info = paths::kernel(None)
                 .ok()
-                .and_then(|k| kernel::probe(&k).ok());
+                .and_then(|k| host::probe_kernel(&k).ok());
             host::check(info.as_ref())?;
         }
         Ok(())
