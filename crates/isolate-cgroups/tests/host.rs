@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use isolate_cgroups::{Cgroup, CgroupError, Layout};
+use isolate_core::sys::{clone3, CloneArgs, CLONE_INTO_CGROUP};
 use isolate_core::Limits;
 
 const MIB: u64 = 1 << 20;
@@ -643,46 +644,21 @@ fn v2_procs_fd_starts_a_child_inside_the_cgroup() {
     let cg = g.cg();
     let fd = cg.procs_fd().expect("a directory fd on cgroup v2");
 
-    /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: fd.as_raw_fd() as u64,
         ..CloneArgs::default()
     };
-    // SAFETY: `args` is a valid clone_args of the size passed; without
-    // CLONE_VM the child gets a copy of this address space and only calls
-    // pause until it is killed.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    // SAFETY: the child only calls pause until it is killed (no allocator,
+    // no lock); `args.cgroup` is `fd`, open for the call.
+    let pid = unsafe { clone3(&args) }.expect("clone3");
     if pid == 0 {
         loop {
             // SAFETY: pause has no arguments.
             unsafe { libc::pause() };
         }
     }
-    assert!(pid > 0, "clone3: {}", std::io::Error::last_os_error());
     let mut child = Child {
         pid: pid as libc::pid_t,
         go: None,

@@ -116,16 +116,7 @@ fn watchdog(pidfd: &OwnedFd, deadline: Instant, timed_out: Arc<AtomicBool>) {
         }
         if n == 0 {
             timed_out.store(true, Ordering::SeqCst);
-            // SAFETY: pidfd_send_signal with a pidfd this thread owns.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
+            let _ = isolate_core::sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
             return;
         }
     });

@@ -9,9 +9,10 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use isolate_cgroups::Cgroup;
+use isolate_core::sys::{CloneArgs, CLONE_INTO_CGROUP};
 use isolate_core::{
     error_chain, exec, paths, state, Error, ExecFailure, Mode, Network, Stdio, VolumeSource,
     Workload,
@@ -139,24 +140,6 @@ fn candidates(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, E
         .map(|p| cstr(p.as_os_str().as_bytes(), "command"))
         .collect()
 }
-
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// The host-side pieces a run holds until it ends.
 struct Prepared {
@@ -488,27 +471,22 @@ fn clone_shim(p: &Prepared, cgroup_fd: Option<&OwnedFd>) -> Result<(u32, OwnedFd
     // The child starts with every signal blocked: no handler of this
     // process may run in it, and the shim takes signals with sigwaitinfo.
     let old = sys::set_sigmask(true);
-    // SAFETY: a fork-like clone3 (no stack given): the child runs on a
-    // copy of this thread's stack and only calls `child::shim`, which
-    // never returns and uses no allocator or lock; `args` and `pidfd`
-    // are valid for the call.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid == 0 {
+    // SAFETY: the child only calls `child::shim`, which never returns and
+    // uses no allocator or lock; `args.pidfd` points at `pidfd`, which
+    // outlives the call, and `args.cgroup` (if set) is `cgroup_fd`, open.
+    let cloned = unsafe { isolate_core::sys::clone3(&args) };
+    if let Ok(0) = cloned {
         child::shim(&p.plan, &argv, &envp);
     }
-    let err = std::io::Error::last_os_error();
     sys::restore_sigmask(&old);
-    if pid < 0 {
-        return Err(ContainerError::host("create the container's namespaces (clone3)", err).into());
-    }
+    let pid = cloned.map_err(|err| {
+        Error::from(ContainerError::host(
+            "create the container's namespaces (clone3)",
+            err,
+        ))
+    })?;
     // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.
-    Ok((pid as u32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
 /// Reads the exec pipe until end-of-file: `None` when the program started.
@@ -704,28 +682,13 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         }
     }
     handle.started(start.elapsed());
-    if let Some(name) = &w.name {
-        let record = state::Record {
-            name: name.clone(),
-            mode: Mode::Container,
-            pid,
-            pid_start: state::process_start(pid).unwrap_or(0),
-            cgroup: handle
-                .cgroup_mut()
-                .map(|c| c.rel_path().to_string())
-                .unwrap_or_default(),
-            argv: w.argv.clone(),
-            started: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_secs(),
-        };
-        match state::register(&record) {
-            Ok(reg) => handle.set_registration(reg),
-            Err(e) => {
-                handle.abort();
-                return Err(e);
-            }
+    let cgroup = handle.cgroup_mut().map(|c| c.rel_path().to_string());
+    match state::register_named(w, Mode::Container, pid, cgroup.as_deref()) {
+        Ok(Some(reg)) => handle.set_registration(reg),
+        Ok(None) => {}
+        Err(e) => {
+            handle.abort();
+            return Err(e);
         }
     }
     Ok(handle)

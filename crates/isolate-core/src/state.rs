@@ -5,10 +5,12 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 use crate::isolator::Mode;
 use crate::paths;
+use crate::workload::Workload;
 
 /// What another isolate process needs to find and steer a named workload.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -93,6 +95,32 @@ pub fn register(record: &Record) -> Result<Registration> {
     Err(Error::NameInUse(record.name.clone()))
 }
 
+/// Registers `w` if it has a name: the process `pid` holds its boundary
+/// `mode`, and `cgroup` (relative to the cgroup root) its limits. `Ok(None)`
+/// for an unnamed workload; [`Error::NameInUse`] as [`register`].
+pub fn register_named(
+    w: &Workload,
+    mode: Mode,
+    pid: u32,
+    cgroup: Option<&str>,
+) -> Result<Option<Registration>> {
+    let Some(name) = &w.name else {
+        return Ok(None);
+    };
+    let record = Record {
+        name: name.clone(),
+        mode,
+        pid,
+        pid_start: process_start(pid).unwrap_or(0),
+        cgroup: cgroup.unwrap_or_default().to_string(),
+        argv: w.argv.clone(),
+        started: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    register(&record).map(Some)
+}
+
 /// The record of `name`, if any (alive or stale).
 pub fn get(name: &str) -> Result<Option<Record>> {
     // A name becomes a file name: validated as at spawn, so that no
@@ -150,5 +178,12 @@ mod tests {
     fn own_process_has_a_start_time() {
         assert!(process_start(std::process::id()).is_some());
         assert!(process_start(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn an_unnamed_workload_is_not_registered() {
+        let w = Workload::new("/bin/true");
+        let reg = register_named(&w, Mode::Container, std::process::id(), None).unwrap();
+        assert!(reg.is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! The few system calls and std helpers that both backends and the guest
 //! init need: who the effective user is, a close-on-exec pipe, a signal
-//! through a pidfd, the loopback interface, and a lock that survives a
-//! panicked holder.
+//! through a pidfd, the loopback interface, a fork-like `clone3`, and a
+//! lock that survives a panicked holder.
 //!
 //! Everything here is safe to call in a freshly cloned child that must not
 //! allocate: no function allocates, and errors are plain `io::Error`s made
@@ -87,6 +87,70 @@ pub fn loopback_up() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The kernel's `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`),
+/// the argument of [`clone3`].
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CloneArgs {
+    /// `CLONE_*` flags (namespaces, `CLONE_PIDFD`, [`CLONE_INTO_CGROUP`]).
+    pub flags: u64,
+    /// With `CLONE_PIDFD`: the address of the `c_int` the kernel writes
+    /// the child's pidfd into.
+    pub pidfd: u64,
+    /// With `CLONE_CHILD_SETTID`/`CLEARTID`: the child's tid address.
+    pub child_tid: u64,
+    /// With `CLONE_PARENT_SETTID`: the parent's copy of the child's tid.
+    pub parent_tid: u64,
+    /// The signal the parent gets when the child ends (`SIGCHLD`).
+    pub exit_signal: u64,
+    /// The child's stack (0: a copy of the caller's, as fork).
+    pub stack: u64,
+    /// The size of `stack`.
+    pub stack_size: u64,
+    /// With `CLONE_SETTLS`: the child's thread-local storage.
+    pub tls: u64,
+    /// The pids the child gets in each pid namespace (0: none asked).
+    pub set_tid: u64,
+    /// The number of entries at `set_tid`.
+    pub set_tid_size: u64,
+    /// With [`CLONE_INTO_CGROUP`]: a directory descriptor of the cgroup
+    /// the child starts in.
+    pub cgroup: u64,
+}
+
+/// `clone3` flag: start the child in the cgroup `CloneArgs::cgroup` names
+/// (not in libc yet).
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// A fork-like `clone3(2)` (no stack given): `Ok(0)` in the child,
+/// `Ok(pid)` in the parent.
+///
+/// # Safety
+/// The child runs on a copy of the calling thread's stack in a copy of the
+/// address space that holds only this thread. If the process has other
+/// threads, the child may only make async-signal-safe calls (no allocator,
+/// no lock another thread may hold) until it calls `execve` or `_exit`,
+/// and it must never return from the caller's frame. The addresses in
+/// `args` (`pidfd` with `CLONE_PIDFD`, the tid fields, `set_tid`) must be
+/// valid for the writes the flags ask for, and `cgroup` must be an open
+/// descriptor with `CLONE_INTO_CGROUP`.
+pub unsafe fn clone3(args: &CloneArgs) -> io::Result<u32> {
+    // SAFETY: `args` is a `clone_args` of the size passed, valid for the
+    // call; the caller upholds the rest (see above).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid as u32)
+    }
 }
 
 /// Locks `m`, recovering from poisoning: a thread that panicked while it held

@@ -8,7 +8,7 @@ use std::path::Path;
 use isolate_core::Error;
 use kvm_ioctls::{Cap, Kvm};
 
-use crate::kernel::KernelInfo;
+use crate::kernel::{self, KernelError, KernelInfo};
 
 /// The KVM API version every KVM since Linux 2.6.22 reports.
 const KVM_API_VERSION: i32 = 12;
@@ -94,6 +94,14 @@ fn dev_cstr(dev: &Path) -> Result<std::ffi::CString, Error> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(dev.as_os_str().as_bytes())
         .map_err(|_| unavailable(format!("bad device path {}", dev.display())))
+}
+
+/// Reads the kernel's headers ([`kernel::probe_with`]), searching its
+/// symbol table for the PVM hook only on a PVM host: elsewhere it does not
+/// matter.
+pub fn probe_kernel(path: &Path) -> Result<KernelInfo, KernelError> {
+    let pvm_host = flavor_at(Path::new("/sys/module")) == KvmFlavor::Pvm;
+    kernel::probe_with(path, pvm_host)
 }
 
 /// The whole host check for booting `kernel` (None: no kernel known yet).

@@ -8,12 +8,13 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use isolate_cgroups::Cgroup;
 use isolate_core::protocol::{
     escape_guest_text, GuestPrivileges, GuestRoot, GuestSpec, GuestVolume, MAX_SIGNAL,
 };
+use isolate_core::sys::lock;
 use isolate_core::{
     paths, state, Error, ExecFailure, Isolator, Limits, Mode, Network, Outcome, Result, Running,
     Stats, Status, Stdio, VolumeSource, Workload,
@@ -131,7 +132,7 @@ impl VmIsolator {
 
 /// The kernel's headers, or an `invalid kernel` error naming the file.
 fn probe_kernel(path: &Path) -> Result<kernel::KernelInfo> {
-    kernel::probe(path).map_err(|e| Error::invalid("kernel", crate::vmm::chain(&e)))
+    host::probe_kernel(path).map_err(|e| Error::invalid("kernel", isolate_core::error_chain(&e)))
 }
 
 fn boot_timeout() -> Result<Duration> {
@@ -170,7 +171,7 @@ impl Isolator for VmIsolator {
         if host::flavor_at(Path::new("/sys/module")) == host::KvmFlavor::Pvm {
             let info = paths::kernel(None)
                 .ok()
-                .and_then(|k| kernel::probe(&k).ok());
+                .and_then(|k| host::probe_kernel(&k).ok());
             host::check(info.as_ref())?;
         }
         Ok(())
@@ -453,7 +454,7 @@ fn start(
             // No privilege for the VMM's namespaces: VM mode is unavailable here.
             spawn::SpawnError::Clone(_) => Error::Unavailable {
                 backend: "vm",
-                reason: crate::vmm::chain(&e),
+                reason: isolate_core::error_chain(&e),
             },
             e => backend(VmError::Jail(e)),
         },
@@ -474,31 +475,13 @@ fn start(
             return Err(backend(VmError::Cgroup(e)));
         }
     }
-    let registration = match &w.name {
-        Some(name) => {
-            let record = state::Record {
-                name: name.clone(),
-                mode: Mode::Vm,
-                pid,
-                pid_start: state::process_start(pid).unwrap_or(0),
-                cgroup: cgroup
-                    .as_ref()
-                    .map(|c| c.rel_path().to_string())
-                    .unwrap_or_default(),
-                argv: w.argv.clone(),
-                started: SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            };
-            match state::register(&record) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    child.kill_and_wait();
-                    return Err(e);
-                }
-            }
+    let cgroup_path = cgroup.as_ref().map(|c| c.rel_path());
+    let registration = match state::register_named(w, Mode::Vm, pid, cgroup_path) {
+        Ok(r) => r,
+        Err(e) => {
+            child.kill_and_wait();
+            return Err(e);
         }
-        None => None,
     };
     let mut line = serde_json::to_string(&prepared.config).expect("config serializes");
     line.push('\n');
@@ -640,10 +623,6 @@ fn read_reports(pipe: File, shared: &Shared) {
     }
     lock(&shared.state).eof = true;
     shared.cv.notify_all();
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A failure that can be returned again by later `wait` calls.

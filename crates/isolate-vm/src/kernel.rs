@@ -1,7 +1,7 @@
 //! The guest kernel file: recognising it (ELF `vmlinux` or `bzImage`),
 //! checking it is whole, and loading it into guest memory.
 //!
-//! [`probe`] reads only headers (fast, done by the library before the VMM
+//! [`probe_with`] reads only headers (fast, done by the library before the VMM
 //! starts, so that a wrong file is one clear error); [`load`] copies the
 //! kernel into guest memory with `linux-loader`.
 //!
@@ -78,7 +78,7 @@ pub enum Format {
     BzImage,
 }
 
-/// What [`probe`] learnt from the headers.
+/// What [`probe_with`] learnt from the headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelInfo {
     /// The format.
@@ -117,14 +117,9 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 /// Reads the kernel's headers: which format, whether the file is whole,
-/// how much memory it occupies, whether it is PVM-capable (the symbol
-/// table is searched only on a PVM host: elsewhere it does not matter).
-pub fn probe(path: &Path) -> Result<KernelInfo, KernelError> {
-    let pvm_host = crate::host::flavor_at(Path::new("/sys/module")) == crate::host::KvmFlavor::Pvm;
-    probe_with(path, pvm_host)
-}
-
-/// [`probe`], searching an ELF's symbols for the PVM hook only if `scan_for_pvm`.
+/// how much memory it occupies, whether it is PVM-capable (an ELF's symbols
+/// are searched for the PVM hook only if `scan_for_pvm`; the host decides,
+/// see `host::probe_kernel`).
 pub fn probe_with(path: &Path, scan_for_pvm: bool) -> Result<KernelInfo, KernelError> {
     let mut file = File::open(path).map_err(read_err(path))?;
     probe_file(&mut file, path, scan_for_pvm)
@@ -353,7 +348,7 @@ mod tests {
     fn rejects_a_file_that_is_not_a_kernel() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(&dir, "notes.txt", b"hello, I am not a kernel\n");
-        let e = probe(&p).unwrap_err();
+        let e = probe_with(&p, true).unwrap_err();
         assert!(matches!(e, KernelError::NotAKernel { .. }), "{e}");
         assert!(e.to_string().contains("notes.txt"), "{e}");
     }
@@ -364,7 +359,7 @@ mod tests {
         let mut b = tiny_elf(0x2000);
         b.extend_from_slice(&[0u8; 0x1000]); // one page of the two promised
         let p = write(&dir, "vmlinux", &b);
-        let e = probe(&p).unwrap_err();
+        let e = probe_with(&p, true).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -384,7 +379,7 @@ mod tests {
         let mut b = tiny_elf(0x1000);
         b.extend_from_slice(&[0u8; 0x1000]);
         let p = write(&dir, "vmlinux", &b);
-        let info = probe(&p).unwrap();
+        let info = probe_with(&p, true).unwrap();
         assert_eq!(info.format, Format::Elf);
         assert_eq!(info.footprint_end, 0x100_2000);
     }
@@ -411,7 +406,7 @@ mod tests {
         b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
         b[0x236] = 1;
         let p = write(&dir, "bzImage", &b);
-        let e = probe(&p).unwrap_err();
+        let e = probe_with(&p, true).unwrap_err();
         assert!(matches!(e, KernelError::Truncated { .. }), "{e}");
     }
 }

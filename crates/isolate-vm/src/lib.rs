@@ -36,7 +36,7 @@
 //!
 //! `VmIsolator::spawn` (library side, [`VmIsolator`]):
 //! 1. checks the inputs and the host, in well under a second: the kernel's
-//!    headers ([`kernel::probe`]: not a kernel, truncated), `/dev/kvm`
+//!    headers ([`host::probe_kernel`]: not a kernel, truncated), `/dev/kvm`
 //!    (missing, no permission, API version, capabilities) and PVM hosts
 //!    ([`host`]), guest RAM against the MMIO window and the host's RAM
 //!    ([`sizing`]); every failure is one line and exit code 125;

@@ -39,8 +39,8 @@ pub fn main() -> i32 {
 
 fn run(t0: Instant) -> Result<String, String> {
     let kvm = crate::host::open_kvm().map_err(|e| e.chain())?;
-    let mut m =
-        builder::create_machine(kvm, 1 << 20, 1, false).map_err(|e| crate::vmm::chain(&e))?;
+    let mut m = builder::create_machine(kvm, 1 << 20, 1, false)
+        .map_err(|e| isolate_core::error_chain(&e))?;
     m.mem
         .write_slice(PAYLOAD, GuestAddress(0x1000))
         .map_err(|e| e.to_string())?;
@@ -71,7 +71,7 @@ fn run(t0: Instant) -> Result<String, String> {
         Arc::new(Mutex::new(Serial::new(irq, log.clone(), false))),
     )
     .map_err(|e| e.to_string())?;
-    crate::seccomp::apply(crate::seccomp::Role::Vcpu).map_err(|e| crate::vmm::chain(&e))?;
+    crate::seccomp::apply(crate::seccomp::Role::Vcpu).map_err(|e| isolate_core::error_chain(&e))?;
     let mut first = None;
     let mut counts = ExitCounts::default();
     let stop = StopFlag::new();

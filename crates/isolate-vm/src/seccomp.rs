@@ -201,7 +201,7 @@ impl FilterGate {
     pub fn install(&self, role: Role) -> Result<(), String> {
         let enabled = self.state().enabled;
         let r = if enabled {
-            apply(role).map_err(|e| crate::vmm::chain(&e))
+            apply(role).map_err(|e| isolate_core::error_chain(&e))
         } else {
             Ok(())
         };
@@ -242,7 +242,7 @@ impl FilterGate {
         drop(st);
         if enabled {
             if let Err(e) = apply(Role::Service) {
-                let msg = crate::vmm::chain(&e);
+                let msg = isolate_core::error_chain(&e);
                 self.state().failed = Some(msg.clone());
                 self.0 .1.notify_all();
                 return Err(msg);

@@ -12,12 +12,13 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
 
+use isolate_core::sys::{self, pipe, CloneArgs};
 use isolate_core::Stdio;
 
 /// Descriptor numbers the VMM finds its pipes at.
@@ -115,21 +116,7 @@ impl VmmProcess {
 
     /// Sends `signo` to it (through its pidfd: never to a reused pid).
     pub fn signal(&self, signo: i32) -> std::io::Result<()> {
-        // SAFETY: pidfd_send_signal with our pidfd, a null siginfo and no flags.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                signo,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        sys::pidfd_send_signal(self.pidfd.as_fd(), signo)
     }
 
     /// SIGKILL, then reaps it.
@@ -141,16 +128,6 @@ impl VmmProcess {
 
 fn fds_err(what: &'static str) -> impl FnOnce(std::io::Error) -> SpawnError {
     move |source| SpawnError::Fds { what, source }
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid 2-element array for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two new fds that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// A close-on-exec copy of `fd` numbered 10 or more: the child then moves
@@ -197,22 +174,6 @@ struct ChildPlan {
     envp: [*const libc::c_char; 1],
     mask: libc::sigset_t,
     error_w: RawFd,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
 }
 
 /// Starts `vmm` in new namespaces with the workload's stdio `stdio`
@@ -317,7 +278,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 fn clone_child(plan: &ChildPlan) -> Result<(u32, OwnedFd), SpawnError> {
     let mut pidfd: RawFd = -1;
-    let mut args = CloneArgs {
+    let args = CloneArgs {
         flags: (libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWUTS
@@ -339,28 +300,18 @@ fn clone_child(plan: &ChildPlan) -> Result<(u32, OwnedFd), SpawnError> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         old
     };
-    // SAFETY: a fork-like clone3 (no stack given): the child runs on a
-    // copy of this thread's stack and only calls `child`, which makes raw
-    // system calls on data prepared above and never returns; `args` and
-    // `pidfd` are valid for the call.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid == 0 {
+    // SAFETY: the child only calls `child`, which makes raw system calls
+    // on data prepared above and never returns; `args.pidfd` points at
+    // `pidfd`, which outlives the call.
+    let cloned = unsafe { sys::clone3(&args) };
+    if let Ok(0) = cloned {
         child(plan);
     }
-    let err = std::io::Error::last_os_error();
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    if pid < 0 {
-        return Err(SpawnError::Clone(err));
-    }
+    let pid = cloned.map_err(SpawnError::Clone)?;
     // SAFETY: CLONE_PIDFD stored a new descriptor that nothing else owns.
-    Ok((pid as u32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
 /// The child between `clone3` and `execve`: only async-signal-safe system
@@ -409,8 +360,7 @@ mod tests {
     use super::*;
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        !sys::rootless()
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use isolate_core::protocol::{
     escape_guest_text, ControlMessage, GuestBounds, LineSplitter, MAX_GUEST_TEXT,
 };
-use isolate_core::{ExecFailure, Status};
+use isolate_core::{error_chain, ExecFailure, Status};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::builder::{self, ConsoleSinks, MicroVm, VcpuStopped};
@@ -101,21 +101,6 @@ fn usage() -> i32 {
          usage: isolate-vmm run --config-fd N --report-fd M\n       isolate-vmm probe   (runs a tiny guest; prints the time to its first exit)"
     );
     2
-}
-
-/// The whole error chain on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        let t = x.to_string();
-        if !s.ends_with(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = x.source();
-    }
-    s
 }
 
 fn run_fds(config_fd: RawFd, report_fd: RawFd) -> i32 {
@@ -202,7 +187,7 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     };
     let files = match builder::BootFiles::open(&cfg.boot) {
         Ok(f) => f,
-        Err(e) => return fail(FailKind::Vmm, chain(&e)),
+        Err(e) => return fail(FailKind::Vmm, error_chain(&e)),
     };
     let statm = File::open("/proc/self/statm").ok();
     // SAFETY: dup of the process's own stdout/stderr; the new fds are owned
@@ -223,12 +208,12 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     };
     trace.mark("KVM and files open");
     if let Err(e) = crate::jail::enter(cfg.jail) {
-        return fail(FailKind::Vmm, chain(&e));
+        return fail(FailKind::Vmm, error_chain(&e));
     }
     trace.mark("jailed");
     let mut vm = match build_vm(&cfg, kvm, files, sinks, &trace) {
         Ok(vm) => vm,
-        Err(e) => return fail(FailKind::Vmm, chain(&e)),
+        Err(e) => return fail(FailKind::Vmm, error_chain(&e)),
     };
     trace.mark("VM built");
 
@@ -285,7 +270,7 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
         move || vcpu_filters.install_and_wait(Role::Vcpu),
     ) {
         Ok(vcpus) => threads += vcpus.len(),
-        Err(e) => return fail(FailKind::Vmm, chain(&e)),
+        Err(e) => return fail(FailKind::Vmm, error_chain(&e)),
     }
     if let Err(e) = filters.seal(threads) {
         return fail(FailKind::Vmm, e);

@@ -19,8 +19,7 @@ use isolate_vm::test_guest::{ForbiddenCall, TestGuest};
 use isolate_vm::vmm::FORWARDED_SIGNALS;
 
 fn ready(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if isolate_core::sys::rootless() {
         eprintln!("SKIP {test}: the jail needs root");
         return false;
     }

@@ -47,8 +47,7 @@ fn ready(test: &str) -> bool {
 }
 
 fn unsafe_is_not_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() != 0 }
+    isolate_core::sys::rootless()
 }
 
 fn cgroup_exists(rel: &str) -> bool {

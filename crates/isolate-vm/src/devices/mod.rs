@@ -26,7 +26,9 @@
 //! assert!(!pio.read(0x81, &mut byte)); // nobody there: the caller ignores it
 //! ```
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use isolate_core::sys::lock;
 
 pub mod i8042;
 pub mod serial;
@@ -217,13 +219,6 @@ pub const DEBUG_ENV: &str = "ISOLATE_DEVICE_DEBUG";
 pub(crate) fn debug_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var_os(DEBUG_ENV).is_some_and(|v| !v.is_empty()))
-}
-
-/// Locks a device mutex, recovering from poisoning: a panic on another thread
-/// must not take the device away from the guest (its state is still
-/// consistent at the level the guest can observe).
-pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

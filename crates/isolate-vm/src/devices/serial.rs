@@ -16,8 +16,9 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use isolate_core::protocol::escape_guest_text;
+use isolate_core::sys::lock;
 
-use crate::devices::{lock, BusDevice, Interrupt};
+use crate::devices::{BusDevice, Interrupt};
 
 /// Base port of COM1.
 pub const COM1_PORT: u64 = 0x3f8;

@@ -20,13 +20,14 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use isolate_core::sys::lock;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
     for_each_range, ActiveQueue, SplitChain, VirtioDevice, TYPE_CONSOLE, VIRTIO_F_VERSION_1,
 };
-use crate::devices::{lock, DeviceError, Interrupt};
+use crate::devices::{DeviceError, Interrupt};
 
 /// Index of the receive queue (host→guest).
 pub const RX_QUEUE: u16 = 0;
