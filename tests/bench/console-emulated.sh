@@ -125,5 +125,13 @@ for path, pat, key, label in rows:
         ratio = f"{secs / csecs:.1f}x"
     ok = "yes" if figs[key][1] == want else f"no ({figs[key][1]})"
     print(f"| {path} | {label} | {secs:.1f} | {mib / secs:.1f} | {ratio} | {ok} |")
+print()
+def net(key):
+    base = figs.get(key.split("-")[0] + "-true", (0, 0))[0]
+    return max(figs[key][0] - base, 1) / 1000
+for pat, label in (("zero", "large writes"), ("yes", "`yes x | head`")):
+    if f"vm-{pat}" in figs and f"container-{pat}" in figs:
+        r = net(f"vm-{pat}") / net(f"container-{pat}")
+        print(f"- VM stdout vs container, {label}: {r:.1f}× (target ≤ 5×: {'met' if r <= 5 else 'missed'})")
 PY
 cat "$out/console.md"
