@@ -74,6 +74,20 @@ const REMOVE_WAIT: Duration = Duration::from_secs(1);
 /// How long [`Cgroup::remove_stale`] waits for each leftover to empty.
 const STALE_WAIT: Duration = Duration::from_millis(200);
 
+/// How a new process gets into a cgroup ([`Cgroup::placement`]).
+#[derive(Debug)]
+pub enum Placement {
+    /// cgroup v2: give this directory fd to `clone3` with
+    /// `CLONE_INTO_CGROUP` (`isolate_core::sys::CloneArgs::cgroup`); the
+    /// child starts inside.
+    CloneInto(OwnedFd),
+    /// cgroup v1: the child writes `0` to each of these `tasks` files (open
+    /// for writing) before it runs the workload, which moves it in.
+    SelfJoin(Vec<OwnedFd>),
+    /// Move the process in by pid with [`Cgroup::add_process`].
+    AddPid,
+}
+
 /// A cgroup of isolate: `isolate/<name>` in each hierarchy it uses.
 ///
 /// Not removed on drop: see [`Cgroup::remove`].
@@ -157,6 +171,24 @@ impl Cgroup {
             Imp::V1(v) => v.tasks_files(),
             Imp::V2(_) => Ok(Vec::new()),
         }
+    }
+
+    /// How a process started next gets into this cgroup: on v2 a directory
+    /// fd for `clone3(CLONE_INTO_CGROUP)`, on v1 the `tasks` files the child
+    /// writes `0` to (see [`Cgroup::self_join_files`]), or, where neither
+    /// is available, by pid.
+    pub fn placement(&self) -> Result<Placement, CgroupError> {
+        Ok(match &self.imp {
+            Imp::V2(c) => c.procs_fd().map_or(Placement::AddPid, Placement::CloneInto),
+            Imp::V1(c) => {
+                let files: Vec<OwnedFd> = c.tasks_files()?.into_iter().map(|(f, _)| f).collect();
+                if files.is_empty() {
+                    Placement::AddPid
+                } else {
+                    Placement::SelfJoin(files)
+                }
+            }
+        })
     }
 
     /// The path relative to the cgroup root(s), e.g. `isolate/<name>`.
@@ -358,6 +390,9 @@ impl Cgroup {
     }
 
     fn remove_within(self, wait: Duration) -> Result<(), CgroupError> {
+        if self.rmdir_if_empty() {
+            return Ok(());
+        }
         let start = Instant::now();
         let emptied = fs::poll_until(wait, || {
             if self.is_empty()? {
@@ -379,6 +414,20 @@ impl Cgroup {
             Imp::V1(c) => c.rmdir(),
             Imp::V2(c) => c.rmdir(),
         }
+    }
+
+    /// Removes the directories of a cgroup that holds no process and no
+    /// child cgroup with one `rmdir` each; `false` if one could not go
+    /// (processes still dying, a child cgroup, already gone), which the
+    /// listing, killing and waiting of [`Cgroup::remove`] then handle. The
+    /// common case, a workload whose processes have all ended, needs
+    /// nothing more.
+    fn rmdir_if_empty(&self) -> bool {
+        let dirs = match &self.imp {
+            Imp::V1(c) => c.unique_dirs(),
+            Imp::V2(c) => vec![c.dir()],
+        };
+        !dirs.is_empty() && dirs.iter().all(|d| std::fs::remove_dir(d).is_ok())
     }
 
     /// Removes the `isolate/*` cgroups for which `live(name)` is false
