@@ -40,6 +40,7 @@
 
 pub mod devices;
 mod error;
+mod family;
 mod fs;
 mod layout;
 mod v1;
@@ -55,6 +56,7 @@ use isolate_core::sys::lock;
 use isolate_core::{Limits, Stats};
 
 pub use error::CgroupError;
+pub use family::{Family, Spec};
 pub use layout::{layout, root_is_unified, Layout};
 
 use layout::Hierarchies;
@@ -437,45 +439,7 @@ impl Cgroup {
     /// later call removes it); on errors it still tries the others, then
     /// returns the first error.
     pub fn remove_stale(live: &dyn Fn(&str) -> bool) -> Result<usize, CgroupError> {
-        let h = Hierarchies::probe()?;
-        let mut names: Vec<String> = Vec::new();
-        let parents: Vec<PathBuf> = match &h.v2_root {
-            Some(root) => vec![root.join(PARENT)],
-            None => h.v1.iter().map(|(_, m)| m.join(PARENT)).collect(),
-        };
-        for parent in &parents {
-            let entries = match std::fs::read_dir(parent) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(CgroupError::read(parent, e)),
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if entry.file_type().is_ok_and(|t| t.is_dir()) && !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
-        let mut removed = 0;
-        let mut first_error = None;
-        for name in names.iter().filter(|n| check_name(n).is_ok() && !live(n)) {
-            // A short wait: processes that die slowly (or hang in state D)
-            // are left for the next call rather than delaying this one.
-            let result = Cgroup::open_in(&h, &format!("{PARENT}/{name}"))
-                .and_then(|cg| cg.remove_within(STALE_WAIT));
-            match result {
-                Ok(()) => removed += 1,
-                // Removed meanwhile by its owner.
-                Err(CgroupError::NotFound { .. }) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(removed),
-        }
+        Family::new("").remove_stale(|name| (!live(name)).then_some(()), |_, ()| {})
     }
 }
 

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use isolate_cgroups::{Cgroup, Placement};
+use isolate_cgroups::{Cgroup, Placement, Spec};
 use isolate_core::sys::{CloneArgs, CLONE_INTO_CGROUP};
 use isolate_core::{
     error_chain, exec, paths, state, Error, ExecFailure, Mode, Network, Stdio, VolumeSource,
@@ -699,23 +699,18 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
 }
 
 /// Makes the container's cgroup `isolate/ct-<id>` with the workload's
-/// limits, where only the devices `rules` allow can be opened.
+/// limits, where only the devices `rules` allow can be opened. An I/O
+/// weight the host cannot enforce is not an error.
 fn make_cgroup(id: &str, w: &Workload, rules: &[DeviceRule]) -> Result<Cgroup, Error> {
-    let cg = Cgroup::create(&rundir::cgroup_name(id))
-        .map_err(|e| ContainerError::Cgroup(error_chain(&e)))?;
-    // Only these devices open, whatever nodes the workload makes.
-    if let Err(e) = cg.restrict_devices(rules) {
-        let _ = cg.remove();
-        return Err(ContainerError::Cgroup(error_chain(&e)).into());
-    }
-    if let Err(e) = cg.apply(&w.limits) {
-        if !(e.is_unsupported() && w.limits.io_weight.is_some()) {
-            // Nothing is in it yet: remove it before reporting.
-            let _ = cg.remove();
-            return Err(ContainerError::Cgroup(error_chain(&e)).into());
-        }
-    }
-    Ok(cg)
+    let spec = Spec {
+        limits: w.limits,
+        devices: Some(rules),
+        io_weight_best_effort: true,
+        replace: false,
+    };
+    rundir::CGROUPS
+        .create(id, &spec)
+        .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into())
 }
 
 /// What rootless mode cannot do, refused up front with the reason.
