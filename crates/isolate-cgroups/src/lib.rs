@@ -36,7 +36,13 @@
 //! A [`Cgroup`] is never removed by `Drop`: handles made with
 //! [`Cgroup::open`] (e.g. by `isolate stats` in another process) must not
 //! delete the workload's cgroup. Call [`Cgroup::remove`], and
-//! [`Cgroup::remove_stale`] to clean up after an isolate that was killed.
+//! [`Family::remove_stale`] to clean up after an isolate that was killed.
+//!
+//! A backend owns its workloads' cgroups through a [`Family`]
+//! (`isolate/<prefix><id>`): it creates each with a [`Spec`] of limits and
+//! device rules, places the first process as [`Cgroup::placement`] says,
+//! removes it, and sweeps those whose owner is gone; it never handles a
+//! cgroup path itself.
 
 pub mod devices;
 mod error;
