@@ -250,15 +250,21 @@ pub fn cleanup_crashed() {
     if crashed.is_empty() {
         return;
     }
+    let mut swept: Vec<String> = Vec::new();
     if !isolate_core::sys::rootless() {
         let _ = CGROUPS.remove_stale(
-            |id| claim_crashed(&base, id),
+            |id| {
+                let file = claim_crashed(&base, id)?;
+                swept.push(id.to_owned());
+                Some(file)
+            },
             |id, file| mark_clean(&base, id, &file),
         );
     }
     // Crashed runs that left no cgroup (killed before making it, or
-    // rootless), or whose cgroup the sweep could not remove yet.
-    for id in &crashed {
+    // rootless). One whose cgroup the sweep could not remove yet (its
+    // processes still dying) is left for a later run.
+    for id in crashed.iter().filter(|id| !swept.contains(id)) {
         if let Some(file) = claim_crashed(&base, id) {
             if remove_leftover_cgroup(id) {
                 mark_clean(&base, id, &file);
@@ -299,5 +305,28 @@ mod tests {
         let f = open_marker(&dir.path().join("run-1")).unwrap();
         assert!(try_lock(&f).unwrap());
         assert!(crashed(&f));
+    }
+
+    #[test]
+    fn only_unlocked_crashed_markers_are_claimed_and_cleaning_ends_them() {
+        let dir = tempfile::tempdir().unwrap();
+        RunDir::claim(dir.path(), "run-2").unwrap().unwrap().keep();
+        RunDir::claim(dir.path(), "job").unwrap().unwrap().keep();
+        let held = RunDir::claim(dir.path(), "run-3").unwrap().unwrap();
+        drop(RunDir::claim(dir.path(), "run-4").unwrap().unwrap());
+        assert!(claim_crashed(dir.path(), "run-3").is_none(), "a live run");
+        assert!(
+            claim_crashed(dir.path(), "run-4").is_none(),
+            "ended cleanly"
+        );
+        assert!(claim_crashed(dir.path(), "nothing").is_none(), "no marker");
+
+        let slot = claim_crashed(dir.path(), "run-2").expect("crashed slot");
+        mark_clean(dir.path(), "run-2", &slot);
+        assert_eq!(std::fs::read(dir.path().join("run-2")).unwrap(), IDLE);
+        let named = claim_crashed(dir.path(), "job").expect("crashed named run");
+        mark_clean(dir.path(), "job", &named);
+        assert!(!dir.path().join("job").exists());
+        drop(held);
     }
 }
