@@ -36,10 +36,17 @@
 //! A [`Cgroup`] is never removed by `Drop`: handles made with
 //! [`Cgroup::open`] (e.g. by `isolate stats` in another process) must not
 //! delete the workload's cgroup. Call [`Cgroup::remove`], and
-//! [`Cgroup::remove_stale`] to clean up after an isolate that was killed.
+//! [`Family::remove_stale`] to clean up after an isolate that was killed.
+//!
+//! A backend owns its workloads' cgroups through a [`Family`]
+//! (`isolate/<prefix><id>`): it creates each with a [`Spec`] of limits and
+//! device rules, places the first process as [`Cgroup::placement`] says,
+//! removes it, and sweeps those whose owner is gone; it never handles a
+//! cgroup path itself.
 
 pub mod devices;
 mod error;
+mod family;
 mod fs;
 mod layout;
 mod v1;
@@ -55,6 +62,7 @@ use isolate_core::sys::lock;
 use isolate_core::{Limits, Stats};
 
 pub use error::CgroupError;
+pub use family::{Family, Spec};
 pub use layout::{layout, root_is_unified, Layout};
 
 use layout::Hierarchies;
@@ -73,6 +81,20 @@ const REMOVE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long [`Cgroup::remove_stale`] waits for each leftover to empty.
 const STALE_WAIT: Duration = Duration::from_millis(200);
+
+/// How a new process gets into a cgroup ([`Cgroup::placement`]).
+#[derive(Debug)]
+pub enum Placement {
+    /// cgroup v2: give this directory fd to `clone3` with
+    /// `CLONE_INTO_CGROUP` (`isolate_core::sys::CloneArgs::cgroup`); the
+    /// child starts inside.
+    CloneInto(OwnedFd),
+    /// cgroup v1: the child writes `0` to each of these `tasks` files (open
+    /// for writing) before it runs the workload, which moves it in.
+    SelfJoin(Vec<OwnedFd>),
+    /// Move the process in by pid with [`Cgroup::add_process`].
+    AddPid,
+}
 
 /// A cgroup of isolate: `isolate/<name>` in each hierarchy it uses.
 ///
@@ -157,6 +179,24 @@ impl Cgroup {
             Imp::V1(v) => v.tasks_files(),
             Imp::V2(_) => Ok(Vec::new()),
         }
+    }
+
+    /// How a process started next gets into this cgroup: on v2 a directory
+    /// fd for `clone3(CLONE_INTO_CGROUP)`, on v1 the `tasks` files the child
+    /// writes `0` to (see [`Cgroup::self_join_files`]), or, where neither
+    /// is available, by pid.
+    pub fn placement(&self) -> Result<Placement, CgroupError> {
+        Ok(match &self.imp {
+            Imp::V2(c) => c.procs_fd().map_or(Placement::AddPid, Placement::CloneInto),
+            Imp::V1(c) => {
+                let files: Vec<OwnedFd> = c.tasks_files()?.into_iter().map(|(f, _)| f).collect();
+                if files.is_empty() {
+                    Placement::AddPid
+                } else {
+                    Placement::SelfJoin(files)
+                }
+            }
+        })
     }
 
     /// The path relative to the cgroup root(s), e.g. `isolate/<name>`.
@@ -358,6 +398,9 @@ impl Cgroup {
     }
 
     fn remove_within(self, wait: Duration) -> Result<(), CgroupError> {
+        if self.rmdir_if_empty() {
+            return Ok(());
+        }
         let start = Instant::now();
         let emptied = fs::poll_until(wait, || {
             if self.is_empty()? {
@@ -381,6 +424,20 @@ impl Cgroup {
         }
     }
 
+    /// Removes the directories of a cgroup that holds no process and no
+    /// child cgroup with one `rmdir` each; `false` if one could not go
+    /// (processes still dying, a child cgroup, already gone), which the
+    /// listing, killing and waiting of [`Cgroup::remove`] then handle. The
+    /// common case, a workload whose processes have all ended, needs
+    /// nothing more.
+    fn rmdir_if_empty(&self) -> bool {
+        let dirs = match &self.imp {
+            Imp::V1(c) => c.unique_dirs(),
+            Imp::V2(c) => vec![c.dir()],
+        };
+        !dirs.is_empty() && dirs.iter().all(|d| std::fs::remove_dir(d).is_ok())
+    }
+
     /// Removes the `isolate/*` cgroups for which `live(name)` is false
     /// (leftovers of an isolate that was killed), killing what runs in them.
     /// Returns how many it removed. It waits at most about 200 ms per
@@ -388,45 +445,7 @@ impl Cgroup {
     /// later call removes it); on errors it still tries the others, then
     /// returns the first error.
     pub fn remove_stale(live: &dyn Fn(&str) -> bool) -> Result<usize, CgroupError> {
-        let h = Hierarchies::probe()?;
-        let mut names: Vec<String> = Vec::new();
-        let parents: Vec<PathBuf> = match &h.v2_root {
-            Some(root) => vec![root.join(PARENT)],
-            None => h.v1.iter().map(|(_, m)| m.join(PARENT)).collect(),
-        };
-        for parent in &parents {
-            let entries = match std::fs::read_dir(parent) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(CgroupError::read(parent, e)),
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if entry.file_type().is_ok_and(|t| t.is_dir()) && !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
-        let mut removed = 0;
-        let mut first_error = None;
-        for name in names.iter().filter(|n| check_name(n).is_ok() && !live(n)) {
-            // A short wait: processes that die slowly (or hang in state D)
-            // are left for the next call rather than delaying this one.
-            let result = Cgroup::open_in(&h, &format!("{PARENT}/{name}"))
-                .and_then(|cg| cg.remove_within(STALE_WAIT));
-            match result {
-                Ok(()) => removed += 1,
-                // Removed meanwhile by its owner.
-                Err(CgroupError::NotFound { .. }) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(removed),
-        }
+        Family::new("").remove_stale(|name| (!live(name)).then_some(()), |_, ()| {})
     }
 }
 

@@ -85,7 +85,7 @@ impl V1 {
     }
 
     /// Each directory once, in creation order.
-    fn unique_dirs(&self) -> Vec<&Path> {
+    pub fn unique_dirs(&self) -> Vec<&Path> {
         let mut out: Vec<&Path> = Vec::new();
         for (_, d) in &self.dirs {
             if !out.contains(&d.as_path()) {

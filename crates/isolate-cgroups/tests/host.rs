@@ -714,3 +714,80 @@ fn v1_has_no_procs_fd() {
         None => {}
     }
 }
+
+#[test]
+fn placement_is_clone_into_on_v2_and_self_join_on_v1() {
+    let Some(layout) = host("placement_is_clone_into_on_v2_and_self_join_on_v1") else {
+        return;
+    };
+    let g = Guard::create(&name("placement"));
+    match (layout, g.cg().placement().unwrap()) {
+        (Layout::Unified, isolate_cgroups::Placement::CloneInto(_)) => {}
+        (Layout::Unified, p) => panic!("v2 placement {p:?}"),
+        (_, isolate_cgroups::Placement::SelfJoin(files)) => assert!(!files.is_empty()),
+        (_, p) => panic!("v1 placement {p:?}"),
+    }
+    g.take().remove().unwrap();
+}
+
+#[test]
+fn a_family_sweep_removes_only_its_own_claimed_cgroups() {
+    let Some(layout) = host("a_family_sweep_removes_only_its_own_claimed_cgroups") else {
+        return;
+    };
+    let prefix: &'static str =
+        Box::leak(format!("test-fam{}-", std::process::id()).into_boxed_str());
+    let family = isolate_cgroups::Family::new(prefix);
+    let spec = isolate_cgroups::Spec {
+        limits: Limits {
+            pids: Some(16),
+            ..Limits::default()
+        },
+        ..Default::default()
+    };
+    let dead = family.create("dead", &spec).unwrap();
+    let live = family.create("live", &spec).unwrap();
+    let other = Guard::create(&name("other-family"));
+    let dead_rel = dead.rel_path().to_owned();
+    drop(dead);
+
+    let mut gone = Vec::new();
+    let removed = family
+        .remove_stale(
+            |id| (id == "dead").then_some(id.to_owned()),
+            |id, claimed| {
+                assert_eq!(id, claimed);
+                gone.push(claimed);
+            },
+        )
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(gone, ["dead"]);
+    for d in dirs(layout, &dead_rel) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    assert!(
+        Cgroup::open(live.rel_path()).is_ok(),
+        "a live cgroup was removed"
+    );
+    assert!(
+        Cgroup::open(other.cg().rel_path()).is_ok(),
+        "another family's cgroup was removed"
+    );
+    family.remove_leftover("live").unwrap();
+    family.remove_leftover("live").unwrap(); // already gone: not an error
+    assert!(Cgroup::open(live.rel_path()).is_err());
+}
+
+#[test]
+fn remove_of_an_empty_cgroup_removes_every_directory() {
+    let Some(layout) = host("remove_of_an_empty_cgroup_removes_every_directory") else {
+        return;
+    };
+    let g = Guard::create(&name("quick"));
+    let rel = g.cg().rel_path().to_owned();
+    g.take().remove().unwrap();
+    for d in dirs(layout, &rel) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}

@@ -56,9 +56,9 @@
 //! (`CLONE_INTO_CGROUP`). On v1 the parent makes the cgroup while the shim
 //! builds its namespaces and root (on another CPU), then passes it the
 //! cgroup's `tasks` files over a unix socket; the shim moves itself in by
-//! writing `0` to them (see `isolate_cgroups::Cgroup::self_join_files`), which avoids the RCU
-//! grace period that moving another process costs, before it starts the
-//! application.
+//! writing `0` to them (`isolate_cgroups::Placement::SelfJoin`), which
+//! avoids the RCU grace period that moving another process costs, before
+//! it starts the application.
 //!
 //! The application starts `vfork`-style (no copy of the shim's page
 //! tables), and its seccomp filter (default deny, Docker's allowlist) is

@@ -20,12 +20,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use isolate_cgroups::Family;
 use isolate_core::paths;
 
 use crate::error::ContainerError;
 
-/// Prefix of the container backend's cgroup names (`isolate/ct-<id>`).
-const CGROUP_PREFIX: &str = "ct-";
+/// The container backend's cgroups, `isolate/ct-<id>`: a run's marker
+/// and its cgroup share the id, so stale clean-up finds the one from the
+/// other.
+pub const CGROUPS: Family = Family::new("ct-");
 
 const IDLE: &[u8; 2] = b"0\n";
 const BUSY: &[u8; 2] = b"1\n";
@@ -44,13 +47,6 @@ pub fn base() -> PathBuf {
         return runtime.join("containers");
     }
     paths::state_dir().join("containers")
-}
-
-/// The name of run `id`'s cgroup below [`isolate_cgroups::PARENT`]: a
-/// run's marker and its cgroup share the id, so stale clean-up finds the
-/// cgroup from the marker.
-pub fn cgroup_name(id: &str) -> String {
-    format!("{CGROUP_PREFIX}{id}")
 }
 
 /// The marker of a run in progress: held locked until dropped, which
@@ -117,11 +113,29 @@ fn remove_leftover_cgroup(id: &str) -> bool {
     if isolate_core::sys::rootless() {
         return true; // rootless runs have no cgroup
     }
-    let rel = format!("{}/{}", isolate_cgroups::PARENT, cgroup_name(id));
-    match isolate_cgroups::Cgroup::open(&rel) {
-        Err(isolate_cgroups::CgroupError::NotFound { .. }) => true,
-        Err(_) => false,
-        Ok(cg) => cg.remove().is_ok(),
+    CGROUPS.remove_leftover(id).is_ok()
+}
+
+/// The marker of run `id` if it exists and says its run crashed, locked
+/// (so that no run claims it while its leftovers go).
+fn claim_crashed(base: &Path, id: &str) -> Option<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(base.join(id))
+        .ok()?;
+    (try_lock(&file).unwrap_or(false) && crashed(&file)).then_some(file)
+}
+
+/// Marks the crashed run `id`, whose leftovers are gone, as ended: a
+/// slot's marker idle, a named run's marker deleted.
+fn mark_clean(base: &Path, id: &str, file: &File) {
+    let path = base.join(id);
+    if is_slot(id) {
+        let _ = file.write_at(IDLE, 0);
+    } else if still_at(file, &path) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -219,33 +233,43 @@ impl Drop for RunDir {
 }
 
 /// Removes the cgroups of crashed runs (markers unlocked but in progress)
-/// and marks them idle. Cheap: one directory listing and a lock attempt
-/// per marker.
+/// and marks them ended. Cheap when no run crashed: one directory listing
+/// and a lock attempt per marker; otherwise their cgroups go through
+/// [`Family::remove_stale`], each marker locked meanwhile.
 pub fn cleanup_crashed() {
     let base = base();
     let Ok(entries) = std::fs::read_dir(&base) else {
         return;
     };
-    for e in entries.flatten() {
-        let Ok(file) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(e.path())
-        else {
-            continue;
-        };
-        if try_lock(&file).unwrap_or(false) && crashed(&file) {
-            let id = e.file_name().to_string_lossy().into_owned();
-            if remove_leftover_cgroup(&id) {
-                if is_slot(&id) {
-                    let _ = file.write_at(IDLE, 0);
-                } else if still_at(&file, &e.path()) {
-                    let _ = std::fs::remove_file(e.path());
-                }
+    let crashed: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|id| claim_crashed(&base, id).is_some())
+        .collect();
+    // Dropping each file above released its lock.
+    if crashed.is_empty() {
+        return;
+    }
+    let mut swept: Vec<String> = Vec::new();
+    if !isolate_core::sys::rootless() {
+        let _ = CGROUPS.remove_stale(
+            |id| {
+                let file = claim_crashed(&base, id)?;
+                swept.push(id.to_owned());
+                Some(file)
+            },
+            |id, file| mark_clean(&base, id, &file),
+        );
+    }
+    // Crashed runs that left no cgroup (killed before making it, or
+    // rootless). One whose cgroup the sweep could not remove yet (its
+    // processes still dying) is left for a later run.
+    for id in crashed.iter().filter(|id| !swept.contains(id)) {
+        if let Some(file) = claim_crashed(&base, id) {
+            if remove_leftover_cgroup(id) {
+                mark_clean(&base, id, &file);
             }
         }
-        // Dropping the file releases the lock.
     }
 }
 
@@ -281,5 +305,28 @@ mod tests {
         let f = open_marker(&dir.path().join("run-1")).unwrap();
         assert!(try_lock(&f).unwrap());
         assert!(crashed(&f));
+    }
+
+    #[test]
+    fn only_unlocked_crashed_markers_are_claimed_and_cleaning_ends_them() {
+        let dir = tempfile::tempdir().unwrap();
+        RunDir::claim(dir.path(), "run-2").unwrap().unwrap().keep();
+        RunDir::claim(dir.path(), "job").unwrap().unwrap().keep();
+        let held = RunDir::claim(dir.path(), "run-3").unwrap().unwrap();
+        drop(RunDir::claim(dir.path(), "run-4").unwrap().unwrap());
+        assert!(claim_crashed(dir.path(), "run-3").is_none(), "a live run");
+        assert!(
+            claim_crashed(dir.path(), "run-4").is_none(),
+            "ended cleanly"
+        );
+        assert!(claim_crashed(dir.path(), "nothing").is_none(), "no marker");
+
+        let slot = claim_crashed(dir.path(), "run-2").expect("crashed slot");
+        mark_clean(dir.path(), "run-2", &slot);
+        assert_eq!(std::fs::read(dir.path().join("run-2")).unwrap(), IDLE);
+        let named = claim_crashed(dir.path(), "job").expect("crashed named run");
+        mark_clean(dir.path(), "job", &named);
+        assert!(!dir.path().join("job").exists());
+        drop(held);
     }
 }

@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -86,9 +85,6 @@ pub struct Container {
     /// Copies between the caller's terminal and the container.
     relays: Mutex<Relays>,
     cgroup: RwLock<Option<Cgroup>>,
-    /// The cgroup's directories (one per v1 hierarchy), for the quick
-    /// removal of an empty cgroup.
-    cgroup_dirs: Vec<PathBuf>,
     res: Mutex<Resources>,
     outcome: Mutex<Option<Outcome>>,
 }
@@ -122,17 +118,6 @@ fn watchdog(pidfd: &OwnedFd, deadline: Instant, timed_out: Arc<AtomicBool>) {
     });
 }
 
-/// Removes the directories of a cgroup that holds no process any more with
-/// one `rmdir` each; `false` if one could not go (processes still dying, a
-/// child cgroup): [`Cgroup::remove`] then kills, waits and removes the rest.
-/// Saves the listing and checking of each directory that `remove` does,
-/// which the common case (the container's processes all ended) needs not.
-fn remove_empty(dirs: &[PathBuf]) -> bool {
-    // Anything unexpected (even a directory already gone) is left to
-    // `Cgroup::remove`, which knows the layout.
-    !dirs.is_empty() && dirs.iter().all(|d| std::fs::remove_dir(d).is_ok())
-}
-
 impl Container {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -163,7 +148,6 @@ impl Container {
             stdio: [Mutex::new(a), Mutex::new(b), Mutex::new(c)],
             relays: Mutex::new(relays),
             cgroup: RwLock::new(cgroup),
-            cgroup_dirs: Vec::new(),
             res: Mutex::new(res),
             outcome: Mutex::new(None),
         }
@@ -185,11 +169,6 @@ impl Container {
     /// Hands the container its cgroup, made after the shim started (v1).
     pub(crate) fn set_cgroup(&mut self, cg: Cgroup) {
         *self.cgroup.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(cg);
-    }
-
-    /// The directories of the container's cgroup (see [`remove_empty`]).
-    pub(crate) fn set_cgroup_dirs(&mut self, dirs: Vec<PathBuf>) {
-        self.cgroup_dirs = dirs;
     }
 
     pub(crate) fn started(&mut self, startup: Duration) {
@@ -304,7 +283,7 @@ impl Container {
             // A cgroup that cannot go yet (processes still dying) keeps its
             // run's marker, so the next spawn's `cleanup_stale` removes it
             // once this process has ended; the outcome is still reported.
-            cg_left = !remove_empty(&self.cgroup_dirs) && cg.remove().is_err();
+            cg_left = cg.remove().is_err();
         }
         if timed_out {
             status = Status::TimedOut;

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use isolate_cgroups::Cgroup;
+use isolate_cgroups::{Cgroup, Placement, Spec};
 use isolate_core::sys::{CloneArgs, CLONE_INTO_CGROUP};
 use isolate_core::{
     error_chain, exec, paths, state, Error, ExecFailure, Mode, Network, Stdio, VolumeSource,
@@ -578,14 +578,24 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     // builds its namespaces and root (the two overlap on separate CPUs),
     // and the shim joins it before it starts the application.
     let late_join = !rootless && !isolate_cgroups::root_is_unified();
-    let mut cgroup_fd = None;
+    let mut early = None;
     if !rootless && !late_join {
         let cg = make_cgroup(&id, w, &device_rules)?;
-        cgroup_fd = cg.procs_fd();
+        match cg.placement() {
+            Ok(p) => early = Some(p),
+            Err(e) => {
+                let _ = cg.remove();
+                return Err(ContainerError::Cgroup(error_chain(&e)).into());
+            }
+        }
         res.cgroup = Some(cg);
     }
+    let cgroup_fd = match &early {
+        Some(Placement::CloneInto(fd)) => Some(fd),
+        _ => None,
+    };
     let prepared = prepare(w, &rootfs, &devices, &mut res, rootless, late_join)?;
-    let (pid, pidfd) = clone_shim(&prepared, cgroup_fd.as_ref())?;
+    let (pid, pidfd) = clone_shim(&prepared, cgroup_fd)?;
     let Prepared {
         plan,
         child_fds,
@@ -596,8 +606,9 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         relays,
     } = prepared;
     drop(child_fds);
-    let into_cgroup = cgroup_fd.is_some();
-    drop(cgroup_fd);
+    // Started inside by `clone3`, or else to be moved in by pid.
+    let add_pid = early.is_some() && cgroup_fd.is_none();
+    drop(early);
     // Named volumes: the child holds their mounts now.
     for a in &mut res.volumes {
         a.release_device();
@@ -615,46 +626,39 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     );
     // The shim's go-ahead, with the cgroup's v1 `tasks` files to join.
     let mut join: Vec<OwnedFd> = Vec::new();
-    let mut cgroup_dirs = Vec::new();
+    let mut late = None;
     if late_join {
-        match make_cgroup(&id, w, &device_rules) {
-            Ok(cg) => handle.set_cgroup(cg),
+        let made = make_cgroup(&id, w, &device_rules).and_then(|cg| {
+            let placement = cg.placement();
+            handle.set_cgroup(cg);
+            placement.map_err(|e| ContainerError::Cgroup(error_chain(&e)).into())
+        });
+        match made {
+            Ok(p) => late = Some(p),
             Err(e) => {
                 handle.abort();
                 return Err(e);
             }
         }
     }
-    let placed = match handle.cgroup_mut() {
+    let placed = match (handle.cgroup_mut(), late) {
         // The shim moves itself in through the v1 `tasks` files: cheaper
         // than moving it by pid (see `Cgroup::self_join_files`).
-        Some(cg) if late_join => match cg.self_join_files() {
-            Ok(files) if !files.is_empty() => {
-                (join, cgroup_dirs) = files.into_iter().unzip();
-                Ok(())
-            }
-            // No v1 `tasks` file found (e.g. an empty v1 layout that
-            // turned out unified): move the shim from here.
-            Ok(_) => cg
-                .add_process(pid)
-                .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into()),
-            Err(e) => Err(ContainerError::Cgroup(error_chain(&e)).into()),
-        },
-        Some(cg) if !into_cgroup => cg
-            .add_process(pid)
-            .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into()),
+        (Some(_), Some(Placement::SelfJoin(files))) => {
+            join = files;
+            Ok(())
+        }
+        // No v1 `tasks` file (e.g. an empty v1 layout that turned out
+        // unified), or no fd to clone into: move the shim from here.
+        (Some(cg), Some(_)) => cg.add_process(pid),
+        (Some(cg), None) if add_pid => cg.add_process(pid),
         _ => Ok(()),
-    };
+    }
+    .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into());
     if let Err(e) = placed {
         handle.abort();
         return Err(e);
     }
-    if let Some(cg) = handle.cgroup_mut() {
-        if into_cgroup {
-            cgroup_dirs = vec![Path::new("/sys/fs/cgroup").join(cg.rel_path())];
-        }
-    }
-    handle.set_cgroup_dirs(cgroup_dirs);
     if rootless {
         if let Err(e) = write_id_maps(pid) {
             handle.abort();
@@ -695,23 +699,18 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
 }
 
 /// Makes the container's cgroup `isolate/ct-<id>` with the workload's
-/// limits, where only the devices `rules` allow can be opened.
+/// limits, where only the devices `rules` allow can be opened. An I/O
+/// weight the host cannot enforce is not an error.
 fn make_cgroup(id: &str, w: &Workload, rules: &[DeviceRule]) -> Result<Cgroup, Error> {
-    let cg = Cgroup::create(&rundir::cgroup_name(id))
-        .map_err(|e| ContainerError::Cgroup(error_chain(&e)))?;
-    // Only these devices open, whatever nodes the workload makes.
-    if let Err(e) = cg.restrict_devices(rules) {
-        let _ = cg.remove();
-        return Err(ContainerError::Cgroup(error_chain(&e)).into());
-    }
-    if let Err(e) = cg.apply(&w.limits) {
-        if !(e.is_unsupported() && w.limits.io_weight.is_some()) {
-            // Nothing is in it yet: remove it before reporting.
-            let _ = cg.remove();
-            return Err(ContainerError::Cgroup(error_chain(&e)).into());
-        }
-    }
-    Ok(cg)
+    let spec = Spec {
+        limits: w.limits,
+        devices: Some(rules),
+        io_weight_best_effort: true,
+        replace: false,
+    };
+    rundir::CGROUPS
+        .create(id, &spec)
+        .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into())
 }
 
 /// What rootless mode cannot do, refused up front with the reason.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use isolate_cgroups::Cgroup;
+use isolate_cgroups::{Cgroup, Family, Spec};
 use isolate_core::protocol::{
     escape_guest_text, GuestPrivileges, GuestRoot, GuestSpec, GuestVolume, MAX_SIGNAL,
 };
@@ -34,6 +34,8 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const VMM_BINARY: &str = "isolate-vmm";
 /// Prefix of the VMM's cgroup name (`isolate/vm-<id>`).
 pub const CGROUP_PREFIX: &str = "vm-";
+/// The VMMs' cgroups.
+const CGROUPS: Family = Family::new(CGROUP_PREFIX);
 
 /// VM-mode failures that are not one of the core's error kinds.
 #[derive(Debug, thiserror::Error)]
@@ -389,13 +391,12 @@ fn seccomp_off_for_debugging() -> bool {
 /// that name; named VMs' cgroups are replaced when their name is reused
 /// (see [`vmm_cgroup`]); other cgroups belong to container mode.
 fn remove_stale_cgroups() {
-    let _ = Cgroup::remove_stale(&|name: &str| !is_stale_vm_cgroup(name));
+    let _ = CGROUPS.remove_stale(|id| is_stale_vm(id).then_some(()), |_, ()| {});
 }
 
-fn is_stale_vm_cgroup(name: &str) -> bool {
-    let Some(id) = name.strip_prefix(CGROUP_PREFIX) else {
-        return false;
-    };
+/// Whether the VM of id `id` (its cgroup's name without the prefix) is
+/// an unnamed one whose isolate is gone.
+fn is_stale_vm(id: &str) -> bool {
     let Some(pid) = id
         .strip_prefix("run-")
         .and_then(|r| r.split('-').next())
@@ -408,33 +409,23 @@ fn is_stale_vm_cgroup(name: &str) -> bool {
 
 /// The VMM's cgroup: required when the workload is named or has a CPU or
 /// I/O limit; otherwise best effort (for stats), skipped where cgroups
-/// cannot be created (e.g. not root).
+/// cannot be created (e.g. not root). A leftover of the same name is
+/// replaced: the name check in `spawn` found no live workload holding it.
 fn vmm_cgroup(id: &str, w: &Workload) -> Result<Option<Cgroup>> {
-    let limits = Limits {
-        cpus: w.limits.cpus,
-        io_weight: w.limits.io_weight,
-        ..Limits::default()
-    };
-    let required = w.name.is_some() || limits.cpus.is_some() || limits.io_weight.is_some();
-    let name = format!("{CGROUP_PREFIX}{id}");
-    let made = Cgroup::create(&name).or_else(|e| match e {
-        isolate_cgroups::CgroupError::Exists { .. } => {
-            // Left by an isolate that was killed: the name check above
-            // found no live workload holding it.
-            Cgroup::open(&format!("{}/{name}", isolate_cgroups::PARENT))
-                .and_then(Cgroup::remove)
-                .and_then(|()| Cgroup::create(&name))
-        }
-        e => Err(e),
-    });
-    match made {
-        Ok(cg) => match cg.apply(&limits) {
-            Ok(()) => Ok(Some(cg)),
-            Err(e) => {
-                let _ = cg.remove();
-                Err(backend(VmError::Cgroup(e)))
-            }
+    let spec = Spec {
+        limits: Limits {
+            cpus: w.limits.cpus,
+            io_weight: w.limits.io_weight,
+            ..Limits::default()
         },
+        replace: true,
+        ..Spec::default()
+    };
+    let limits = &spec.limits;
+    let required = w.name.is_some() || limits.cpus.is_some() || limits.io_weight.is_some();
+    // Not required means no limit to set: only the creation can fail.
+    match CGROUPS.create(id, &spec) {
+        Ok(cg) => Ok(Some(cg)),
         Err(e) if required => Err(backend(VmError::Cgroup(e))),
         Err(_) => Ok(None),
     }
@@ -853,12 +844,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_unnamed_vm_cgroups_of_dead_processes_are_stale() {
-        assert!(is_stale_vm_cgroup(&format!("{CGROUP_PREFIX}run-4194305-0")));
-        let live = format!("{CGROUP_PREFIX}run-{}-0", std::process::id());
-        assert!(!is_stale_vm_cgroup(&live));
-        assert!(!is_stale_vm_cgroup("ct-run-4194305-0"));
-        assert!(!is_stale_vm_cgroup(&format!("{CGROUP_PREFIX}myjob")));
+    fn only_unnamed_vms_of_dead_processes_are_stale() {
+        assert!(is_stale_vm("run-4194305-0"));
+        let live = format!("run-{}-0", std::process::id());
+        assert!(!is_stale_vm(&live));
+        assert!(!is_stale_vm("myjob"));
     }
 
     #[test]
