@@ -53,11 +53,12 @@ impl Outcome {
 
     /// The exit code in docker's convention: the workload's own code,
     /// 128+N for signal N, 137 for an OOM kill (SIGKILL), 124 for a timeout
-    /// (as `timeout(1)`).
+    /// (as `timeout(1)`). In VM mode the signal number comes from the
+    /// guest: one too large to add 128 to gives `i32::MAX`.
     pub fn exit_code(&self) -> i32 {
         match self.status {
             Status::Exited(c) => c,
-            Status::Signaled(s) => 128 + s,
+            Status::Signaled(s) => 128i32.saturating_add(s),
             Status::OomKilled => 128 + libc::SIGKILL,
             Status::TimedOut => 124,
         }
@@ -111,5 +112,20 @@ mod tests {
         assert_eq!(Outcome::new(Status::OomKilled, d).exit_code(), 137);
         assert_eq!(Outcome::new(Status::TimedOut, d).exit_code(), 124);
         assert!(Outcome::new(Status::Exited(0), d).success());
+    }
+
+    #[test]
+    fn exit_code_of_a_guest_reported_huge_signal_does_not_overflow() {
+        // Input kept from the control-line fuzz target (fuzz/, target
+        // `control`): a guest's exit report with signal i32::MAX.
+        let line = r#"{"t":"exit","status":{"signaled":2147483647},"peak_memory":null,"cpu_time_ns":null}"#;
+        let Some(crate::protocol::ControlMessage::Exit { status, .. }) =
+            crate::protocol::ControlMessage::from_line(line)
+        else {
+            panic!("the line parses as an exit report");
+        };
+        let d = Duration::ZERO;
+        assert_eq!(Outcome::new(status, d).exit_code(), i32::MAX);
+        assert_eq!(Outcome::new(Status::Signaled(-200), d).exit_code(), -72);
     }
 }

@@ -84,21 +84,25 @@ impl<W: Write> CpioWriter<W> {
         Ok(())
     }
 
+    /// Writes the header of an entry of the caller's. Its name must not be
+    /// empty, hold a NUL, or be the trailer's: the kernel stops unpacking
+    /// at the first `TRAILER!!!`, so such an entry would silently end the
+    /// archive there.
     fn header(&mut self, h: Header<'_>) -> io::Result<()> {
         let name = h.name.trim_start_matches('/');
-        if name.is_empty() || name.contains('\0') {
+        if name.is_empty() || name.contains('\0') || name == TRAILER {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("invalid cpio entry name {:?}", h.name),
             ));
         }
-        let ino = if name == TRAILER {
-            0
-        } else {
-            let i = self.next_ino;
-            self.next_ino += 1;
-            i
-        };
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.write_header(name, ino, h)
+    }
+
+    /// Writes a header for `name` (already checked) with inode number `ino`.
+    fn write_header(&mut self, name: &str, ino: u32, h: Header<'_>) -> io::Result<()> {
         let nlink = if h.mode & 0o170000 == S_IFDIR { 2 } else { 1 };
         let fields = [
             ino,
@@ -213,13 +217,17 @@ impl<W: Write> CpioWriter<W> {
     /// Writes the trailer (the archive is then 4-byte aligned) and returns
     /// the output.
     pub fn finish(mut self) -> io::Result<W> {
-        self.header(Header {
-            name: TRAILER,
-            mode: 0,
-            meta: Meta::root(0),
-            size: 0,
-            rdev: (0, 0),
-        })?;
+        self.write_header(
+            TRAILER,
+            0,
+            Header {
+                name: TRAILER,
+                mode: 0,
+                meta: Meta::root(0),
+                size: 0,
+                rdev: (0, 0),
+            },
+        )?;
         debug_assert_eq!(self.written % 4, 0);
         self.out.flush()?;
         Ok(self.out)
@@ -227,8 +235,12 @@ impl<W: Write> CpioWriter<W> {
 }
 
 /// A test-side reader of newc archives (handles concatenated archives).
-#[cfg(test)]
-pub(crate) mod read {
+/// It asserts on anything malformed: it checks what [`CpioWriter`] made,
+/// it is not a parser for untrusted archives. Public with the `fuzzing`
+/// feature, for the fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod read {
     /// One entry read back.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Entry {
@@ -340,6 +352,27 @@ mod tests {
         buf.extend(b.finish().unwrap());
         let names: Vec<_> = parse(&buf).into_iter().map(|e| e.name).collect();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn refuses_entries_named_like_the_trailer() {
+        // Input kept from the cpio fuzz target (fuzz/, target `cpio`): a
+        // symlink named "/TRAILER!!!" first, which made the kernel (and the
+        // reader) stop at it and drop every later entry.
+        let mut w = CpioWriter::new(Vec::new());
+        for name in ["/TRAILER!!!", "TRAILER!!!"] {
+            let err = w.symlink(name, Meta::root(0o777), b"x").unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{name}");
+        }
+        w.dir("h", Meta::root(0o755)).unwrap();
+        // A name that only contains the trailer's is fine.
+        w.file_bytes("d/TRAILER!!!", Meta::root(0o644), b"")
+            .unwrap();
+        let names: Vec<_> = parse(&w.finish().unwrap())
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["h", "d/TRAILER!!!"]);
     }
 
     #[test]

@@ -76,8 +76,9 @@ impl RxState {
             });
             self.pending.drain(..written as usize);
             // `written` is bounded by the chain length, which fits in u32.
-            let _ = rx.queue.add_used(&rx.mem, head, written as u32);
-            used = true;
+            // A head past the queue size cannot be returned (the chain is
+            // dropped); only returned chains are worth an interrupt.
+            used |= rx.queue.add_used(&rx.mem, head, written as u32).is_ok();
         }
         if used {
             rx.notify_guest();
@@ -187,8 +188,7 @@ impl Console {
                 }
                 true
             });
-            let _ = tx.queue.add_used(&tx.mem, head, 0);
-            used = true;
+            used |= tx.queue.add_used(&tx.mem, head, 0).is_ok();
         }
         if out.flush().is_err() {
             *errors += 1;
@@ -365,6 +365,35 @@ mod tests {
         assert_eq!(&*f.out.0.lock().unwrap(), b"hello, world!\n");
         assert_eq!(used_entries(&f.txq), vec![(0, 0), (2, 0)]);
         assert_eq!(f.irq.count(), 1);
+    }
+
+    /// Makes `n` chains available whose heads all lie past the queue
+    /// size (16): the device takes them but cannot return them.
+    fn offer_bad_heads(vq: &MockSplitQueue<'_, GuestMemoryMmap>, n: u16) {
+        for i in 0..n {
+            vq.avail().ring().ref_at(usize::from(i)).unwrap().store(257);
+        }
+        vq.avail().idx().store(n);
+    }
+
+    #[test]
+    fn chains_with_a_head_past_the_queue_are_dropped_without_an_interrupt() {
+        // Kept from the virtqueue fuzz target (fuzz/, target `virtqueue`):
+        // a transmit chain with head 257 in a 256-entry queue made the
+        // device interrupt the guest with nothing in the used ring.
+        let mem = guest_memory();
+        let mut f = fixture(&mem);
+        activate(&mut f, &mem);
+        offer_bad_heads(&f.txq, 2);
+        f.console.queue_notify(TX_QUEUE);
+        assert_eq!(f.txq.used().idx().load(), 0);
+        assert_eq!(f.irq.count(), 0, "interrupt without used buffers");
+
+        offer_bad_heads(&f.rxq, 1);
+        f.console.input().push(b"x");
+        assert_eq!(f.rxq.used().idx().load(), 0);
+        assert_eq!(f.irq.count(), 0, "interrupt without used buffers");
+        assert_eq!(f.console.input().pending_len(), 1, "the input is kept");
     }
 
     #[test]
