@@ -14,8 +14,13 @@ root=$(cd "$here/../.." && pwd)
 out=${BENCH_OUT:-$(mktemp -d)}
 mkdir -p "$out"
 export ISOLATE_HOME=${ISOLATE_HOME:-/var/lib/isolate}
+# The peers come from Debian; installed here when missing (as root).
 for tool in runc crun bwrap hyperfine; do
-    command -v "$tool" >/dev/null || { echo "container-emulated.sh: $tool is not installed (apt-get install $tool)" >&2; exit 2; }
+    pkg=$tool
+    [ "$tool" != bwrap ] || pkg=bubblewrap
+    command -v "$tool" >/dev/null || apt-get install -y -q "$pkg" >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$pkg" >/dev/null 2>&1; } ||
+        { echo "container-emulated.sh: $tool is not installed and apt-get install $pkg failed" >&2; exit 2; }
 done
 
 work=$(mktemp -d)
