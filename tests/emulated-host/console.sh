@@ -36,7 +36,7 @@ isolate_payload || exit 2
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/emulated-host-console.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 {
-    echo "CONSOLE_MIB=$mib CONSOLE_SLOW_READER=1"
+    echo "CONSOLE_MIB=$mib CONSOLE_SLOW_READER=1 CONSOLE_BULK_STDIN=1"
     [[ -z ${CONSOLE_LIMIT:-} ]] || echo "CONSOLE_LIMIT=$CONSOLE_LIMIT"
     cat "$here/console-tests.sh"
 } >"$tmp/console.sh"
