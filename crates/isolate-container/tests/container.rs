@@ -403,6 +403,30 @@ fn named_volume_survives_into_the_next_run() {
     let (o, out, err) = run(&w);
     assert!(o.success(), "{err}");
     assert_eq!(out, "persisted\n");
+    // A VM guest may have written the image: no set-id programs, no device
+    // nodes through it; `:ro` is read-only.
+    let mut w = sh("grep ' /data ' /proc/self/mounts");
+    w.volume(Volume::named(&name, "/data"));
+    let (o, out, err) = run(&w);
+    assert!(o.success(), "{err}");
+    let opts = out
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_default()
+        .to_string();
+    for want in ["nosuid", "nodev", "rw"] {
+        assert!(opts.split(',').any(|o| o == want), "{want} missing: {out}");
+    }
+    let mut w = sh("grep ' /data ' /proc/self/mounts; touch /data/g");
+    w.volume(Volume::named(&name, "/data").read_only());
+    let (o, out, _) = run(&w);
+    assert!(!o.success(), "a read-only named volume took a write: {out}");
+    let opts = out
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or_default()
+        .to_string();
+    assert!(opts.split(',').any(|o| o == "ro"), "not read-only: {out}");
     // One ext4 image is never mounted by two runs at once.
     let mut w = sh("sleep 30");
     w.volume(Volume::named(&name, "/data")).stdout(Stdio::Null);
