@@ -64,9 +64,9 @@ fn guest(ports: &mut console::Ports, volumes: &mut Vec<String>) -> Result<(), St
         return Ok(()); // exec error, already reported
     };
     let (peak_memory, cpu_time_ns) = (cg.peak_memory(), cg.cpu_time_ns());
-    // Nothing of the workload may outlive it, and volumes must be clean
-    // before the host hears of the end (it may stop the VM right away).
-    run::kill_all();
+    // `run` has killed what the workload left and relayed its output.
+    // Volumes must be clean before the host hears of the end (it may stop
+    // the VM right away).
     nix::unistd::sync();
     mounts::unmount(volumes);
     volumes.clear();
