@@ -8,7 +8,9 @@
 #     (tests/security/hostile-guest.sh);
 #   - VM mode's console data path (console-tests.sh: stdout, stdin, tiny
 #     writes, a stalled reader, --timeout and SIGTERM), CONSOLE_MIB MiB per
-#     bulk test (default 16; console.sh runs 64 on demand).
+#     bulk test (default 16; console.sh runs 64 on demand);
+#   - VM mode under load, kill -9 and faults, with nothing left behind
+#     (tests/reliability/run --mode vm --quick).
 #
 # usage: suite.sh [--list] [--timeout SECS] [--test-timeout SECS]
 #                 [-- MORE-RUN-OPTIONS...]
@@ -102,6 +104,13 @@ if [[ ! -s $tmp/tests ]]; then
     exit 2
 fi
 
+# The library's long-lived-process check of the reliability run.
+repeat=${CARGO_TARGET_DIR:-$root/target}/debug/examples/repeat
+if ! (cd "$root" && cargo build --locked --example repeat -p isolate) 2>"$tmp/cargo.err"; then
+    tail -n 30 "$tmp/cargo.err" >&2
+    build_failed+=("isolate (example repeat)")
+fi
+
 # --- what the emulated host gets ----------------------------------------------
 
 # shellcheck source=isolate-payload.sh
@@ -138,7 +147,11 @@ done
     printf "harness_sh security/hostile-guest '%s/tests/security/hostile-guest.sh %s'\n" \
         "$root" "$tmp/hostile-init"
     printf 'CONSOLE_MIB=%s\n. %s\n' "${CONSOLE_MIB:-16}" "$here/console-tests.sh"
+    # VM mode under load, kill -9 and faults.
+    printf "harness_sh reliability/vm 'cd %s && ISOLATE_REPEAT=/usr/local/bin/repeat bash tests/reliability/run --mode vm --quick'\n" "$root"
 } >"$tmp/suite.sh"
+payload+=(--exec bash)
+[[ ! -x $repeat ]] || payload+=(--exec "$repeat:/usr/local/bin/repeat")
 for prog in probe hostile-init; do
     if ! cc -static -O2 -o "$tmp/$prog" "$root/tests/security/$prog.c"; then
         echo "emulated-host suite: cannot build tests/security/$prog.c (cc -static)" >&2
