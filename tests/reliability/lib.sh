@@ -6,9 +6,11 @@ passed=0 failed=0 rows=()
 
 # Milliseconds since boot (from /proc: busybox's date has no %N).
 now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
-result() { # result NAME pass|fail DETAIL
-    printf '%-34s %-4s %s\n' "$1" "$2" "$3"
-    rows+=("| $1 | $2 | $3 |")
+result() { # result NAME pass|fail DETAIL (cut to 400 characters)
+    local detail=${3:0:400}
+    [ ${#3} -le 400 ] || detail+=" …"
+    printf '%-34s %-4s %s\n' "$1" "$2" "$detail"
+    rows+=("| $1 | $2 | $detail |")
     if [ "$2" = pass ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 }
 
