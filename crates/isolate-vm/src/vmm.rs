@@ -36,22 +36,10 @@ use isolate_core::{error_chain, ExecFailure, Status};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::builder::{self, ConsoleSinks, MicroVm, VcpuStopped};
-use crate::config::{FailKind, Report, VmmConfig};
 use crate::devices::virtio::ConsoleInput;
 use crate::seccomp::Role;
 use crate::vcpu::StopReason;
-
-/// Signals the VMM forwards to the workload.
-pub const FORWARDED_SIGNALS: &[i32] = &[
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGALRM,
-    libc::SIGWINCH,
-];
+use crate::wire::{FailKind, Report, VmmConfig, FORWARDED_SIGNALS};
 
 /// Console lines kept in boot-failure messages.
 const CONSOLE_LINES_IN_ERRORS: usize = 15;
@@ -841,7 +829,7 @@ mod tests {
 
     fn test_config(mem_size: u64, vcpus: u8) -> VmmConfig {
         VmmConfig {
-            boot: crate::builder::BootSpec {
+            boot: crate::wire::BootSpec {
                 kernel: "/k".into(),
                 initrd: vec![],
                 mem_size,
