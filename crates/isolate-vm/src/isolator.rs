@@ -405,6 +405,7 @@ fn prepare(vm: &VmIsolator, w: &Workload) -> Result<Prepared> {
         // Set once the VMM's pid is known (`start`).
         jail: JailIds { uid: 0, gid: 0 },
         trace: std::env::var_os("ISOLATE_VMM_TRACE").is_some(),
+        log_level: std::env::var(isolate_core::logger::ENV).ok(),
         #[cfg(feature = "test-hooks")]
         test_guest: None,
     };

@@ -163,6 +163,13 @@ impl Trace {
 
 fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     let t0 = Instant::now();
+    if let Some(level) = cfg
+        .log_level
+        .as_deref()
+        .and_then(isolate_core::logger::parse_level)
+    {
+        isolate_core::logger::init("isolate-vmm", level);
+    }
     let trace = Trace::new(t0, cfg.trace);
     trace.mark("config read");
     let sigset = block_forwarded_signals();
@@ -844,6 +851,7 @@ mod tests {
             seccomp: true,
             jail: crate::jail::JailIds { uid: 1, gid: 1 },
             trace: false,
+            log_level: None,
             #[cfg(feature = "test-hooks")]
             test_guest: None,
         }

@@ -84,6 +84,11 @@ pub struct VmmConfig {
     /// environment is empty: the library passes `ISOLATE_VMM_TRACE` here).
     #[serde(default)]
     pub trace: bool,
+    /// The VMM's log level (`ISOLATE_LOG` of the library's process, see
+    /// [`isolate_core::logger`]); `None`: the VMM logs nothing, so a guest
+    /// cannot make device errors show up in the workload's stderr.
+    #[serde(default)]
+    pub log_level: Option<String>,
     /// A hand-made guest instead of `boot` (tests of the VMM's jail only).
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
@@ -182,6 +187,7 @@ mod tests {
             seccomp: true,
             jail: JailIds::for_pid(42),
             trace: false,
+            log_level: None,
             #[cfg(feature = "test-hooks")]
             test_guest: None,
         };

@@ -57,6 +57,7 @@ fn start(guest: TestGuest) -> Spawned {
         seccomp: true,
         jail: JailIds::for_pid(s.process.id()),
         trace: false,
+        log_level: None,
         test_guest: Some(guest),
     };
     let mut line = serde_json::to_string(&cfg).unwrap();

@@ -211,16 +211,6 @@ impl Bus {
     }
 }
 
-/// Environment variable that makes devices print each guest access they
-/// refuse to stderr (for debugging a guest driver; off by default).
-pub const DEBUG_ENV: &str = "ISOLATE_DEVICE_DEBUG";
-
-/// Whether [`DEBUG_ENV`] is set (read once).
-pub(crate) fn debug_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os(DEBUG_ENV).is_some_and(|v| !v.is_empty()))
-}
-
 #[cfg(test)]
 pub(crate) mod test_util {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -29,7 +29,7 @@ use super::{
     read_stream, write_stream, ActiveQueue, SplitChain, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
 };
-use crate::devices::{debug_enabled, DeviceError, Interrupt};
+use crate::devices::{DeviceError, Interrupt};
 
 /// Bytes per sector in the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -112,15 +112,13 @@ impl Disk {
         };
         if done.status != VIRTIO_BLK_S_OK as u8 {
             self.failed_requests += 1;
-            if debug_enabled() {
-                eprintln!(
+            log::debug!(
                     "virtio-blk: request failed with status {} (readable {} bytes, writable {}, misordered {})",
                     done.status,
                     chain.readable_len(),
                     writable,
                     chain.misordered
                 );
-            }
         }
         if !write_stream(mem, &chain.writable, status_at, &[done.status]) {
             return 0;
@@ -350,7 +348,7 @@ impl Block {
     }
 
     /// Requests completed with an error status (I/O error, bad request,
-    /// unsupported type). With [`DEBUG_ENV`](crate::devices::DEBUG_ENV) set,
+    /// unsupported type). At log level debug,
     /// each one is also reported on stderr.
     pub fn failed_requests(&self) -> u64 {
         self.disk.failed_requests
