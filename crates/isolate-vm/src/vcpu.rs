@@ -155,7 +155,7 @@ pub fn run(
 /// The vCPU's registers in one line, for a guest that crashed (the
 /// instruction pointer, stack, control registers and descriptor tables
 /// say where and why; e.g. `RIP` against the guest kernel's `System.map`).
-fn state(vcpu: &VcpuFd) -> String {
+pub fn state(vcpu: &VcpuFd) -> String {
     let regs = match vcpu.get_regs() {
         Ok(r) => format!(
             "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x}",

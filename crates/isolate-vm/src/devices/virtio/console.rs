@@ -284,21 +284,9 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::devices::test_util::{add_chain, guest_memory, used_entries, CountingIrq};
-
-    /// A `Write` sink the test can read back.
-    #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::devices::test_util::{
+        add_chain, guest_memory, used_entries, CountingIrq, SharedBuf,
+    };
 
     struct Fixture<'a> {
         console: Console,
