@@ -10,7 +10,7 @@
 
 use isolate_core::protocol::{ControlMessage, GuestBounds, LineSplitter, MAX_CONTROL_LINE};
 use isolate_core::{Outcome, Status};
-use isolate_vm::config::Report;
+use isolate_vm::wire::Report;
 use libfuzzer_sys::fuzz_target;
 
 fn use_status(status: Status) {

@@ -1,57 +1,13 @@
 //! Helpers shared by isolate's fuzz targets (see README.md).
 
-use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use isolate_vm::devices::BusDevice;
+use vm_memory::GuestMemoryMmap;
 
-use isolate_vm::devices::{BusDevice, Interrupt};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-
-/// Counts guest interrupts.
-#[derive(Default)]
-pub struct CountingIrq(AtomicUsize);
-
-impl CountingIrq {
-    /// Interrupts raised so far.
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl Interrupt for CountingIrq {
-    fn trigger(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// A `Write` sink the target reads back (a console's output).
-#[derive(Clone, Default)]
-pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
-
-impl SharedBuf {
-    /// Takes what was written so far.
-    pub fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-impl Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+pub use isolate_vm::devices::test_util::{CountingIrq, SharedBuf};
 
 /// Guest memory of `size` bytes at address 0 holding `image` (zeros after it).
 pub fn guest_memory(size: usize, image: &[u8]) -> GuestMemoryMmap {
-    use vm_memory::Bytes;
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap();
-    let n = image.len().min(size);
-    mem.write_slice(&image[..n], GuestAddress(0)).unwrap();
-    mem
+    isolate_vm::devices::test_util::guest_memory_with(size, image)
 }
 
 /// virtio-mmio register offsets (virtio 1.2, 4.2.2) and status bits.

@@ -28,6 +28,7 @@
 mod error;
 pub mod exec;
 mod isolator;
+pub mod logger;
 mod outcome;
 pub mod parse;
 pub mod paths;

@@ -184,6 +184,13 @@ pub enum ControlMessage {
         /// Signal number.
         signo: i32,
     },
+    /// Host→guest: the reader of the workload's output `fd` (1 stdout, 2
+    /// stderr) on the host went away; the guest closes its end too, so the
+    /// workload gets `EPIPE`/`SIGPIPE` as it would on the host.
+    OutputClosed {
+        /// 1 or 2.
+        fd: u8,
+    },
 }
 
 /// Longest control line either side accepts (64 KiB, without the `\n`).
@@ -271,6 +278,9 @@ impl ControlMessage {
             }
             ControlMessage::StdinEof { .. } => Err(ProtocolError::WrongDirection("stdin_eof")),
             ControlMessage::Signal { .. } => Err(ProtocolError::WrongDirection("signal")),
+            ControlMessage::OutputClosed { .. } => {
+                Err(ProtocolError::WrongDirection("output_closed"))
+            }
         }
     }
 
@@ -460,6 +470,10 @@ mod tests {
             Err(ProtocolError::WrongDirection("signal"))
         );
         assert_eq!(
+            ControlMessage::OutputClosed { fd: 1 }.check_from_guest(BOUNDS),
+            Err(ProtocolError::WrongDirection("output_closed"))
+        );
+        assert_eq!(
             ControlMessage::StdinEof { bytes: Some(1) }.check_from_guest(BOUNDS),
             Err(ProtocolError::WrongDirection("stdin_eof"))
         );
@@ -606,6 +620,7 @@ mod tests {
             ControlMessage::StdinEof { bytes: Some(3) },
             ControlMessage::StdinEof { bytes: None },
             ControlMessage::Signal { signo: 15 },
+            ControlMessage::OutputClosed { fd: 1 },
         ];
         for m in msgs {
             let line = m.to_line();

@@ -49,6 +49,11 @@ impl Output {
         ))
     }
 
+    /// Closes the read end: writers get `EPIPE` (and `SIGPIPE`) from now on.
+    pub fn close(&mut self) {
+        self.pipe = None;
+    }
+
     /// The read end, to poll, while some writer may still write.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.pipe.as_ref().map(AsFd::as_fd)

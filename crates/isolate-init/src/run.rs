@@ -459,6 +459,11 @@ fn supervise(
                                 // kernel checks the signal number.
                                 unsafe { libc::kill(workload.as_raw(), signo) };
                             }
+                            ControlMessage::OutputClosed { fd: fd @ 1..=2 } => {
+                                // The host's reader is gone: so is ours, and
+                                // the workload's next write meets EPIPE.
+                                outputs[usize::from(fd) - 1].close();
+                            }
                             _ => {}
                         }
                     }

@@ -25,7 +25,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -48,6 +47,7 @@ use crate::kernel::{self, Entry, KernelError};
 use crate::layout::{self, KVM_IDENTITY_MAP_START, KVM_TSS_START, MMIO_LEN};
 use crate::ram::RamMapping;
 use crate::vcpu::{self, ExitCounts, StopFlag, StopReason};
+use crate::wire::{BootSpec, InitrdPart};
 
 /// Errors while building the VM. Each names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -173,44 +173,6 @@ pub fn create_machine(
 }
 
 // --- the whole recipe -----------------------------------------------------
-
-/// One part of the initrd.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InitrdPart {
-    /// A file (the cached root archive).
-    File(PathBuf),
-    /// Bytes (the per-run spec archive).
-    Bytes(Vec<u8>),
-}
-
-/// A disk for a virtio-blk device.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Disk {
-    /// Image file.
-    pub path: PathBuf,
-    /// Attached read-only.
-    pub read_only: bool,
-}
-
-/// What to boot, and on what.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BootSpec {
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Initrd parts, concatenated in order (each padded to 4 bytes).
-    pub initrd: Vec<InitrdPart>,
-    /// Guest RAM, bytes.
-    pub mem_size: u64,
-    /// vCPU count.
-    pub vcpus: u8,
-    /// Disks, in order: `/dev/vda`, `/dev/vdb`, …
-    pub disks: Vec<Disk>,
-    /// Copy the kernel's console to stderr (and drop `quiet`).
-    pub console_log: bool,
-    /// More kernel command-line arguments.
-    pub cmdline_extra: String,
-}
 
 /// Where the guest's console output goes.
 pub struct ConsoleSinks {

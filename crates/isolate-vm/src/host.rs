@@ -33,6 +33,11 @@ fn unavailable(reason: impl Into<String>) -> Error {
 }
 
 /// Which KVM this is, from `/sys/module`.
+pub fn flavor() -> KvmFlavor {
+    flavor_at(Path::new("/sys/module"))
+}
+
+/// [`flavor`] under another sysfs module directory (tests).
 pub fn flavor_at(sys_module: &Path) -> KvmFlavor {
     if sys_module.join("kvm_pvm").exists() {
         KvmFlavor::Pvm
@@ -100,7 +105,7 @@ fn dev_cstr(dev: &Path) -> Result<std::ffi::CString, Error> {
 /// symbol table for the PVM hook only on a PVM host: elsewhere it does not
 /// matter.
 pub fn probe_kernel(path: &Path) -> Result<KernelInfo, KernelError> {
-    let pvm_host = flavor_at(Path::new("/sys/module")) == KvmFlavor::Pvm;
+    let pvm_host = flavor() == KvmFlavor::Pvm;
     kernel::probe_with(path, pvm_host)
 }
 
@@ -112,6 +117,17 @@ pub fn check(kernel: Option<&KernelInfo>) -> Result<(), Error> {
 /// [`check`] with other device and sysfs paths (tests).
 pub fn check_with(dev: &Path, sys_module: &Path, kernel: Option<&KernelInfo>) -> Result<(), Error> {
     open_kvm_at(dev)?;
+    check_pvm_at(sys_module, kernel)
+}
+
+/// The PVM half of [`check`], for a caller that has already opened KVM:
+/// on a PVM host only a kernel built as a PVM guest boots.
+pub fn check_pvm(kernel: Option<&KernelInfo>) -> Result<(), Error> {
+    check_pvm_at(Path::new("/sys/module"), kernel)
+}
+
+/// [`check_pvm`] under another sysfs module directory (tests).
+pub fn check_pvm_at(sys_module: &Path, kernel: Option<&KernelInfo>) -> Result<(), Error> {
     if flavor_at(sys_module) == KvmFlavor::Pvm && !kernel.is_some_and(|k| k.pvm_capable) {
         return Err(unavailable(PVM_REASON));
     }

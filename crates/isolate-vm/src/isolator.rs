@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use isolate_cgroups::{Cgroup, Family, Spec};
@@ -21,11 +21,9 @@ use isolate_core::{
 };
 use isolate_image::volume;
 
-use crate::builder::{BootSpec, Disk, InitrdPart};
-use crate::config::{FailKind, Report, VmmConfig};
 use crate::jail::JailIds;
 use crate::spawn::{self, Spawned, VmmProcess};
-use crate::vmm::FORWARDED_SIGNALS;
+use crate::wire::{BootSpec, Disk, FailKind, InitrdPart, Report, VmmConfig, FORWARDED_SIGNALS};
 use crate::{host, kernel, sizing};
 
 /// Default boot watchdog; `ISOLATE_BOOT_TIMEOUT` (e.g. `300s`) overrides it.
@@ -83,6 +81,41 @@ fn backend(e: VmError) -> Error {
 #[derive(Debug, Clone, Default)]
 pub struct VmIsolator {
     vmm: Option<PathBuf>,
+    /// Shared by clones: what this isolator already checked.
+    host: Arc<HostCache>,
+}
+
+/// What an isolator learned of the host once: `/dev/kvm` is opened and
+/// checked once per isolator (the VMM process opens its own), and a
+/// kernel's headers are read once while its file is unchanged.
+#[derive(Debug, Default)]
+struct HostCache {
+    kvm_ok: OnceLock<()>,
+    kernel: Mutex<Option<(KernelKey, kernel::KernelInfo)>>,
+}
+
+/// A kernel file as it is now: a changed file is probed again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KernelKey {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl KernelKey {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        })
+    }
 }
 
 impl VmIsolator {
@@ -95,7 +128,33 @@ impl VmIsolator {
     pub fn with_vmm(path: impl Into<PathBuf>) -> Self {
         Self {
             vmm: Some(path.into()),
+            ..Self::default()
         }
+    }
+
+    /// Opens and checks `/dev/kvm` the first time only.
+    fn check_kvm(&self) -> Result<()> {
+        if self.host.kvm_ok.get().is_none() {
+            host::open_kvm()?;
+            let _ = self.host.kvm_ok.set(());
+        }
+        Ok(())
+    }
+
+    /// The kernel's headers, read once while the file is unchanged, or an
+    /// `invalid kernel` error naming the file.
+    fn kernel_info(&self, path: &Path) -> Result<kernel::KernelInfo> {
+        let key = KernelKey::of(path);
+        let mut cached = isolate_core::sys::lock(&self.host.kernel);
+        if let (Some(k), Some((ck, info))) = (&key, cached.as_ref()) {
+            if k == ck {
+                return Ok(info.clone());
+            }
+        }
+        let info = host::probe_kernel(path)
+            .map_err(|e| Error::invalid("kernel", isolate_core::error_chain(&e)))?;
+        *cached = key.map(|k| (k, info.clone()));
+        Ok(info)
     }
 
     /// The VMM binary: the explicit one, else `ISOLATE_VMM`, else next to
@@ -132,11 +191,6 @@ impl VmIsolator {
     }
 }
 
-/// The kernel's headers, or an `invalid kernel` error naming the file.
-fn probe_kernel(path: &Path) -> Result<kernel::KernelInfo> {
-    host::probe_kernel(path).map_err(|e| Error::invalid("kernel", isolate_core::error_chain(&e)))
-}
-
 fn boot_timeout() -> Result<Duration> {
     match std::env::var("ISOLATE_BOOT_TIMEOUT") {
         Ok(v) if !v.is_empty() => isolate_core::parse::duration(&v).map_err(|_| {
@@ -169,12 +223,12 @@ impl Isolator for VmIsolator {
     }
 
     fn check_host(&self) -> Result<()> {
-        host::open_kvm()?;
-        if host::flavor_at(Path::new("/sys/module")) == host::KvmFlavor::Pvm {
+        self.check_kvm()?;
+        if host::flavor() == host::KvmFlavor::Pvm {
             let info = paths::kernel(None)
                 .ok()
-                .and_then(|k| host::probe_kernel(&k).ok());
-            host::check(info.as_ref())?;
+                .and_then(|k| self.kernel_info(&k).ok());
+            host::check_pvm(info.as_ref())?;
         }
         Ok(())
     }
@@ -194,7 +248,7 @@ impl Isolator for VmIsolator {
                 return Err(Error::NameInUse(name.clone()));
             }
         }
-        let prepared = prepare(w)?;
+        let prepared = prepare(self, w)?;
         trace("inputs checked, initrd and disks ready");
         let vmm = self.find_vmm()?;
         remove_stale_cgroups();
@@ -212,12 +266,13 @@ impl Isolator for VmIsolator {
 }
 
 /// Checks the inputs and the host, builds the initrd, sizes the guest.
-fn prepare(w: &Workload) -> Result<Prepared> {
+fn prepare(vm: &VmIsolator, w: &Workload) -> Result<Prepared> {
     // Checked before any host check, so the answer does not depend on KVM.
     let privileges = guest_privileges(w)?;
     let kernel_path = paths::kernel(w.vm.kernel.as_deref())?;
-    let info = probe_kernel(&kernel_path)?;
-    host::check(Some(&info))?;
+    let info = vm.kernel_info(&kernel_path)?;
+    vm.check_kvm()?;
+    host::check_pvm(Some(&info))?;
     let rootfs = paths::rootfs(w.rootfs.as_deref())?;
     let init = paths::init(None)?;
 
@@ -350,6 +405,7 @@ fn prepare(w: &Workload) -> Result<Prepared> {
         // Set once the VMM's pid is known (`start`).
         jail: JailIds { uid: 0, gid: 0 },
         trace: std::env::var_os("ISOLATE_VMM_TRACE").is_some(),
+        log_level: std::env::var(isolate_core::logger::ENV).ok(),
         #[cfg(feature = "test-hooks")]
         test_guest: None,
     };
@@ -842,6 +898,29 @@ impl Drop for VmRunning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_headers_are_read_once_while_the_file_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vmlinux");
+        let mut elf = kernel::tiny_elf(0x1000);
+        elf.extend_from_slice(&[0u8; 0x1000]);
+        std::fs::write(&p, &elf).unwrap();
+        let vm = VmIsolator::new();
+        let first = vm.kernel_info(&p).unwrap();
+        assert_eq!(first.footprint_end, 0x100_2000);
+
+        // Same inode, length and mtime, other bytes: still the cached headers.
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &vec![b'x'; elf.len()], 0).unwrap();
+        f.set_modified(mtime).unwrap();
+        assert_eq!(vm.clone().kernel_info(&p).unwrap(), first);
+
+        // A changed file is read again (and is no longer a kernel).
+        f.set_modified(mtime + Duration::from_secs(1)).unwrap();
+        assert!(vm.kernel_info(&p).is_err());
+    }
 
     #[test]
     fn only_unnamed_vms_of_dead_processes_are_stale() {

@@ -311,6 +311,31 @@ pub fn load_file(
 }
 
 #[cfg(test)]
+/// Tests: a minimal ELF64 x86_64 header with one PT_LOAD of `filesz` bytes at offset 0x1000.
+pub(crate) fn tiny_elf(filesz: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 0x1000];
+    b[..4].copy_from_slice(ELF_MAGIC);
+    b[4] = 2;
+    b[5] = 1;
+    b[6] = 1;
+    b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b[18..20].copy_from_slice(&62u16.to_le_bytes());
+    b[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes()); // entry
+    b[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    b[52..54].copy_from_slice(&64u16.to_le_bytes());
+    b[54..56].copy_from_slice(&56u16.to_le_bytes());
+    b[56..58].copy_from_slice(&1u16.to_le_bytes());
+    let ph = &mut b[64..120];
+    ph[0..4].copy_from_slice(&1u32.to_le_bytes());
+    ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
+    ph[16..24].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    ph[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+    ph[32..40].copy_from_slice(&filesz.to_le_bytes());
+    ph[40..48].copy_from_slice(&(filesz + 0x1000).to_le_bytes());
+    b
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -318,30 +343,6 @@ mod tests {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
         p
-    }
-
-    /// A minimal ELF64 x86_64 header with one PT_LOAD of `filesz` bytes at offset 0x1000.
-    fn tiny_elf(filesz: u64) -> Vec<u8> {
-        let mut b = vec![0u8; 0x1000];
-        b[..4].copy_from_slice(ELF_MAGIC);
-        b[4] = 2;
-        b[5] = 1;
-        b[6] = 1;
-        b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        b[18..20].copy_from_slice(&62u16.to_le_bytes());
-        b[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes()); // entry
-        b[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
-        b[52..54].copy_from_slice(&64u16.to_le_bytes());
-        b[54..56].copy_from_slice(&56u16.to_le_bytes());
-        b[56..58].copy_from_slice(&1u16.to_le_bytes());
-        let ph = &mut b[64..120];
-        ph[0..4].copy_from_slice(&1u32.to_le_bytes());
-        ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
-        ph[16..24].copy_from_slice(&0x100_0000u64.to_le_bytes());
-        ph[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes());
-        ph[32..40].copy_from_slice(&filesz.to_le_bytes());
-        ph[40..48].copy_from_slice(&(filesz + 0x1000).to_le_bytes());
-        b
     }
 
     #[test]

@@ -48,8 +48,8 @@
 //!    namespaces with an empty environment and the workload's stdio as
 //!    fds 0–2 ([`spawn`]), moves it into `isolate/vm-<id>` (CPU
 //!    quota, I/O weight), registers named workloads (`isolate_core::state`),
-//!    and writes the [`config::VmmConfig`] as one JSON line on a pipe;
-//! 4. a thread reads the VMM's [`config::Report`] lines (`started`, then
+//!    and writes the [`wire::VmmConfig`] as one JSON line on a pipe;
+//! 4. a thread reads the VMM's [`wire::Report`] lines (`started`, then
 //!    `finished` or `failed`) from a second pipe; `wait` turns them into an
 //!    `Outcome` or an error.
 //!
@@ -101,7 +101,6 @@
 
 pub mod boot;
 pub mod builder;
-pub mod config;
 pub mod cpu;
 pub mod devices;
 pub mod host;
@@ -119,6 +118,7 @@ pub mod spawn;
 pub mod test_guest;
 pub mod vcpu;
 pub mod vmm;
+pub mod wire;
 
 pub use isolator::{VmError, VmIsolator, VmRunning};
 

@@ -5,9 +5,11 @@
 //! the whole VMM (SIGSYS), which the library reports as such.
 //!
 //! What every thread is refused, beyond the calls not listed:
-//! - `ioctl` except, on vCPU threads, `KVM_RUN` (every other KVM call
-//!   happens while the VM is built, before the filters); the other threads
-//!   make no `ioctl` at all;
+//! - `ioctl` except, on vCPU threads, `KVM_RUN` and the two reads of the
+//!   thread's registers (`KVM_GET_REGS`, `KVM_GET_SREGS`: the state logged
+//!   when a guest stops with a triple fault); every other KVM call happens
+//!   while the VM is built, before the filters; the other threads make no
+//!   `ioctl` at all;
 //! - `mmap`/`mprotect` with `PROT_EXEC`: no new executable memory;
 //! - `kill`/`tgkill` to any process but the VMM itself (panics and
 //!   `abort` signal their own thread);
@@ -23,6 +25,15 @@ use seccompiler::{
 
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
 pub const KVM_RUN: u64 = 0xae80;
+/// `KVM_GET_REGS` = `_IOR(KVMIO, 0x81, struct kvm_regs)`.
+pub const KVM_GET_REGS: u64 = kvm_ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>());
+/// `KVM_GET_SREGS` = `_IOR(KVMIO, 0x83, struct kvm_sregs)`.
+pub const KVM_GET_SREGS: u64 = kvm_ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>());
+
+/// `_IOR(KVMIO, nr, size)`.
+const fn kvm_ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
 
 /// Errors building or installing a filter.
 #[derive(Debug, thiserror::Error)]
@@ -130,8 +141,12 @@ pub fn filter(role: Role, own_pid: i32) -> Result<BpfProgram, SeccompError> {
         rules.extend(SERVICE_ONLY.iter().map(|&nr| (nr, Vec::new())));
     }
     if role == Role::Vcpu {
-        let kvm_run = cond(role, 1, Dword, SeccompCmpOp::Eq, KVM_RUN)?;
-        rules.insert(libc::SYS_ioctl, vec![rule(role, vec![kvm_run])?]);
+        let mut allowed = Vec::new();
+        for request in [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS] {
+            let c = cond(role, 1, Dword, SeccompCmpOp::Eq, request)?;
+            allowed.push(rule(role, vec![c])?);
+        }
+        rules.insert(libc::SYS_ioctl, allowed);
     }
     // mmap(addr, len, prot, …) and mprotect(addr, len, prot): prot without PROT_EXEC.
     let exec = libc::PROT_EXEC as u64;
@@ -300,6 +315,14 @@ mod tests {
     #[test]
     fn vcpu_threads_may_run_the_vcpu() {
         assert_eq!(under_filter(Role::Vcpu, || ioctl(KVM_RUN)), 0);
+        assert_eq!(under_filter(Role::Vcpu, || ioctl(KVM_GET_REGS)), 0);
+        assert_eq!(under_filter(Role::Vcpu, || ioctl(KVM_GET_SREGS)), 0);
+    }
+
+    #[test]
+    fn register_reads_have_the_kernels_numbers() {
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
     }
 
     #[test]

@@ -125,7 +125,12 @@ pub fn run(
                 }
             }
             Ok(VcpuExit::Hlt) => return StopReason::Halt,
-            Ok(VcpuExit::Shutdown) => return StopReason::Shutdown,
+            Ok(VcpuExit::Shutdown) => {
+                if log::log_enabled!(log::Level::Error) {
+                    log::error!("the guest stopped with a triple fault: {}", state(vcpu));
+                }
+                return StopReason::Shutdown;
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => return StopReason::SystemEvent(kind),
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 return StopReason::Error(format!(
@@ -145,6 +150,37 @@ pub fn run(
             Err(e) => return StopReason::Error(format!("KVM_RUN failed: {e}")),
         }
     }
+}
+
+/// The vCPU's registers in one line, for a guest that crashed (the
+/// instruction pointer, stack, control registers and descriptor tables
+/// say where and why; e.g. `RIP` against the guest kernel's `System.map`).
+pub fn state(vcpu: &VcpuFd) -> String {
+    let regs = match vcpu.get_regs() {
+        Ok(r) => format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x}",
+            r.rip, r.rsp, r.rflags, r.rax
+        ),
+        Err(e) => format!("(registers unreadable: {e})"),
+    };
+    let sregs = match vcpu.get_sregs() {
+        Ok(s) => format!(
+            "cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} idt={:#x}/{:#x} gdt={:#x}/{:#x} tr={:#x}",
+            s.cs.selector,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.idt.base,
+            s.idt.limit,
+            s.gdt.base,
+            s.gdt.limit,
+            s.tr.base
+        ),
+        Err(e) => format!("(special registers unreadable: {e})"),
+    };
+    format!("{regs} {sregs}")
 }
 
 #[cfg(test)]

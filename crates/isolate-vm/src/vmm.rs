@@ -36,22 +36,10 @@ use isolate_core::{error_chain, ExecFailure, Status};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::builder::{self, ConsoleSinks, MicroVm, VcpuStopped};
-use crate::config::{FailKind, Report, VmmConfig};
 use crate::devices::virtio::ConsoleInput;
 use crate::seccomp::Role;
 use crate::vcpu::StopReason;
-
-/// Signals the VMM forwards to the workload.
-pub const FORWARDED_SIGNALS: &[i32] = &[
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGALRM,
-    libc::SIGWINCH,
-];
+use crate::wire::{FailKind, Report, VmmConfig, FORWARDED_SIGNALS};
 
 /// Console lines kept in boot-failure messages.
 const CONSOLE_LINES_IN_ERRORS: usize = 15;
@@ -74,6 +62,8 @@ enum Event {
     Vcpu(VcpuStopped),
     Signal(i32),
     ParentGone,
+    /// The host's reader of the workload's output fd 1 or 2 went away.
+    OutputClosed(u8),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -175,6 +165,13 @@ impl Trace {
 
 fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     let t0 = Instant::now();
+    if let Some(level) = cfg
+        .log_level
+        .as_deref()
+        .and_then(isolate_core::logger::parse_level)
+    {
+        isolate_core::logger::init("isolate-vmm", level);
+    }
     let trace = Trace::new(t0, cfg.trace);
     trace.mark("config read");
     let sigset = block_forwarded_signals();
@@ -201,9 +198,17 @@ fn run(cfg: VmmConfig, lifeline: BufReader<File>, report: &mut File) -> Report {
     }
     let sinks = ConsoleSinks {
         // SAFETY: fresh fds from dup above, owned by nothing else.
-        stdout: Box::new(unsafe { File::from_raw_fd(stdout) }),
+        stdout: Box::new(HostOutput::new(
+            unsafe { File::from_raw_fd(stdout) },
+            1,
+            tx.clone(),
+        )),
         // SAFETY: as above.
-        stderr: Box::new(unsafe { File::from_raw_fd(stderr) }),
+        stderr: Box::new(HostOutput::new(
+            unsafe { File::from_raw_fd(stderr) },
+            2,
+            tx.clone(),
+        )),
         control: Box::new(ControlSink::new(tx.clone())),
     };
     trace.mark("KVM and files open");
@@ -393,6 +398,10 @@ fn supervise(
             Ok(Event::Signal(signo)) => {
                 vm.control
                     .push(ControlMessage::Signal { signo }.to_line().as_bytes());
+            }
+            Ok(Event::OutputClosed(fd)) => {
+                vm.control
+                    .push(ControlMessage::OutputClosed { fd }.to_line().as_bytes());
             }
             Ok(Event::ParentGone) => {
                 return fail(
@@ -650,6 +659,50 @@ fn watch_lifeline(mut pipe: BufReader<File>, tx: Sender<Event>) {
 /// the first line that is too long or is not a control message ends the
 /// run, and nothing after it, or after the workload's end, is read. So the
 /// guest can neither grow the VMM's memory nor flood its event queue.
+/// The workload's stdout or stderr on the host. When its reader goes away
+/// (`EPIPE`), the guest is told once and what follows is dropped, as a
+/// pipe's writer on the host would meet `EPIPE` too.
+struct HostOutput {
+    out: File,
+    fd: u8,
+    events: Sender<Event>,
+    closed: bool,
+}
+
+impl HostOutput {
+    fn new(out: File, fd: u8, events: Sender<Event>) -> Self {
+        Self {
+            out,
+            fd,
+            events,
+            closed: false,
+        }
+    }
+}
+
+impl Write for HostOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.out.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                let _ = self.events.send(Event::OutputClosed(self.fd));
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.out.flush()
+    }
+}
+
 struct ControlSink {
     lines: LineSplitter,
     started: bool,
@@ -841,7 +894,7 @@ mod tests {
 
     fn test_config(mem_size: u64, vcpus: u8) -> VmmConfig {
         VmmConfig {
-            boot: crate::builder::BootSpec {
+            boot: crate::wire::BootSpec {
                 kernel: "/k".into(),
                 initrd: vec![],
                 mem_size,
@@ -856,6 +909,7 @@ mod tests {
             seccomp: true,
             jail: crate::jail::JailIds { uid: 1, gid: 1 },
             trace: false,
+            log_level: None,
             #[cfg(feature = "test-hooks")]
             test_guest: None,
         }

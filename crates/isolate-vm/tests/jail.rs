@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use isolate_core::Stdio;
-use isolate_vm::builder::BootSpec;
-use isolate_vm::config::{Report, VmmConfig};
 use isolate_vm::jail::JailIds;
 use isolate_vm::spawn::{self, Spawned};
 use isolate_vm::test_guest::{ForbiddenCall, TestGuest};
-use isolate_vm::vmm::FORWARDED_SIGNALS;
+use isolate_vm::wire::BootSpec;
+use isolate_vm::wire::FORWARDED_SIGNALS;
+use isolate_vm::wire::{Report, VmmConfig};
 
 fn ready(test: &str) -> bool {
     if isolate_core::sys::rootless() {
@@ -57,6 +57,7 @@ fn start(guest: TestGuest) -> Spawned {
         seccomp: true,
         jail: JailIds::for_pid(s.process.id()),
         trace: false,
+        log_level: None,
         test_guest: Some(guest),
     };
     let mut line = serde_json::to_string(&cfg).unwrap();

@@ -175,6 +175,12 @@ fn triple_fault_ends_the_vm_as_shutdown() {
         || {},
     );
     assert_eq!(reason, StopReason::Shutdown);
+    // What the VMM logs for it: where the guest was, and its IDT.
+    let state = vcpu::state(&m.vcpus[0]);
+    assert!(
+        state.contains("rip=0x200000 ") && state.contains(" idt="),
+        "{state}"
+    );
 }
 
 #[test]

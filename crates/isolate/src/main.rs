@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    isolate_core::logger::init_from_env("isolate");
     let parsed = match cli::args::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -211,19 +211,13 @@ impl Bus {
     }
 }
 
-/// Environment variable that makes devices print each guest access they
-/// refuse to stderr (for debugging a guest driver; off by default).
-pub const DEBUG_ENV: &str = "ISOLATE_DEVICE_DEBUG";
-
-/// Whether [`DEBUG_ENV`] is set (read once).
-pub(crate) fn debug_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os(DEBUG_ENV).is_some_and(|v| !v.is_empty()))
-}
-
-#[cfg(test)]
-pub(crate) mod test_util {
+/// Test doubles for device tests and the fuzz targets (feature
+/// `test-hooks`; never in a release build).
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod test_util {
+    use std::io::Write;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use super::Interrupt;
 
@@ -232,6 +226,7 @@ pub(crate) mod test_util {
     pub struct CountingIrq(pub AtomicUsize);
 
     impl CountingIrq {
+        /// Interrupts raised so far.
         pub fn count(&self) -> usize {
             self.0.load(Ordering::SeqCst)
         }
@@ -243,11 +238,45 @@ pub(crate) mod test_util {
         }
     }
 
-    /// Mock guest memory for virtio tests: 1 MiB at guest address 0.
-    pub fn guest_memory() -> vm_memory::GuestMemoryMmap {
-        vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10_0000)]).unwrap()
+    /// A `Write` sink a test reads back (a console's output).
+    #[derive(Clone, Default)]
+    pub struct SharedBuf(pub Arc<Mutex<Vec<u8>>>);
+
+    impl SharedBuf {
+        /// Takes what was written so far.
+        pub fn take(&self) -> Vec<u8> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
     }
 
+    impl Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Guest memory for virtio tests: 1 MiB at guest address 0.
+    pub fn guest_memory() -> vm_memory::GuestMemoryMmap {
+        guest_memory_with(0x10_0000, &[])
+    }
+
+    /// Guest memory of `size` bytes at address 0 holding `image` (zeros
+    /// after it).
+    pub fn guest_memory_with(size: usize, image: &[u8]) -> vm_memory::GuestMemoryMmap {
+        use vm_memory::Bytes;
+        let mem =
+            vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), size)]).unwrap();
+        let n = image.len().min(size);
+        mem.write_slice(&image[..n], vm_memory::GuestAddress(0))
+            .unwrap();
+        mem
+    }
+
+    #[cfg(test)]
     /// Writes one descriptor chain at descriptor index `first` (using
     /// `first..first + segs.len()`) and makes it available.
     /// Each segment is (guest address, length, device-writable).
@@ -276,6 +305,7 @@ pub(crate) mod test_util {
         vq.add_desc_chains(&descs, first).unwrap();
     }
 
+    #[cfg(test)]
     /// The used ring entries (head index, length) written so far.
     pub fn used_entries(
         vq: &virtio_queue::mock::MockSplitQueue<'_, vm_memory::GuestMemoryMmap>,
@@ -293,6 +323,7 @@ pub(crate) mod test_util {
     pub struct Rng(pub u64);
 
     impl Rng {
+        /// The next number.
         pub fn next_u64(&mut self) -> u64 {
             let mut x = self.0;
             x ^= x >> 12;
@@ -301,6 +332,7 @@ pub(crate) mod test_util {
             self.0 = x;
             x.wrapping_mul(0x2545_f491_4f6c_dd1d)
         }
+        /// A number below `n` (0 for 0).
         pub fn below(&mut self, n: u64) -> u64 {
             self.next_u64() % n.max(1)
         }

@@ -10,7 +10,7 @@
 //! byte is returned unused.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -22,14 +22,11 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{
-    read_stream, write_stream, ActiveQueue, SplitChain, VirtioDevice, TYPE_BLOCK,
-    VIRTIO_F_VERSION_1,
-};
-use crate::devices::{debug_enabled, DeviceError, Interrupt};
+use super::{ActiveQueue, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use crate::devices::{DeviceError, Interrupt};
 
 /// Bytes per sector in the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -99,47 +96,52 @@ impl Disk {
     }
 
     /// Serves one request chain; returns the number of bytes written to the
-    /// chain (0 if there is no room for a status byte).
-    fn serve(&mut self, mem: &GuestMemoryMmap, chain: &SplitChain) -> u32 {
-        let writable = chain.writable_len();
+    /// chain (0 if there is no room for a status byte, or the writable part
+    /// leaves guest memory). `misordered`: a device-readable descriptor came
+    /// after a device-writable one.
+    fn serve(&mut self, mem: &GuestMemoryMmap, chain: Chain<'_>, misordered: bool) -> u32 {
+        let reader = Reader::<()>::new(mem, chain.clone());
+        let Ok(mut data) = Writer::<()>::new(mem, chain) else {
+            return 0;
+        };
+        let writable = data.available_bytes();
         let Some(status_at) = writable.checked_sub(1) else {
             return 0;
         };
-        let done = if chain.misordered {
-            Completion::err(VIRTIO_BLK_S_IOERR)
-        } else {
-            self.execute(mem, chain, status_at)
+        let Ok(mut status) = data.split_at(status_at) else {
+            return 0;
+        };
+        let readable = reader.as_ref().map_or(0, Reader::available_bytes);
+        let done = match reader {
+            Ok(mut reader) if !misordered => self.execute(&mut reader, &mut data),
+            _ => Completion::err(VIRTIO_BLK_S_IOERR),
         };
         if done.status != VIRTIO_BLK_S_OK as u8 {
             self.failed_requests += 1;
-            if debug_enabled() {
-                eprintln!(
-                    "virtio-blk: request failed with status {} (readable {} bytes, writable {}, misordered {})",
-                    done.status,
-                    chain.readable_len(),
-                    writable,
-                    chain.misordered
-                );
-            }
+            log::debug!(
+                "virtio-blk: request failed with status {} (readable {readable} bytes, writable {writable}, misordered {misordered})",
+                done.status,
+            );
         }
-        if !write_stream(mem, &chain.writable, status_at, &[done.status]) {
+        if status.write_all(&[done.status]).is_err() {
             return 0;
         }
         // Bounded by the chain length, which the virtio spec caps at u32.
         u32::try_from(done.data_len + 1).unwrap_or(u32::MAX)
     }
 
-    /// `data_room`: device-writable bytes before the status byte.
-    fn execute(&mut self, mem: &GuestMemoryMmap, chain: &SplitChain, data_room: u64) -> Completion {
+    /// `data`: the device-writable bytes before the status byte.
+    fn execute(&mut self, reader: &mut Reader<'_>, data: &mut Writer<'_>) -> Completion {
         let mut header = [0u8; HEADER_LEN];
-        if !read_stream(mem, &chain.readable, 0, &mut header) {
+        if reader.read_exact(&mut header).is_err() {
             return Completion::err(VIRTIO_BLK_S_IOERR);
         }
         let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let mut sector_bytes = [0u8; 8];
         sector_bytes.copy_from_slice(&header[8..16]);
         let sector = u64::from_le_bytes(sector_bytes);
-        let readable_data = chain.readable_len() - HEADER_LEN as u64;
+        let readable_data = reader.available_bytes() as u64;
+        let data_room = data.available_bytes() as u64;
 
         match kind {
             VIRTIO_BLK_T_IN => {
@@ -148,7 +150,7 @@ impl Disk {
                     return Completion::err(VIRTIO_BLK_S_IOERR);
                 }
                 match self.check_range(sector, data_room) {
-                    Some(offset) => self.read_into_guest(mem, chain, offset, data_room),
+                    Some(offset) => self.read_into_guest(data, offset, data_room),
                     None => Completion::err(VIRTIO_BLK_S_IOERR),
                 }
             }
@@ -158,7 +160,7 @@ impl Disk {
                     return Completion::err(VIRTIO_BLK_S_IOERR);
                 }
                 match self.check_range(sector, readable_data) {
-                    Some(offset) => self.write_from_guest(mem, chain, offset, readable_data),
+                    Some(offset) => self.write_from_guest(reader, offset, readable_data),
                     None => Completion::err(VIRTIO_BLK_S_IOERR),
                 }
             }
@@ -171,7 +173,7 @@ impl Disk {
             }
             VIRTIO_BLK_T_GET_ID => {
                 let n = data_room.min(self.id.len() as u64) as usize;
-                if write_stream(mem, &chain.writable, 0, &self.id[..n]) {
+                if data.write_all(&self.id[..n]).is_ok() {
                     Completion::ok(n as u64)
                 } else {
                     Completion::err(VIRTIO_BLK_S_IOERR)
@@ -181,13 +183,7 @@ impl Disk {
         }
     }
 
-    fn read_into_guest(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: &SplitChain,
-        offset: u64,
-        len: u64,
-    ) -> Completion {
+    fn read_into_guest(&mut self, data: &mut Writer<'_>, offset: u64, len: u64) -> Completion {
         let buf = bounce(&mut self.bounce, len);
         let mut pos = 0u64;
         while pos < len {
@@ -196,7 +192,7 @@ impl Disk {
                 .file
                 .read_exact_at(&mut buf[..n], offset + pos)
                 .is_err()
-                || !write_stream(mem, &chain.writable, pos, &buf[..n])
+                || data.write_all(&buf[..n]).is_err()
             {
                 return Completion {
                     status: VIRTIO_BLK_S_IOERR as u8,
@@ -208,19 +204,12 @@ impl Disk {
         Completion::ok(len)
     }
 
-    fn write_from_guest(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: &SplitChain,
-        offset: u64,
-        len: u64,
-    ) -> Completion {
+    fn write_from_guest(&mut self, reader: &mut Reader<'_>, offset: u64, len: u64) -> Completion {
         let buf = bounce(&mut self.bounce, len);
         let mut pos = 0u64;
         while pos < len {
             let n = (len - pos).min(buf.len() as u64) as usize;
-            let from = HEADER_LEN as u64 + pos;
-            if !read_stream(mem, &chain.readable, from, &mut buf[..n])
+            if reader.read_exact(&mut buf[..n]).is_err()
                 || self.file.write_all_at(&buf[..n], offset + pos).is_err()
             {
                 return Completion::err(VIRTIO_BLK_S_IOERR);
@@ -229,6 +218,23 @@ impl Disk {
         }
         Completion::ok(0)
     }
+}
+
+/// A request's descriptor chain.
+type Chain<'a> = virtio_queue::DescriptorChain<&'a GuestMemoryMmap>;
+
+/// Whether a device-readable descriptor follows a device-writable one in
+/// `chain` (the virtio spec puts all readable ones first, 2.7.4.2).
+fn misordered(chain: &Chain<'_>) -> bool {
+    let mut seen_writable = false;
+    for desc in chain.clone() {
+        if desc.is_write_only() {
+            seen_writable = true;
+        } else if seen_writable {
+            return true;
+        }
+    }
+    false
 }
 
 /// Takes an advisory lock on the whole image without waiting. Filesystems
@@ -350,7 +356,7 @@ impl Block {
     }
 
     /// Requests completed with an error status (I/O error, bad request,
-    /// unsupported type). With [`DEBUG_ENV`](crate::devices::DEBUG_ENV) set,
+    /// unsupported type). At log level debug,
     /// each one is also reported on stderr.
     pub fn failed_requests(&self) -> u64 {
         self.disk.failed_requests
@@ -368,8 +374,8 @@ impl Block {
         let mut used = false;
         while let Some(chain) = q.queue.pop_descriptor_chain(&q.mem) {
             let head = chain.head_index();
-            let chain = SplitChain::collect(chain);
-            let len = self.disk.serve(&q.mem, &chain);
+            let misordered = misordered(&chain);
+            let len = self.disk.serve(&q.mem, chain, misordered);
             // A head past the queue size cannot be returned: the chain is
             // dropped, and only returned chains are worth an interrupt.
             used |= q.queue.add_used(&q.mem, head, len).is_ok();

@@ -17,16 +17,14 @@
 //! console).
 
 use std::collections::VecDeque;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use isolate_core::sys::lock;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
 
-use super::{
-    for_each_range, ActiveQueue, SplitChain, VirtioDevice, TYPE_CONSOLE, VIRTIO_F_VERSION_1,
-};
+use super::{ActiveQueue, VirtioDevice, TYPE_CONSOLE, VIRTIO_F_VERSION_1};
 use crate::devices::{DeviceError, Interrupt};
 
 /// Index of the receive queue (host→guest).
@@ -66,19 +64,23 @@ impl RxState {
                 break;
             };
             let head = chain.head_index();
-            let chain = SplitChain::collect(chain);
-            let data = self.pending.make_contiguous();
-            let want = (data.len() as u64).min(chain.writable_len());
-            let written = for_each_range(&chain.writable, 0, want, |addr, pos, len| {
-                // `pos + len <= want <= data.len()`, both fit in usize.
-                let (pos, len) = (pos as usize, len as usize);
-                rx.mem.write_slice(&data[pos..pos + len], addr).is_ok()
-            });
-            self.pending.drain(..written as usize);
-            // `written` is bounded by the chain length, which fits in u32.
-            // A head past the queue size cannot be returned (the chain is
-            // dropped); only returned chains are worth an interrupt.
-            used |= rx.queue.add_used(&rx.mem, head, written as u32).is_ok();
+            // A chain that leaves guest memory is returned unfilled.
+            let written = match Writer::<()>::new(&rx.mem, chain) {
+                Ok(mut w) => {
+                    let data = self.pending.make_contiguous();
+                    let want = data.len().min(w.available_bytes());
+                    let _ = w.write_all(&data[..want]);
+                    w.bytes_written()
+                }
+                Err(_) => 0,
+            };
+            self.pending.drain(..written);
+            // `written` is bounded by the chain's length, a u32 sum (the
+            // queue size bounds the descriptors). A head past the queue size
+            // cannot be returned (the chain is dropped); only returned
+            // chains are worth an interrupt.
+            let written = u32::try_from(written).unwrap_or(u32::MAX);
+            used |= rx.queue.add_used(&rx.mem, head, written).is_ok();
         }
         if used {
             rx.notify_guest();
@@ -166,28 +168,14 @@ impl Console {
         let mut used = false;
         while let Some(chain) = tx.queue.pop_descriptor_chain(&tx.mem) {
             let head = chain.head_index();
-            let chain = SplitChain::collect(chain);
-            for_each_range(&chain.readable, 0, chain.readable_len(), |addr, _, len| {
-                let mut done = 0u64;
-                while done < len {
-                    let n = (len - done).min(TX_CHUNK as u64) as usize;
-                    let Some(at) = addr.0.checked_add(done) else {
-                        return false;
-                    };
-                    if tx
-                        .mem
-                        .read_slice(&mut buf[..n], vm_memory::GuestAddress(at))
-                        .is_err()
-                    {
-                        return false;
-                    }
+            // A chain that leaves guest memory is returned unread.
+            if let Ok(mut r) = Reader::<()>::new(&tx.mem, chain) {
+                while let Ok(n @ 1..) = r.read(&mut buf) {
                     if out.write_all(&buf[..n]).is_err() {
                         *errors += 1;
                     }
-                    done += n as u64;
                 }
-                true
-            });
+            }
             used |= tx.queue.add_used(&tx.mem, head, 0).is_ok();
         }
         if out.flush().is_err() {
@@ -293,24 +281,12 @@ impl VirtioDevice for Console {
 #[cfg(test)]
 mod tests {
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::devices::test_util::{add_chain, guest_memory, used_entries, CountingIrq};
-
-    /// A `Write` sink the test can read back.
-    #[derive(Clone, Default)]
-    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for SharedBuf {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::devices::test_util::{
+        add_chain, guest_memory, used_entries, CountingIrq, SharedBuf,
+    };
 
     struct Fixture<'a> {
         console: Console,

@@ -18,7 +18,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{VirtioDevice, VirtioInterrupt, INT_CONFIG, VIRTIO_F_VERSION_1};
-use crate::devices::{debug_enabled, BusDevice, DeviceError, Interrupt};
+use crate::devices::{BusDevice, DeviceError, Interrupt};
 
 /// Size of the MMIO window of one device (registers + config space).
 pub const MMIO_LEN: u64 = 0x1000;
@@ -143,17 +143,15 @@ impl MmioTransport {
         self.device.device_type()
     }
 
-    /// Counts a refused guest access and, with [`DEBUG_ENV`](crate::devices::DEBUG_ENV) set, reports it.
+    /// Counts a refused guest access and logs it (level debug).
     fn refuse(&mut self, what: std::fmt::Arguments<'_>) {
         self.guest_errors += 1;
-        if debug_enabled() {
-            eprintln!(
-                "virtio-mmio (device type {}, status {:#x}, queue {}): refused {what}",
-                self.device.device_type(),
-                self.status,
-                self.queue_sel
-            );
-        }
+        log::debug!(
+            "virtio-mmio (device type {}, status {:#x}, queue {}): refused {what}",
+            self.device.device_type(),
+            self.status,
+            self.queue_sel
+        );
     }
 
     /// The selected queue, if the selection is in range and the queue may
@@ -314,12 +312,10 @@ impl MmioTransport {
                 if let Err(e) = self.activate() {
                     self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
                     self.interrupt.signal(INT_CONFIG);
-                    if debug_enabled() {
-                        eprintln!(
-                            "virtio-mmio (device type {}): activation failed: {e}",
-                            self.device.device_type()
-                        );
-                    }
+                    log::debug!(
+                        "virtio-mmio (device type {}): activation failed: {e}",
+                        self.device.device_type()
+                    );
                     return false;
                 }
                 return true;

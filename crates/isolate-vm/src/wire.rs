@@ -1,4 +1,5 @@
-//! What the library and the `isolate-vmm` process say to each other.
+//! The wire contract: what the library and the `isolate-vmm` process say
+//! to each other, in one module both sides read.
 //!
 //! The library writes one [`VmmConfig`] as a JSON line on the config pipe
 //! and keeps the pipe open: its end (EOF) tells the VMM that the library's
@@ -6,10 +7,62 @@
 //! lines on the report pipe: `started` once the workload has exec'd, then
 //! one `finished` or `failed`.
 
+use std::path::PathBuf;
+
 use isolate_core::Status;
 
-use crate::builder::BootSpec;
 use crate::jail::JailIds;
+
+/// Signals the library's side forwards to the VMM and the VMM forwards to
+/// the workload in the guest.
+pub const FORWARDED_SIGNALS: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGWINCH,
+];
+
+/// One part of the initrd.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitrdPart {
+    /// A file (the cached root archive).
+    File(PathBuf),
+    /// Bytes (the per-run spec archive).
+    Bytes(Vec<u8>),
+}
+
+/// A disk for a virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Disk {
+    /// Image file.
+    pub path: PathBuf,
+    /// Attached read-only.
+    pub read_only: bool,
+}
+
+/// What to boot, and on what.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootSpec {
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Initrd parts, concatenated in order (each padded to 4 bytes).
+    pub initrd: Vec<InitrdPart>,
+    /// Guest RAM, bytes.
+    pub mem_size: u64,
+    /// vCPU count.
+    pub vcpus: u8,
+    /// Disks, in order: `/dev/vda`, `/dev/vdb`, …
+    pub disks: Vec<Disk>,
+    /// Copy the kernel's console to stderr (and drop `quiet`).
+    pub console_log: bool,
+    /// More kernel command-line arguments.
+    pub cmdline_extra: String,
+}
 
 /// Everything the VMM needs; the workload's stdio are its fds 0, 1, 2.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,6 +84,11 @@ pub struct VmmConfig {
     /// environment is empty: the library passes `ISOLATE_VMM_TRACE` here).
     #[serde(default)]
     pub trace: bool,
+    /// The VMM's log level (`ISOLATE_LOG` of the library's process, see
+    /// [`isolate_core::logger`]); `None`: the VMM logs nothing, so a guest
+    /// cannot make device errors show up in the workload's stderr.
+    #[serde(default)]
+    pub log_level: Option<String>,
     /// A hand-made guest instead of `boot` (tests of the VMM's jail only).
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
@@ -107,7 +165,6 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builder::{Disk, InitrdPart};
 
     #[test]
     fn config_and_reports_round_trip() {
@@ -130,6 +187,7 @@ mod tests {
             seccomp: true,
             jail: JailIds::for_pid(42),
             trace: false,
+            log_level: None,
             #[cfg(feature = "test-hooks")]
             test_guest: None,
         };
