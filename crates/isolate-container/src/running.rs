@@ -27,6 +27,8 @@ pub struct Resources {
     pub(crate) cgroup: Option<Cgroup>,
     pub(crate) volumes: Vec<Attached>,
     pub(crate) registration: Option<state::Registration>,
+    /// The workload's place on isolate's bridge (`--network bridge`).
+    pub(crate) net: Option<isolate_net::Attachment>,
 }
 
 impl Resources {
@@ -36,6 +38,7 @@ impl Resources {
             cgroup: None,
             volumes: Vec::new(),
             registration: None,
+            net: None,
         }
     }
 
@@ -51,6 +54,9 @@ impl Resources {
             }
         }
         self.registration = None;
+        // The veth, lease, published ports and (for the last run) the
+        // table and the bridge.
+        self.net = None;
         self.run = None;
         self.volumes.clear();
     }
