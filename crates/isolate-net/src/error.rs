@@ -41,7 +41,7 @@ pub enum NetError {
     #[error("network: no free private subnet for the isolate0 bridge (every candidate clashes with a host route); set ISOLATE_NET_SUBNET, e.g. 10.123.0.0/16")]
     NoFreeSubnet,
     /// `ISOLATE_NET_SUBNET` is not an IPv4 network.
-    #[error("network: ISOLATE_NET_SUBNET={0:?} is not an IPv4 subnet; use e.g. 10.88.0.0/16 (prefix 8 to 29)")]
+    #[error("network: ISOLATE_NET_SUBNET={0:?} is not an IPv4 subnet; use e.g. 10.123.0.0/16 (prefix 8 to 29)")]
     BadSubnet(String),
     /// Every address of the subnet is leased.
     #[error("network: every address of {0} is in use by a running workload; stop one or set a larger ISOLATE_NET_SUBNET")]

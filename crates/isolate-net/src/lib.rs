@@ -42,11 +42,13 @@ pub const BRIDGE: &str = "isolate0";
 /// MTU of the bridge and of every veth.
 pub const MTU: u32 = 1500;
 /// Subnets tried in order when `ISOLATE_NET_SUBNET` is not set: the first
-/// that no host route overlaps is used.
+/// that no host route overlaps is used. Docker's (172.17.0.0/16), podman's
+/// (10.88.0.0/16) and libvirt's (192.168.122.0/24) defaults are left out,
+/// so that a bridge of theirs made later does not clash with isolate0.
 pub const CANDIDATES: [&str; 4] = [
-    "10.88.0.0/16",
-    "10.89.0.0/16",
-    "172.29.0.0/16",
+    "10.123.0.0/16",
+    "10.124.0.0/16",
+    "172.30.0.0/16",
     "192.168.234.0/24",
 ];
 

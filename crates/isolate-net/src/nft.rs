@@ -54,7 +54,10 @@ pub fn ruleset(subnet: &Subnet, bridge: &str, dnats: &[Dnat], uplinks: &[String]
         String::new()
     } else {
         let names: Vec<String> = uplinks.iter().map(|u| format!("\"{u}\"")).collect();
-        format!("    iifname {{ {} }} drop\n", names.join(", "))
+        format!(
+            "    iifname {{ {} }} oifname != \"{bridge}\" drop\n",
+            names.join(", ")
+        )
     };
     format!(
         "add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{
@@ -80,6 +83,7 @@ pub fn ruleset(subnet: &Subnet, bridge: &str, dnats: &[Dnat], uplinks: &[String]
     iifname \"{bridge}\" accept
     oifname \"{bridge}\" ct state established,related accept
     oifname \"{bridge}\" ct status dnat accept
+    oifname \"{bridge}\" drop
 {uplink_rule}  }}
 }}
 ",
@@ -142,6 +146,11 @@ mod tests {
         assert!(r.contains("elements = { 127.0.0.1 . tcp . 8080 : 10.88.0.2 . 80 }"));
         assert!(r.contains("elements = { udp . 5353 : 10.88.0.3 . 53 }"));
         assert!(r.contains("ip saddr 10.88.0.0/16 oifname != \"isolate0\" masquerade"));
-        assert!(!r.contains("drop"));
+        // Nothing from outside reaches a workload unasked (only replies
+        // and published ports), and no uplink rule without uplinks.
+        assert!(r.contains("oifname \"isolate0\" drop"));
+        assert!(!r.contains("iifname {"));
+        let r = ruleset(&subnet, "isolate0", &[], &["eth0".into()]);
+        assert!(r.contains("iifname { \"eth0\" } oifname != \"isolate0\" drop"));
     }
 }
