@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod network;
+
 /// What a case expects of one `isolate` invocation.
 struct Expect {
     code: i32,
@@ -538,6 +540,7 @@ fn main() {
             }
             suite.check(&format!("{mode}/{}", c.name), &run, &c.expect);
         }
+        network::run(&mut suite, mode, &tag);
         // The VM boot images made from the rootfs never change either.
         let label = format!("{mode}/boot_images_unchanged");
         let changed: Vec<String> = images_before
