@@ -6,10 +6,11 @@
 //! backend to enter.
 //!
 //! Everything a run sets up is undone when its [`Attachment`] drops, and,
-//! after a `kill -9`, by [`cleanup_stale`] at the next run: the veth goes
-//! with the namespace, the lease is unlocked, the table is rewritten from
-//! the leases still held, and the last run out deletes the table and the
-//! bridge and turns off the forwarding it turned on.
+//! after a `kill -9`, by [`cleanup_stale`] at the next run: its veth is
+//! deleted, its lease and files removed, the table is rewritten from the
+//! leases still held, and the last run out deletes the table and turns
+//! off the forwarding it turned on. The bridge itself stays, idle, as
+//! docker0 does (see [`BRIDGE`]).
 //!
 //! ```no_run
 //! let att = isolate_net::attach(&isolate_net::Request {
@@ -37,7 +38,10 @@ use isolate_core::{paths, Protocol, Publish};
 pub use error::NetError;
 use netlink::Netlink;
 
-/// The host bridge.
+/// The host bridge. Made by the first networked run and left in place
+/// when idle (its own address, no workload port, no NAT rule): deleting
+/// it would cost every last run out an RCU wait. `ip link del isolate0`
+/// removes it when no workload runs; the next run makes it again.
 pub const BRIDGE: &str = "isolate0";
 /// MTU of the bridge and of every veth.
 pub const MTU: u32 = 1500;
@@ -175,17 +179,31 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
+        let t0 = std::time::Instant::now();
         let Ok(_guard) = NetLock::take() else {
             return;
         };
+        trace(t0, "teardown: network lock taken");
         if let Ok(mut nl) = Netlink::open() {
             if let Some(i) = Netlink::index(&self.veth) {
                 let _ = nl.delete(i);
             }
         }
+        trace(t0, "teardown: veth deleted");
         let _ = std::fs::remove_dir_all(&self.files);
         let _ = std::fs::remove_file(&self.lease_path);
-        let _ = sync_host(None);
+        let _ = sync_host();
+        trace(t0, "teardown: lease released, table and bridge in step");
+    }
+}
+
+/// With `ISOLATE_NET_TRACE` set, prints how long each step took since `t0`.
+fn trace(t0: std::time::Instant, what: &str) {
+    if std::env::var_os("ISOLATE_NET_TRACE").is_some() {
+        eprintln!(
+            "isolate-net: {:>8.3} ms {what}",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
     }
 }
 
@@ -281,9 +299,10 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), NetError> {
 
 /// Creates the bridge if missing, with the gateway address, forwarding
 /// and `route_localnet` (published ports reached from the host's own
-/// loopback) on it; turns forwarding on for the uplinks (the devices of
-/// the default routes) whose forwarding is off, and records them, for
-/// replies to the workloads' NATed traffic.
+/// loopback) on it. The bridge stays when no run uses it, as docker0
+/// does: deleting a network device waits for RCU grace periods (30 to
+/// 300 ms measured here), which every last run out would pay; with no
+/// workload port on it, it forwards nothing.
 fn ensure_bridge(nl: &mut Netlink, subnet: &Subnet) -> Result<u32, NetError> {
     if let Some(i) = Netlink::index(BRIDGE) {
         return Ok(i);
@@ -307,27 +326,34 @@ fn ensure_bridge(nl: &mut Netlink, subnet: &Subnet) -> Result<u32, NetError> {
             "1",
         )?;
         std::fs::write(dir().join("subnet"), subnet.to_string())
-            .map_err(|e| NetError::host("record the bridge's subnet", e))?;
-        let mut enabled = Vec::new();
-        for (_, prefix, dev) in host_routes() {
-            if prefix != 0 || dev == BRIDGE || enabled.contains(&dev) {
-                continue;
-            }
-            let path = format!("/proc/sys/net/ipv4/conf/{dev}/forwarding");
-            if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
-                write_sysctl(&path, "1")?;
-                enabled.push(dev);
-            }
-        }
-        std::fs::write(dir().join("uplinks"), enabled.join("\n"))
-            .map_err(|e| NetError::host("record the uplinks' forwarding", e))
+            .map_err(|e| NetError::host("record the bridge's subnet", e))
     })();
     if let Err(e) = made {
         let _ = nl.delete(index);
-        restore_uplinks();
         return Err(e);
     }
     Ok(index)
+}
+
+/// Turns forwarding on for the uplinks (the devices of the default
+/// routes) whose forwarding is off, for the replies to the workloads'
+/// NATed traffic, and records them; the table then forwards nothing from
+/// them but to the bridge. Undone with the table ([`restore_uplinks`]).
+fn enable_uplinks() -> Result<(), NetError> {
+    let mut enabled = uplinks();
+    for (_, prefix, dev) in host_routes() {
+        if prefix != 0 || dev == BRIDGE || enabled.contains(&dev) {
+            continue;
+        }
+        let path = format!("/proc/sys/net/ipv4/conf/{dev}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            enabled.push(dev);
+            std::fs::write(dir().join("uplinks"), enabled.join("\n"))
+                .map_err(|e| NetError::host("record the uplinks' forwarding", e))?;
+            write_sysctl(&path, "1")?;
+        }
+    }
+    Ok(())
 }
 
 fn uplinks() -> Vec<String> {
@@ -347,10 +373,9 @@ fn restore_uplinks() {
 }
 
 /// Under the network lock: removes the leases of runs that are gone (with
-/// their veth and files), then makes the table match the leases left
-/// (`extra`: the lease being made, not on disk yet); with none left,
-/// deletes the table and the bridge and restores the uplinks.
-fn sync_host(extra: Option<(&ipam::Record, Ipv4Addr)>) -> Result<(), NetError> {
+/// their veth and files), then makes the table match the leases left;
+/// with none left, deletes the table and restores the uplinks.
+fn sync_host() -> Result<(), NetError> {
     let mut live = Vec::new();
     for (ip, path) in ipam::list(&leases_dir()) {
         let Ok(f) = File::open(&path) else { continue };
@@ -366,22 +391,13 @@ fn sync_host(extra: Option<(&ipam::Record, Ipv4Addr)>) -> Result<(), NetError> {
             live.push((rec, ip));
         }
     }
-    if let Some((rec, ip)) = extra {
-        live.push((rec.clone(), ip));
-    }
     let table_marker = dir().join("table");
     if live.is_empty() {
         if table_marker.exists() {
             nft::apply(&nft::delete())?;
             let _ = std::fs::remove_file(&table_marker);
         }
-        if let Some(i) = Netlink::index(BRIDGE) {
-            if let Ok(mut nl) = Netlink::open() {
-                let _ = nl.delete(i);
-            }
-        }
         restore_uplinks();
-        let _ = std::fs::remove_file(dir().join("subnet"));
         return Ok(());
     }
     let subnet = subnet()?;
@@ -394,6 +410,9 @@ fn sync_host(extra: Option<(&ipam::Record, Ipv4Addr)>) -> Result<(), NetError> {
             })
         })
         .collect();
+    if !table_marker.exists() {
+        enable_uplinks()?;
+    }
     let text = nft::ruleset(&subnet, BRIDGE, &dnats, &uplinks());
     // Skip `nft` when the table is already what it should be.
     if std::fs::read_to_string(&table_marker).is_ok_and(|t| t == text) {
@@ -404,19 +423,19 @@ fn sync_host(extra: Option<(&ipam::Record, Ipv4Addr)>) -> Result<(), NetError> {
 }
 
 /// Removes what killed runs left (their leases, veths, files, published
-/// ports), and the table and bridge when no run uses them. Cheap when
-/// there is nothing to do (no lease, no bridge).
+/// ports), and the table when no run uses it. Cheap when there is
+/// nothing to do (no lease, no table).
 pub fn cleanup_stale() {
     let d = dir();
     if !d.exists() {
         return;
     }
     let has_leases = !ipam::list(&leases_dir()).is_empty();
-    if !has_leases && Netlink::index(BRIDGE).is_none() && !d.join("table").exists() {
+    if !has_leases && !d.join("table").exists() && !d.join("uplinks").exists() {
         return;
     }
     if let Ok(_guard) = NetLock::take() {
-        let _ = sync_host(None);
+        let _ = sync_host();
     }
 }
 
@@ -541,6 +560,7 @@ fn veth_name(ip: Ipv4Addr) -> String {
 /// leases an address, makes a network namespace with `lo` up and `eth0`
 /// (address, MTU, default route via the bridge), and loads the table.
 pub fn attach(req: &Request) -> Result<Attachment, NetError> {
+    let t0 = std::time::Instant::now();
     let ports = req
         .publish
         .iter()
@@ -548,11 +568,15 @@ pub fn attach(req: &Request) -> Result<Attachment, NetError> {
         .collect::<Result<Vec<_>, _>>()?;
     let (netns, mut inner) = Netlink::open_in_new_netns()
         .map_err(|e| NetError::host("create a network namespace", e))?;
+    trace(t0, "namespace made");
     let guard = NetLock::take()?;
-    sync_host(None)?;
+    trace(t0, "network lock taken");
+    sync_host()?;
+    trace(t0, "stale leases swept");
     let subnet = subnet()?;
     let mut nl = Netlink::open().map_err(|e| NetError::netlink("open a socket", e))?;
     let bridge = ensure_bridge(&mut nl, &subnet)?;
+    trace(t0, "bridge ready");
     let taken: Vec<Ipv4Addr> = ipam::list(&leases_dir())
         .into_iter()
         .map(|(ip, _)| ip)
@@ -584,8 +608,10 @@ pub fn attach(req: &Request) -> Result<Attachment, NetError> {
     drop(guard);
     let r = (|| {
         write_files(&att.files, address, req.hostname)?;
+        trace(t0, "address leased, files written");
         nl.add_veth(&att.veth, bridge, "eth0", &att.netns, MTU)
             .map_err(|e| NetError::netlink(format!("create veth {}", att.veth), e))?;
+        trace(t0, "veth made");
         let lo = inner
             .index_of("lo")
             .map_err(|e| NetError::netlink("find lo in the workload's namespace", e))?;
@@ -604,8 +630,11 @@ pub fn attach(req: &Request) -> Result<Attachment, NetError> {
         inner
             .add_default_route(eth0, subnet.gateway())
             .map_err(|e| NetError::netlink("add the default route", e))?;
+        trace(t0, "eth0 configured");
         let _guard = NetLock::take()?;
-        sync_host(None)
+        let r = sync_host();
+        trace(t0, "table loaded");
+        r
     })();
     r.map(|()| att)
 }

@@ -21,13 +21,15 @@ fn free_port() -> u16 {
 }
 
 /// What isolate's networking has left on the host: its veths (`iso…`
-/// other than the bridge), the bridge, its nft table, its leases.
+/// other than the bridge; a workload's address lives in its namespace,
+/// on the peer of one), its nft table, its leases, and uplinks whose
+/// forwarding it turned on. The bridge itself stays, idle, by design.
 #[derive(Debug, PartialEq, Eq)]
 struct Leftovers {
     veths: usize,
-    bridge: bool,
     table: bool,
     leases: usize,
+    forwarding_changed: bool,
 }
 
 fn leftovers() -> Leftovers {
@@ -54,9 +56,9 @@ fn leftovers() -> Leftovers {
         .unwrap_or(0);
     Leftovers {
         veths,
-        bridge: std::path::Path::new("/sys/class/net/isolate0").exists(),
         table,
         leases,
+        forwarding_changed: state.join("net/uplinks").exists(),
     }
 }
 
