@@ -341,7 +341,13 @@ fn ensure_bridge(nl: &mut Netlink, subnet: &Subnet) -> Result<u32, NetError> {
 /// them but to the bridge. Undone with the table ([`restore_uplinks`]).
 fn enable_uplinks() -> Result<(), NetError> {
     let mut enabled = uplinks();
+    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/forwarding")
+        .is_ok_and(|v| v.trim() == "1");
     for (_, prefix, dev) in host_routes() {
+        // A host that forwards everywhere needs nothing from isolate.
+        if all {
+            break;
+        }
         if prefix != 0 || dev == BRIDGE || enabled.contains(&dev) {
             continue;
         }
@@ -365,9 +371,17 @@ fn uplinks() -> Vec<String> {
         .collect()
 }
 
+/// Turns off the uplinks' forwarding that [`enable_uplinks`] turned on,
+/// unless the host has turned forwarding on everywhere since (another
+/// tool setting `net.ipv4.ip_forward=1`, which sets every device's): that
+/// is then the host's wish, not isolate's to undo.
 fn restore_uplinks() {
-    for dev in uplinks() {
-        let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{dev}/forwarding"), "0");
+    let all = std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/forwarding")
+        .is_ok_and(|v| v.trim() == "1");
+    if !all {
+        for dev in uplinks() {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{dev}/forwarding"), "0");
+        }
     }
     let _ = std::fs::remove_file(dir().join("uplinks"));
 }
