@@ -93,6 +93,8 @@ pub struct Container {
     cgroup: RwLock<Option<Cgroup>>,
     res: Mutex<Resources>,
     outcome: Mutex<Option<Outcome>>,
+    /// Its address on isolate's bridge (`--network bridge`).
+    address: Option<std::net::Ipv4Addr>,
 }
 
 /// Kills the container at `deadline` unless it ended before: a thread that
@@ -139,6 +141,7 @@ impl Container {
     ) -> Self {
         let [a, b, c] = stdio;
         let cgroup = res.cgroup.take();
+        let address = res.net.as_ref().map(|n| n.address());
         let timed_out = Arc::new(AtomicBool::new(false));
         if let Some(t) = timeout {
             watchdog(&pidfd, start + t, timed_out.clone());
@@ -156,6 +159,7 @@ impl Container {
             cgroup: RwLock::new(cgroup),
             res: Mutex::new(res),
             outcome: Mutex::new(None),
+            address,
         }
     }
 
@@ -272,6 +276,7 @@ impl Container {
         let mut outcome = Outcome::new(status, wall_time);
         outcome.startup_time = self.startup;
         outcome.host_overhead = shim_rss;
+        outcome.address = self.address;
         let cgroup = self
             .cgroup
             .write()
@@ -323,6 +328,10 @@ impl Container {
 impl Running for Container {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn address(&self) -> Option<std::net::Ipv4Addr> {
+        self.address
     }
 
     fn take_stdin(&self) -> Option<File> {

@@ -740,6 +740,7 @@ impl VmRunning {
                 peak_memory,
                 host_overhead,
                 guest_memory_touched,
+                address: None,
             }),
             Some(Report::Failed { kind, message }) => Err(match kind {
                 FailKind::NotFound => Failure::Exec(ExecFailure::NotFound),
