@@ -163,8 +163,17 @@ fn network(
 ) -> Result<NetPlan, Error> {
     match &w.network {
         Network::None | Network::Loopback => Ok(NetPlan::default()),
+        // The host's resolvers and hosts, read-only, as docker does.
         Network::Host => Ok(NetPlan {
             host: true,
+            etc: [
+                ("/etc/hosts", "/etc/hosts"),
+                ("/etc/resolv.conf", "/etc/resolv.conf"),
+            ]
+            .into_iter()
+            .filter(|(h, _)| Path::new(h).is_file())
+            .map(|(h, inside)| (PathBuf::from(h), inside))
+            .collect(),
             ..NetPlan::default()
         }),
         Network::Bridge => {

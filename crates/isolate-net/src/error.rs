@@ -43,6 +43,14 @@ pub enum NetError {
     /// `ISOLATE_NET_SUBNET` is not an IPv4 network.
     #[error("network: ISOLATE_NET_SUBNET={0:?} is not an IPv4 subnet; use e.g. 10.123.0.0/16 (prefix 8 to 29)")]
     BadSubnet(String),
+    /// `ISOLATE_NET_SUBNET` differs from the subnet the bridge has.
+    #[error("network: the isolate0 bridge is on {bridge}, not on ISOLATE_NET_SUBNET={wanted}; once no networked workload runs, remove it (ip link del isolate0) and the next run makes it on {wanted}")]
+    SubnetChanged {
+        /// The bridge's subnet.
+        bridge: String,
+        /// The one asked for.
+        wanted: String,
+    },
     /// Every address of the subnet is leased.
     #[error("network: every address of {0} is in use by a running workload; stop one or set a larger ISOLATE_NET_SUBNET")]
     NoFreeAddress(String),

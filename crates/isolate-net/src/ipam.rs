@@ -117,19 +117,33 @@ pub fn list(dir: &Path) -> Vec<(Ipv4Addr, PathBuf)> {
     .collect()
 }
 
-/// Creates the lease of `ip` and locks it (the caller holds the network
-/// lock, so no other isolate races for it).
+/// Creates the lease at `path`, locked (the caller holds the network
+/// lock, so no other isolate races for the address). It is made locked
+/// and written under a temporary name, then renamed into place: a lease
+/// seen at its name is always locked by a live run or stale, never
+/// half-made (the sweep's look without the lock relies on it).
 pub fn create(path: &Path, record: &Record) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    if !lock(&f, false)? {
-        return Err(io::Error::from_raw_os_error(libc::EWOULDBLOCK));
+        .open(&tmp)?;
+    let made = (|| {
+        if !lock(&f, false)? {
+            return Err(io::Error::from_raw_os_error(libc::EWOULDBLOCK));
+        }
+        f.write_all(record.to_text().as_bytes())?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    f.write_all(record.to_text().as_bytes())?;
     Ok(f)
 }
 

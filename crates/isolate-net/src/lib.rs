@@ -180,16 +180,18 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         let t0 = std::time::Instant::now();
-        let Ok(_guard) = NetLock::take() else {
-            return;
-        };
-        trace(t0, "teardown: network lock taken");
+        // The veth is this lease's alone: deleted (an RCU wait) before the
+        // network lock is taken, so that other runs do not wait for it.
         if let Ok(mut nl) = Netlink::open() {
             if let Some(i) = Netlink::index(&self.veth) {
                 let _ = nl.delete(i);
             }
         }
         trace(t0, "teardown: veth deleted");
+        let Ok(_guard) = NetLock::take() else {
+            return;
+        };
+        trace(t0, "teardown: network lock taken");
         let _ = std::fs::remove_dir_all(&self.files);
         let _ = std::fs::remove_file(&self.lease_path);
         let _ = sync_host();
@@ -444,8 +446,13 @@ pub fn cleanup_stale() {
     if !d.exists() {
         return;
     }
-    let has_leases = !ipam::list(&leases_dir()).is_empty();
-    if !has_leases && !d.join("table").exists() && !d.join("uplinks").exists() {
+    let leases = ipam::list(&leases_dir());
+    // Without the lock: is any lease's run gone? (Its lock is free.)
+    let stale = leases
+        .iter()
+        .any(|(_, path)| File::open(path).is_ok_and(|f| ipam::lock(&f, false).unwrap_or(false)));
+    let idle_table = leases.is_empty() && (d.join("table").exists() || d.join("uplinks").exists());
+    if !stale && !idle_table {
         return;
     }
     if let Ok(_guard) = NetLock::take() {
@@ -588,6 +595,17 @@ pub fn attach(req: &Request) -> Result<Attachment, NetError> {
     sync_host()?;
     trace(t0, "stale leases swept");
     let subnet = subnet()?;
+    if Netlink::index(BRIDGE).is_some() {
+        let made = std::fs::read_to_string(dir().join("subnet"))
+            .ok()
+            .and_then(|t| Subnet::parse(&t));
+        if made.is_some_and(|m| m != subnet) {
+            return Err(NetError::SubnetChanged {
+                bridge: made.map(|m| m.to_string()).unwrap_or_default(),
+                wanted: subnet.to_string(),
+            });
+        }
+    }
     let mut nl = Netlink::open().map_err(|e| NetError::netlink("open a socket", e))?;
     let bridge = ensure_bridge(&mut nl, &subnet)?;
     trace(t0, "bridge ready");

@@ -77,6 +77,7 @@ pub fn ruleset(subnet: &Subnet, bridge: &str, dnats: &[Dnat], uplinks: &[String]
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr {subnet} oifname != \"{bridge}\" masquerade
     ip saddr 127.0.0.0/8 oifname \"{bridge}\" masquerade
+    ip saddr {subnet} oifname \"{bridge}\" ct status dnat masquerade
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;

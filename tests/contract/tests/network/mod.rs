@@ -513,6 +513,18 @@ fn publish_reached_from_host(
                     Err(e) => why.push(format!("{gw}:{port}: {e}")),
                 }
             }
+            // Another workload reaches it through the published port
+            // too (hairpin NAT on the bridge).
+            let get = format!(
+                "gw=$(ip route | awk '/default/ {{print $3}}'); printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $gw {port}"
+            );
+            let run = suite.isolate(&m(&["--network", "bridge", "sh", "-c", &get]), None);
+            if !run.stdout.contains("hello from the workload") {
+                why.push(format!(
+                    "a second workload got {:?} (exit {}) through the published port",
+                    run.stdout, run.code
+                ));
+            }
         }
     }
     let _ = std::fs::write(www.join("stop"), "");
