@@ -392,6 +392,15 @@ fn restore_uplinks() {
 /// their veth and files), then makes the table match the leases left;
 /// with none left, deletes the table and restores the uplinks.
 fn sync_host() -> Result<(), NetError> {
+    // A lease being made is `<addr>.new` only under the lock: one seen
+    // here is a killed run's half-made lease.
+    if let Ok(rd) = std::fs::read_dir(leases_dir()) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".new") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let mut live = Vec::new();
     for (ip, path) in ipam::list(&leases_dir()) {
         let Ok(f) = File::open(&path) else { continue };
