@@ -1020,7 +1020,7 @@ fn bridge_address_is_reported_and_dropping_the_handle_releases_it() {
     w.network(isolate_core::Network::Bridge);
     let r = spawn(&w);
     let addr = r.address().expect("a bridge workload has an address");
-    let lease = isolate_core::paths::state_dir().join(format!("net/leases/{addr}"));
+    let lease = isolate_net::dir().join(format!("leases/{addr}"));
     let veth = format!("/sys/class/net/iso{:08x}", u32::from(addr));
     assert!(lease.exists(), "no lease {}", lease.display());
     assert!(std::path::Path::new(&veth).exists(), "no veth {veth}");

@@ -1,4 +1,4 @@
-//! Address leases: `ISOLATE_STATE/net/leases/<address>`, one file per
+//! Address leases: `/run/isolate-net/leases/<address>`, one file per
 //! address in use, held locked (`flock`) by the isolate process that uses
 //! it. The kernel drops the lock when that process dies, however it dies,
 //! so an unlocked lease is a killed run's: the sweep (under the network

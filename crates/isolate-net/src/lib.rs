@@ -209,9 +209,13 @@ fn trace(t0: std::time::Instant, what: &str) {
     }
 }
 
-/// `ISOLATE_STATE/net`.
-fn dir() -> PathBuf {
-    paths::state_dir().join("net")
+/// The network state, `/run/isolate-net` (or `ISOLATE_NET_STATE`): one per
+/// host, whatever `ISOLATE_STATE` a run has, because what it describes
+/// (the bridge, the table, the addresses on the bridge) is one per host.
+pub fn dir() -> PathBuf {
+    std::env::var_os("ISOLATE_NET_STATE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/run/isolate-net"), PathBuf::from)
 }
 
 fn leases_dir() -> PathBuf {
@@ -222,19 +226,18 @@ fn files_dir(ip: Ipv4Addr) -> PathBuf {
     dir().join("files").join(ip.to_string())
 }
 
-/// The network lock, `ISOLATE_STATE/net/lock`: every change to leases,
+/// The network lock, `/run/isolate-net/lock`: every change to leases,
 /// the table or the bridge happens under it.
 struct NetLock(#[allow(dead_code)] File);
 
 impl NetLock {
     fn take() -> Result<NetLock, NetError> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let d = dir();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(d.join("leases"))
-            .map_err(|e| NetError::host(format!("create {}", d.display()), e))?;
+        for sub in [d.clone(), d.join("leases")] {
+            paths::private_dir(&sub)
+                .map_err(|e| NetError::host(format!("create {}", sub.display()), e))?;
+        }
         let path = d.join("lock");
         let f = OpenOptions::new()
             .read(true)

@@ -49,16 +49,17 @@ fn leftovers() -> Leftovers {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let state = std::env::var_os("ISOLATE_STATE")
-        .map_or_else(|| "/run/isolate".into(), std::path::PathBuf::from);
-    let leases = std::fs::read_dir(state.join("net/leases"))
+    let state = std::env::var_os("ISOLATE_NET_STATE")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| "/run/isolate-net".into(), std::path::PathBuf::from);
+    let leases = std::fs::read_dir(state.join("leases"))
         .map(|d| d.count())
         .unwrap_or(0);
     Leftovers {
         veths,
         table,
         leases,
-        forwarding_changed: state.join("net/uplinks").exists(),
+        forwarding_changed: state.join("uplinks").exists(),
     }
 }
 
