@@ -513,7 +513,10 @@ fn main() {
                     c.name
                 );
             }
-            suite.skipped += table.len();
+            for name in network::names(mode) {
+                println!("SKIP {mode}/{name}: {mode} mode cannot run on this host (reason above)");
+            }
+            suite.skipped += table.len() + network::names(mode).len();
             continue;
         }
         let images = std::env::var_os("ISOLATE_HOME")

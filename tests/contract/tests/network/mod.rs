@@ -149,6 +149,38 @@ impl Suite {
     }
 }
 
+/// Names of the network cases of `mode`, for the skip report of a mode
+/// this host cannot run.
+pub fn names(mode: &str) -> &'static [&'static str] {
+    if mode == "vm" {
+        &[
+            "net_bridge_refused",
+            "net_host_refused",
+            "net_publish_refused",
+        ]
+    } else {
+        &[
+            "net_unknown_network_refused",
+            "net_none_has_only_lo",
+            "net_bridge_eth0_address_and_route",
+            "net_bridge_eth0_mtu",
+            "net_dns_files",
+            "net_dns_files_upstream_and_image_untouched",
+            "net_outbound_to_host_server",
+            "net_outbound_server_got_the_bytes",
+            "net_outbound_through_nat",
+            "net_publish_reached_from_host",
+            "net_two_workloads_talk",
+            "net_container_shares_namespace",
+            "net_publish_taken_port_refused",
+            "net_publish_needs_bridge",
+            "net_kill9_cleanup",
+            "net_20_concurrent_distinct_addresses",
+            "net_nothing_left_behind",
+        ]
+    }
+}
+
 /// The network cases of `mode`; `tag` keeps names and files of concurrent
 /// suites apart.
 pub fn run(suite: &mut Suite, mode: &str, tag: &str) {
@@ -183,6 +215,20 @@ pub fn run(suite: &mut Suite, mode: &str, tag: &str) {
     }
     let label = |name: &str| format!("{mode}/{name}");
     let before = leftovers();
+
+    // A network that does not exist is bad input, named as such.
+    let run = suite.isolate(&m(&["--network", "bogus", "true"]), None);
+    suite.check(
+        &label("net_unknown_network_refused"),
+        &run,
+        &Expect {
+            code: 125,
+            stderr_has: Some(
+                "is not a network; use none, loopback, bridge, host or container:NAME",
+            ),
+            ..OK
+        },
+    );
 
     // --network none: only lo.
     let run = suite.isolate(&m(&["--network", "none", "cat", "/proc/net/dev"]), None);
