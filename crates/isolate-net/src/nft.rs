@@ -132,6 +132,51 @@ pub fn apply(script: &str) -> Result<(), NetError> {
 mod tests {
     use super::*;
 
+    /// The kernel accepts the generated ruleset (`nft -c`: checked in a
+    /// transaction that is not committed, so the host is not touched).
+    #[test]
+    fn the_kernel_accepts_the_ruleset() {
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP the_kernel_accepts_the_ruleset: needs root (CAP_NET_ADMIN)");
+            return;
+        }
+        if Command::new("nft").arg("--version").output().is_err() {
+            eprintln!("SKIP the_kernel_accepts_the_ruleset: no nft (apt-get install nftables)");
+            return;
+        }
+        let subnet = Subnet::parse("10.123.0.0/16").unwrap();
+        let dnats = [
+            Dnat {
+                publish: isolate_core::parse::publish("127.0.0.1:8080:80").unwrap(),
+                to: "10.123.0.2".parse().unwrap(),
+            },
+            Dnat {
+                publish: isolate_core::parse::publish("5353:53/udp").unwrap(),
+                to: "10.123.0.3".parse().unwrap(),
+            },
+        ];
+        let text = ruleset(&subnet, "isolate0", &dnats, &["eth0".into()]);
+        let mut child = Command::new("nft")
+            .args(["-c", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft -c refused:\n{}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn published_ports_become_map_elements() {
         let subnet = Subnet::parse("10.88.0.0/16").unwrap();
