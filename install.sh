@@ -27,7 +27,7 @@ export ISOLATE_CACHE="${ISOLATE_CACHE:-/var/cache/isolate}"
 packages=(
     build-essential pkg-config file cpio xz-utils busybox-static e2fsprogs erofs-utils
     qemu-system-x86 linux-source-6.1 flex bison bc libelf-dev libssl-dev
-    runc bubblewrap util-linux iproute2 strace
+    runc bubblewrap util-linux iproute2 strace nftables
 )
 missing=()
 for p in "${packages[@]}"; do

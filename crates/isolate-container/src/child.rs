@@ -45,7 +45,7 @@ pub enum Stage {
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 15] = [
+pub const ROOT_STEPS: [&str; 16] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -61,6 +61,7 @@ pub const ROOT_STEPS: [&str; 15] = [
     "start a new session",
     "mount the container's proc or sysfs",
     "enter a cgroup namespace",
+    "enter the workload's network namespace",
 ];
 
 /// Names of the [`Stage::App`] steps.
@@ -146,6 +147,9 @@ pub struct ChildPlan {
     pub hostname: CString,
     /// Whether to bring `lo` up.
     pub loopback: bool,
+    /// A network namespace to enter first (`--network bridge` or
+    /// `container:NAME`), or `-1`: the shim's own new one, or the host's.
+    pub netns_fd: RawFd,
     /// Descriptors the shim keeps (sorted); all others are closed.
     pub keep_fds: Vec<RawFd>,
     /// Rootless: a user namespace maps the caller to root; the shim waits
@@ -238,6 +242,12 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         sys::exit(125);
     }
     sys::close(plan.parent_pidfd);
+    // A prepared network namespace is entered before sysfs is mounted
+    // (sysfs shows the mounter's network devices).
+    if plan.netns_fd >= 0 {
+        root_step(15, sys::setns(plan.netns_fd, libc::CLONE_NEWNET));
+        sys::close(plan.netns_fd);
+    }
     // A session of the container's own, without a controlling terminal:
     // nothing in it can reach the caller's terminal through `/dev/tty`,
     // job control or `TIOCSTI`.

@@ -53,6 +53,9 @@ pub enum ContainerError {
     /// The cgroup of the container failed.
     #[error("cgroup: {0}")]
     Cgroup(String),
+    /// The workload's network could not be set up.
+    #[error(transparent)]
+    Net(#[from] isolate_net::NetError),
 }
 
 impl ContainerError {

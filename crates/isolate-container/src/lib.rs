@@ -171,6 +171,9 @@ impl Isolator for ContainerIsolator {
 /// namespaces, and the container's PID 1 dies with isolate.)
 pub fn cleanup_stale() {
     rundir::cleanup_crashed();
+    // Leases, veths, published ports of killed runs; the table and the
+    // bridge once no run uses them.
+    isolate_net::cleanup_stale();
     // Records of named workloads whose isolate was killed: listing removes
     // every record whose process is gone.
     let _ = isolate_core::state::list();

@@ -27,6 +27,8 @@ pub struct Resources {
     pub(crate) cgroup: Option<Cgroup>,
     pub(crate) volumes: Vec<Attached>,
     pub(crate) registration: Option<state::Registration>,
+    /// The workload's place on isolate's bridge (`--network bridge`).
+    pub(crate) net: Option<isolate_net::Attachment>,
 }
 
 impl Resources {
@@ -36,6 +38,7 @@ impl Resources {
             cgroup: None,
             volumes: Vec::new(),
             registration: None,
+            net: None,
         }
     }
 
@@ -51,6 +54,9 @@ impl Resources {
             }
         }
         self.registration = None;
+        // The veth, lease, published ports and (for the last run) the
+        // table and the bridge.
+        self.net = None;
         self.run = None;
         self.volumes.clear();
     }
@@ -87,6 +93,8 @@ pub struct Container {
     cgroup: RwLock<Option<Cgroup>>,
     res: Mutex<Resources>,
     outcome: Mutex<Option<Outcome>>,
+    /// Its address on isolate's bridge (`--network bridge`).
+    address: Option<std::net::Ipv4Addr>,
 }
 
 /// Kills the container at `deadline` unless it ended before: a thread that
@@ -133,6 +141,7 @@ impl Container {
     ) -> Self {
         let [a, b, c] = stdio;
         let cgroup = res.cgroup.take();
+        let address = res.net.as_ref().map(|n| n.address());
         let timed_out = Arc::new(AtomicBool::new(false));
         if let Some(t) = timeout {
             watchdog(&pidfd, start + t, timed_out.clone());
@@ -150,6 +159,7 @@ impl Container {
             cgroup: RwLock::new(cgroup),
             res: Mutex::new(res),
             outcome: Mutex::new(None),
+            address,
         }
     }
 
@@ -266,6 +276,7 @@ impl Container {
         let mut outcome = Outcome::new(status, wall_time);
         outcome.startup_time = self.startup;
         outcome.host_overhead = shim_rss;
+        outcome.address = self.address;
         let cgroup = self
             .cgroup
             .write()
@@ -317,6 +328,10 @@ impl Container {
 impl Running for Container {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn address(&self) -> Option<std::net::Ipv4Addr> {
+        self.address
     }
 
     fn take_stdin(&self) -> Option<File> {

@@ -141,6 +141,77 @@ fn candidates(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, E
         .collect()
 }
 
+/// The workload's network, as the shim gets it.
+#[derive(Default)]
+struct NetPlan {
+    /// A namespace to enter (`bridge`, `container:NAME`).
+    netns_fd: Option<RawFd>,
+    /// The host's namespace (`--network host`): no new one.
+    host: bool,
+    /// Files bound read-only over the image's: (host file, path inside).
+    etc: Vec<(PathBuf, &'static str)>,
+}
+
+/// Sets up the workload's network on the host: a place on the bridge
+/// (held in `res` until the run ends), the named workload's namespace
+/// (held in `shared` until the clone), or nothing.
+fn network(
+    w: &Workload,
+    id: &str,
+    res: &mut Resources,
+    shared: &mut Option<OwnedFd>,
+) -> Result<NetPlan, Error> {
+    match &w.network {
+        Network::None | Network::Loopback => Ok(NetPlan::default()),
+        // The host's resolvers and hosts, read-only, as docker does.
+        Network::Host => Ok(NetPlan {
+            host: true,
+            etc: [
+                ("/etc/hosts", "/etc/hosts"),
+                ("/etc/resolv.conf", "/etc/resolv.conf"),
+            ]
+            .into_iter()
+            .filter(|(h, _)| Path::new(h).is_file())
+            .map(|(h, inside)| (PathBuf::from(h), inside))
+            .collect(),
+            ..NetPlan::default()
+        }),
+        Network::Bridge => {
+            let att = isolate_net::attach(&isolate_net::Request {
+                id,
+                hostname: w.effective_hostname(),
+                publish: &w.publish,
+            })
+            .map_err(ContainerError::Net)?;
+            let plan = NetPlan {
+                netns_fd: Some(att.netns().as_raw_fd()),
+                host: false,
+                etc: att.etc_files().to_vec(),
+            };
+            res.net = Some(att);
+            Ok(plan)
+        }
+        Network::Container(name) => {
+            let rec = state::get_live(name)?;
+            if rec.mode != Mode::Container {
+                return Err(Error::invalid(
+                    "network",
+                    format!("container:{name}: {name} is a VM; only a container's network namespace can be shared"),
+                ));
+            }
+            let path = format!("/proc/{}/ns/net", rec.pid);
+            let f = File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?;
+            let fd = OwnedFd::from(f);
+            let raw = fd.as_raw_fd();
+            *shared = Some(fd);
+            Ok(NetPlan {
+                netns_fd: Some(raw),
+                ..NetPlan::default()
+            })
+        }
+    }
+}
+
 /// The host-side pieces a run holds until it ends.
 struct Prepared {
     plan: ChildPlan,
@@ -151,6 +222,8 @@ struct Prepared {
     status_rd: OwnedFd,
     parent_stdio: [Option<File>; 3],
     relays: Relays,
+    /// Whether the shim gets a network namespace of its own from `clone3`.
+    new_netns: bool,
 }
 
 /// The application's standard streams: descriptors for the child, the
@@ -223,6 +296,7 @@ fn prepare(
     res: &mut Resources,
     rootless: bool,
     late_join: bool,
+    net: &NetPlan,
 ) -> Result<Prepared, Error> {
     let scratch = rundir::base();
     // Resolve every volume target first: bad input fails before anything is made.
@@ -281,6 +355,7 @@ fn prepare(
     ];
     keep.extend(stdio.iter().copied().filter(|&fd| fd >= 0));
     keep.extend(res.volumes.iter().filter_map(|a| a.device_fd()));
+    keep.extend(net.netns_fd);
     keep.sort_unstable();
     keep.dedup();
 
@@ -360,6 +435,21 @@ fn prepare(
             });
         }
     }
+    // `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` of the
+    // workload's network, bound read-only: the image is not written.
+    for (host, inside) in &net.etc {
+        let exists = volumes::resolve_in_root(rootfs, Path::new(inside))
+            .is_ok_and(|p| rootfs.join(p.strip_prefix("/").unwrap_or(&p)).is_file());
+        if !exists {
+            mounts::mkdir_p("/etc", &mut ops);
+            ops.push(Op::File {
+                path: cstr(*inside, "network file")?,
+            });
+        }
+        volume_sources.push((path_c(host)?, next_fd));
+        mounts::bind_fd(next_fd, inside, true, &mut ops);
+        next_fd += 1;
+    }
     let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
     if !w.read_only && cwd != Path::new("/") {
         mounts::mkdir_p(&cwd.to_string_lossy(), &mut ops);
@@ -411,6 +501,7 @@ fn prepare(
         ops,
         hostname: cstr(w.effective_hostname(), "hostname")?,
         loopback: w.network == Network::Loopback,
+        netns_fd: net.netns_fd.unwrap_or(-1),
         keep_fds: keep,
         rootless,
         late_join,
@@ -439,6 +530,7 @@ fn prepare(
         status_rd,
         parent_stdio,
         relays,
+        new_netns: net.netns_fd.is_none() && !net.host,
     })
 }
 
@@ -457,13 +549,15 @@ fn clone_shim(p: &Prepared, cgroup_fd: Option<&OwnedFd>) -> Result<(u32, OwnedFd
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWNET
             | libc::CLONE_PIDFD) as u64
             | userns,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    if p.new_netns {
+        args.flags |= libc::CLONE_NEWNET as u64;
+    }
     if let Some(fd) = cgroup_fd {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd.as_raw_fd() as u64;
@@ -594,8 +688,11 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         Some(Placement::CloneInto(fd)) => Some(fd),
         _ => None,
     };
-    let prepared = prepare(w, &rootfs, &devices, &mut res, rootless, late_join)?;
+    let mut shared_netns = None;
+    let net = network(w, &id, &mut res, &mut shared_netns)?;
+    let prepared = prepare(w, &rootfs, &devices, &mut res, rootless, late_join, &net)?;
     let (pid, pidfd) = clone_shim(&prepared, cgroup_fd)?;
+    drop(shared_netns);
     let Prepared {
         plan,
         child_fds,
@@ -604,6 +701,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         status_rd,
         parent_stdio,
         relays,
+        ..
     } = prepared;
     drop(child_fds);
     // Started inside by `clone3`, or else to be moved in by pid.
@@ -735,6 +833,11 @@ fn check_rootless(w: &Workload) -> Result<(), Error> {
     }
     if w.user.is_some_and(|u| u.uid != 0 || u.gid != 0) {
         return Err(unavailable("a user other than 0:0"));
+    }
+    if w.network == Network::Bridge {
+        return Err(unavailable(
+            "--network bridge (a veth on the host's isolate0 bridge, NAT)",
+        ));
     }
     if w.name.is_some() {
         return Err(unavailable(

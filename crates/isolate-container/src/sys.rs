@@ -408,6 +408,12 @@ pub fn unshare(flags: c_int) -> Result<(), Errno> {
     check(unsafe { libc::unshare(flags) }.into()).map(drop)
 }
 
+/// `setns(2)`.
+pub fn setns(fd: RawFd, nstype: c_int) -> Result<(), Errno> {
+    // SAFETY: setns takes a descriptor and integer flags only.
+    check(unsafe { libc::setns(fd, nstype) }.into()).map(drop)
+}
+
 /// `umask(2)`.
 pub fn umask(mask: u32) {
     // SAFETY: umask takes an integer and cannot fail.

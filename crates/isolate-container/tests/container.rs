@@ -995,3 +995,64 @@ fn cgroup_namespace_is_rooted_at_the_containers_cgroup() {
         assert!(line.ends_with(":/"), "the host's cgroup path shows: {out}");
     }
 }
+
+/// Whether `--network bridge` can run here (root, and the `nft` command).
+fn can_bridge(test: &str) -> bool {
+    if !can_run(test) {
+        return false;
+    }
+    let nft = std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nft {
+        eprintln!("SKIP {test}: no nft command (apt-get install nftables)");
+    }
+    nft
+}
+
+#[test]
+fn bridge_address_is_reported_and_dropping_the_handle_releases_it() {
+    if !can_bridge("bridge_address_is_reported_and_dropping_the_handle_releases_it") {
+        return;
+    }
+    let mut w = sh("cat /proc/net/fib_trie; sleep 30");
+    w.network(isolate_core::Network::Bridge);
+    let r = spawn(&w);
+    let addr = r.address().expect("a bridge workload has an address");
+    let lease = isolate_net::dir().join(format!("leases/{addr}"));
+    let veth = format!("/sys/class/net/iso{:08x}", u32::from(addr));
+    assert!(lease.exists(), "no lease {}", lease.display());
+    assert!(std::path::Path::new(&veth).exists(), "no veth {veth}");
+    let mut out = r.take_stdout().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(&addr.to_string()) {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "the workload does not see {addr}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let id = r.id().to_string();
+    drop(r);
+    assert!(!lease.exists(), "lease {} left after drop", lease.display());
+    assert!(
+        !std::path::Path::new(&veth).exists(),
+        "veth {veth} left after drop"
+    );
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn bridge_outcome_carries_the_address() {
+    if !can_bridge("bridge_outcome_carries_the_address") {
+        return;
+    }
+    let mut w = sh("true");
+    w.network(isolate_core::Network::Bridge);
+    let (o, _, err) = run(&w);
+    assert!(o.success(), "{err}");
+    assert!(o.address.is_some_and(|a| a.octets()[0] != 127));
+    let mut w = sh("true");
+    w.network(isolate_core::Network::Loopback);
+    assert_eq!(run(&w).0.address, None);
+}

@@ -92,6 +92,11 @@ pub trait Running: Send + Sync {
     /// The read end of the workload's stderr, if piped (once).
     fn take_stderr(&self) -> Option<File>;
 
+    /// The workload's address on isolate's bridge (`Network::Bridge`).
+    fn address(&self) -> Option<std::net::Ipv4Addr> {
+        None
+    }
+
     /// Waits for the end and returns the outcome. Called more than once,
     /// later calls return the same outcome.
     fn wait(&self) -> Result<Outcome>;

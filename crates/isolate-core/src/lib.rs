@@ -46,6 +46,6 @@ pub use seccomp::{
     SeccompOp, SeccompProfile, SeccompSyscall, MAX_ERRNO,
 };
 pub use workload::{
-    check_name, Capabilities, Device, Limits, Network, Stdio, User, VmOptions, Volume,
-    VolumeSource, Workload, MAX_ID, MIN_MEMORY,
+    check_name, Capabilities, Device, Limits, Network, Protocol, Publish, Stdio, User, VmOptions,
+    Volume, VolumeSource, Workload, MAX_ID, MIN_MEMORY,
 };

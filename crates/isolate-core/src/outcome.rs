@@ -35,6 +35,9 @@ pub struct Outcome {
     pub host_overhead: Option<u64>,
     /// Guest memory the VM touched, in bytes (VM mode).
     pub guest_memory_touched: Option<u64>,
+    /// The workload's address on isolate's bridge (`Network::Bridge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl Outcome {
@@ -48,6 +51,7 @@ impl Outcome {
             peak_memory: None,
             host_overhead: None,
             guest_memory_touched: None,
+            address: None,
         }
     }
 

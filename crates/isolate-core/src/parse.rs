@@ -7,7 +7,47 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::workload::{Device, User, Volume, VolumeSource};
+use crate::workload::{Device, Protocol, Publish, User, Volume, VolumeSource};
+
+/// Parses a published port, `[HOSTIP:]HOSTPORT:PORT[/tcp|udp]`, as
+/// docker's `-p` (TCP by default).
+pub fn publish(s: &str) -> Result<Publish> {
+    let bad = |why: &str| {
+        Error::invalid(
+            "publish",
+            format!("{s:?}: {why}; use [HOSTIP:]HOSTPORT:PORT[/tcp|udp], e.g. 8080:80"),
+        )
+    };
+    let (spec, protocol) = match s.rsplit_once('/') {
+        Some((spec, "tcp")) => (spec, Protocol::Tcp),
+        Some((spec, "udp")) => (spec, Protocol::Udp),
+        Some(_) => return Err(bad("the protocol is tcp or udp")),
+        None => (s, Protocol::Tcp),
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host_ip, host_port, port) = match parts.as_slice() {
+        [h, p] => (None, *h, *p),
+        [ip, h, p] => (
+            Some(
+                ip.parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| bad("the host address is not an IPv4 address"))?,
+            ),
+            *h,
+            *p,
+        ),
+        _ => return Err(bad("two or three fields separated by ':'")),
+    };
+    let port_of = |p: &str| match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(bad("a port is a number from 1 to 65535")),
+    };
+    Ok(Publish {
+        host_ip,
+        host_port: port_of(host_port)?,
+        port: port_of(port)?,
+        protocol,
+    })
+}
 
 /// Parses a size like `256m`, `1g`, `512k`, `1048576` or `1.5g` into bytes
 /// (binary units, as docker).
@@ -203,6 +243,21 @@ pub fn keyed(content: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_takes_docker_forms() {
+        let p = publish("8080:80").unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_port, p.port, p.protocol),
+            (None, 8080, 80, Protocol::Tcp)
+        );
+        let p = publish("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(p.host_ip, Some(std::net::Ipv4Addr::LOCALHOST));
+        assert_eq!(p.protocol, Protocol::Udp);
+        for bad in ["80", "0:80", "8080:70000", "x:1:2", "1:2/sctp", "a:b:c:d"] {
+            assert!(publish(bad).is_err(), "{bad} accepted");
+        }
+    }
 
     #[test]
     fn devices_parse_as_docker_does() {

@@ -20,13 +20,83 @@ pub enum Stdio {
 }
 
 /// The workload's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Network {
     /// No network device at all (not even loopback is configured).
     None,
     /// Only a loopback interface, up (the default).
     #[default]
     Loopback,
+    /// An `eth0` on isolate's host bridge (`isolate0`) with an address of
+    /// its own, a default route through the bridge and NAT to the outside
+    /// (container mode, root).
+    Bridge,
+    /// The host's network namespace (container mode).
+    Host,
+    /// The network namespace of the named workload (container mode).
+    Container(String),
+}
+
+impl Network {
+    /// The form `--network` takes: `none`, `loopback`, `bridge`, `host` or
+    /// `container:NAME`.
+    pub fn parse(s: &str) -> Result<Network> {
+        Ok(match s {
+            "none" => Network::None,
+            "loopback" => Network::Loopback,
+            "bridge" => Network::Bridge,
+            "host" => Network::Host,
+            _ => match s.strip_prefix("container:") {
+                Some(name) => {
+                    check_name("network", name)?;
+                    Network::Container(name.to_string())
+                }
+                None => {
+                    return Err(Error::invalid(
+                        "network",
+                        format!(
+                            "{s:?} is not a network; use none, loopback, bridge, host or container:NAME"
+                        ),
+                    ))
+                }
+            },
+        })
+    }
+}
+
+/// The transport of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Protocol {
+    /// TCP (the default).
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// `tcp` or `udp`, as nftables and `-p` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A published port (`-p [HOSTIP:]HOSTPORT:PORT[/tcp|udp]`): traffic to
+/// the host's `HOSTPORT` (on `HOSTIP`, or any local address) reaches the
+/// workload's `PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Publish {
+    /// The host address it is limited to (none: every local address).
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    /// The host's port.
+    pub host_port: u16,
+    /// The workload's port.
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
 }
 
 /// Resource limits. `None` means unlimited (the backend's default).
@@ -240,6 +310,8 @@ pub struct Workload {
     pub limits: Limits,
     /// Network policy.
     pub network: Network,
+    /// Published ports (`Network::Bridge` only).
+    pub publish: Vec<Publish>,
     /// Wall-clock limit; the workload is killed and reported as timed out.
     pub timeout: Option<Duration>,
     /// Standard input.
@@ -401,6 +473,12 @@ impl Workload {
         self
     }
 
+    /// Publishes a port (needs [`Network::Bridge`]).
+    pub fn publish(&mut self, publish: Publish) -> &mut Self {
+        self.publish.push(publish);
+        self
+    }
+
     /// Sets the wall-clock timeout.
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = Some(timeout);
@@ -520,6 +598,30 @@ impl Workload {
         }
         if let Some(name) = &self.name {
             check_name("name", name)?;
+        }
+        if !self.publish.is_empty() && self.network != Network::Bridge {
+            return Err(Error::invalid(
+                "publish",
+                "a published port needs --network bridge (the workload's own address on isolate's bridge)",
+            ));
+        }
+        for (i, p) in self.publish.iter().enumerate() {
+            if p.host_port == 0 || p.port == 0 {
+                return Err(Error::invalid("publish", "port 0 cannot be published"));
+            }
+            if self.publish[..i]
+                .iter()
+                .any(|o| o.host_port == p.host_port && o.protocol == p.protocol)
+            {
+                return Err(Error::invalid(
+                    "publish",
+                    format!(
+                        "host port {}/{} is published twice",
+                        p.host_port,
+                        p.protocol.as_str()
+                    ),
+                ));
+            }
         }
         for (i, v) in self.volumes.iter().enumerate() {
             v.validate()?;

@@ -265,9 +265,33 @@ impl Isolator for VmIsolator {
     }
 }
 
+/// Refuses the networks a VM cannot have yet: a VM's `eth0` needs a
+/// virtio-net device backed by a tap on isolate's bridge, which VM mode
+/// does not have.
+fn check_network(w: &Workload) -> Result<()> {
+    let what = match &w.network {
+        Network::None | Network::Loopback if w.publish.is_empty() => return Ok(()),
+        Network::None | Network::Loopback => "-p/--publish",
+        Network::Bridge if !w.publish.is_empty() => "--network bridge and -p/--publish",
+        Network::Bridge => "--network bridge",
+        Network::Host => "--network host",
+        Network::Container(_) => "--network container:NAME",
+    };
+    let why = match &w.network {
+        Network::Host | Network::Container(_) => {
+            "a VM has its own kernel and cannot share a host or container network namespace"
+        }
+        _ => "VM mode has no network device yet (virtio-net with a tap on the isolate0 bridge)",
+    };
+    Err(Error::Unsupported(format!(
+        "{what} is not available in VM mode: {why}; use --mode container, or --network loopback|none"
+    )))
+}
+
 /// Checks the inputs and the host, builds the initrd, sizes the guest.
 fn prepare(vm: &VmIsolator, w: &Workload) -> Result<Prepared> {
     // Checked before any host check, so the answer does not depend on KVM.
+    check_network(w)?;
     let privileges = guest_privileges(w)?;
     let kernel_path = paths::kernel(w.vm.kernel.as_deref())?;
     let info = vm.kernel_info(&kernel_path)?;
@@ -772,6 +796,7 @@ impl VmRunning {
                 peak_memory,
                 host_overhead,
                 guest_memory_touched,
+                address: None,
             }),
             Some(Report::Failed { kind, message }) => Err(match kind {
                 FailKind::NotFound => Failure::Exec(ExecFailure::NotFound),
@@ -920,6 +945,31 @@ mod tests {
         // A changed file is read again (and is no longer a kernel).
         f.set_modified(mtime + Duration::from_secs(1)).unwrap();
         assert!(vm.kernel_info(&p).is_err());
+    }
+
+    #[test]
+    fn networks_a_vm_cannot_have_are_refused_with_the_reason() {
+        for net in [
+            Network::Bridge,
+            Network::Host,
+            Network::Container("web".into()),
+        ] {
+            let mut w = Workload::new("/bin/true");
+            w.network(net);
+            match check_network(&w) {
+                Err(Error::Unsupported(m)) => {
+                    assert!(m.contains("not available in VM mode"), "{m}")
+                }
+                other => panic!("not refused: {other:?}"),
+            }
+        }
+        let mut w = Workload::new("/bin/true");
+        w.network(Network::Bridge);
+        w.publish(isolate_core::parse::publish("8080:80").unwrap());
+        assert!(
+            matches!(check_network(&w), Err(Error::Unsupported(m)) if m.contains("virtio-net"))
+        );
+        assert!(check_network(&Workload::new("/bin/true")).is_ok());
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod network;
+
 /// What a case expects of one `isolate` invocation.
 struct Expect {
     code: i32,
@@ -511,7 +513,10 @@ fn main() {
                     c.name
                 );
             }
-            suite.skipped += table.len();
+            for name in network::names(mode) {
+                println!("SKIP {mode}/{name}: {mode} mode cannot run on this host (reason above)");
+            }
+            suite.skipped += table.len() + network::names(mode).len();
             continue;
         }
         let images = std::env::var_os("ISOLATE_HOME")
@@ -538,6 +543,7 @@ fn main() {
             }
             suite.check(&format!("{mode}/{}", c.name), &run, &c.expect);
         }
+        network::run(&mut suite, mode, &tag);
         // The VM boot images made from the rootfs never change either.
         let label = format!("{mode}/boot_images_unchanged");
         let changed: Vec<String> = images_before

@@ -44,15 +44,6 @@ pub enum ModeArg {
     Container,
 }
 
-/// Network policy, as typed.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum NetworkArg {
-    /// No network at all.
-    None,
-    /// Loopback only.
-    Loopback,
-}
-
 /// `isolate [--mode vm|container] [OPTIONS] <APP> [ARGS]...`
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -114,9 +105,25 @@ pub struct WorkloadOpts {
     /// Name the workload, for `isolate ps/stats/update/kill`.
     #[arg(long)]
     pub name: Option<String>,
-    /// Network: none, or loopback only.
-    #[arg(long, value_enum, default_value = "loopback")]
-    pub network: NetworkArg,
+    /// Network: none, loopback (only lo), bridge (eth0 on the host bridge
+    /// isolate0, NAT outbound; container mode, root), host (the host's
+    /// network; container mode) or container:NAME (share a named
+    /// container's network).
+    #[arg(
+        long,
+        default_value = "loopback",
+        value_name = "none|loopback|bridge|host|container:NAME"
+    )]
+    pub network: String,
+    /// Publish a port of the workload on the host (needs --network bridge):
+    /// [HOSTIP:]HOSTPORT:PORT[/tcp|udp], e.g. 8080:80. Also reachable on
+    /// the host's 127.0.0.1.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[HOSTIP:]HOSTPORT:PORT[/tcp|udp]"
+    )]
+    pub publish: Vec<String>,
     /// Add a capability to the default set (container mode), e.g. NET_ADMIN.
     #[arg(long, value_name = "CAP")]
     pub cap_add: Vec<String>,

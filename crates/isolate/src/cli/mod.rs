@@ -11,7 +11,7 @@ use isolate::{
     named, parse, Capabilities, Error, Limits, Mode, Network, Result, Seccomp, VmOptions, Workload,
 };
 
-use args::{Cli, Command, ModeArg, NetworkArg, RunArgs, WorkloadOpts};
+use args::{Cli, Command, ModeArg, RunArgs, WorkloadOpts};
 
 impl From<ModeArg> for Mode {
     fn from(m: ModeArg) -> Mode {
@@ -64,10 +64,10 @@ pub fn workload(opts: &WorkloadOpts, command: &[String]) -> Result<Workload> {
         w.timeout(parse::duration(t).map_err(|e| rename(e, "timeout"))?);
     }
     w.name = opts.name.clone();
-    w.network(match opts.network {
-        NetworkArg::None => Network::None,
-        NetworkArg::Loopback => Network::Loopback,
-    });
+    w.network(Network::parse(&opts.network)?);
+    for p in &opts.publish {
+        w.publish(parse::publish(p)?);
+    }
     w.capabilities = Capabilities {
         add: opts.cap_add.clone(),
         drop: opts.cap_drop.clone(),
