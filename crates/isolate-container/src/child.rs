@@ -42,10 +42,13 @@ pub enum Stage {
     Exec = 4,
     /// Opening volume source `index` before the root switch.
     VolumeSource = 5,
+    /// Not a failure: a detached shim (OCI `create`) is set up and waits
+    /// for its start signal.
+    Ready = 6,
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 15] = [
+pub const ROOT_STEPS: [&str; 17] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -61,10 +64,12 @@ pub const ROOT_STEPS: [&str; 15] = [
     "start a new session",
     "mount the container's proc or sysfs",
     "enter a cgroup namespace",
+    "join the network namespace",
+    "write a sysctl",
 ];
 
 /// Names of the [`Stage::App`] steps.
-pub const APP_STEPS: [&str; 8] = [
+pub const APP_STEPS: [&str; 9] = [
     "connect standard streams",
     "enter the working directory",
     "drop bounding capabilities",
@@ -73,6 +78,7 @@ pub const APP_STEPS: [&str; 8] = [
     "set the user id",
     "set capabilities",
     "install the seccomp filter",
+    "set a resource limit",
 ];
 
 /// A failure report from the child: 12 bytes on the exec pipe.
@@ -118,6 +124,8 @@ pub enum RootMount {
     /// A recursive bind mount of the rootfs, read-only with every mount
     /// below it.
     ReadOnlyBind,
+    /// A recursive bind mount of the rootfs, writable (an OCI bundle's root).
+    Bind,
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -189,6 +197,22 @@ pub struct ChildPlan {
     pub candidates: Vec<CString>,
     /// argv storage.
     pub argv: Vec<CString>,
+    /// An OCI runtime's container (`create`): the shim outlives isolate
+    /// (no parent-death signal once set up), says it is set up with a
+    /// [`Stage::Ready`] report, waits for one byte on `hold_fd` before it
+    /// starts the application, and exits with the application's status.
+    pub detached: bool,
+    /// The descriptor a detached shim waits on (`-1`: none).
+    pub hold_fd: RawFd,
+    /// A network namespace to join instead of a new one (`-1`: none).
+    pub net_fd: RawFd,
+    /// Sysctls written in the container's namespaces: path under
+    /// `/proc/sys`, value.
+    pub sysctls: Vec<(CString, CString)>,
+    /// Supplementary groups of the application.
+    pub groups: Vec<libc::gid_t>,
+    /// Resource limits of the application: `RLIMIT_*`, soft, hard.
+    pub rlimits: Vec<(libc::c_int, u64, u64)>,
     /// envp storage.
     pub envp: Vec<CString>,
 }
@@ -220,8 +244,9 @@ const DOT: &CStr = c".";
 /// Never returns.
 pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
     sys::set_process_name(SHIM_NAME);
-    // Die with the parent; a parent that died before this line is caught
-    // below, by its pidfd or by end-of-file on the sync pipe.
+    // Die with the parent (a detached shim: until it is set up); a parent
+    // that died before this line is caught below, by its pidfd or by
+    // end-of-file on the sync pipe.
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
     // Descriptors of other containers spawned concurrently must not stay open here.
     let _ = sys::close_all_except(&plan.keep_fds);
@@ -237,7 +262,9 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     } else if !plan.late_join && parent_gone(plan.parent_pidfd) {
         sys::exit(125);
     }
-    sys::close(plan.parent_pidfd);
+    if !plan.detached {
+        sys::close(plan.parent_pidfd);
+    }
     // A session of the container's own, without a controlling terminal:
     // nothing in it can reach the caller's terminal through `/dev/tty`,
     // job control or `TIOCSTI`.
@@ -246,6 +273,16 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         0,
         sys::mount(None, ROOT, None, libc::MS_REC | libc::MS_PRIVATE, None),
     );
+    if plan.net_fd >= 0 {
+        root_step(15, sys::setns(plan.net_fd, libc::CLONE_NEWNET));
+        sys::close(plan.net_fd);
+    }
+    // Sysctls of the container's namespaces: /proc/sys resolves them in
+    // the writer's own net and IPC namespaces, even through the host's
+    // procfs still mounted here.
+    for (path, value) in &plan.sysctls {
+        root_step(16, sys::write_file(path, value.as_bytes()));
+    }
     root_step(
         10,
         sys::mount(
@@ -283,6 +320,16 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             );
             root_step(3, sys::set_read_only_recursive(&plan.new_root));
         }
+        RootMount::Bind => root_step(
+            2,
+            sys::mount(
+                Some(&plan.rootfs),
+                &plan.new_root,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            ),
+        ),
     }
     // procfs and sysfs of the container's namespaces, mounted while the
     // host's instances are still visible (see `mounts::PREMOUNTS`) and held
@@ -349,6 +396,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             },
             Op::Attach { fd, target } => sys::move_mount(*fd, target),
             Op::ReadOnly { target } => sys::set_read_only_recursive(target),
+            Op::SetAttr { target, attr } => sys::set_attr_recursive(target, *attr),
             Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
             Op::Mknod {
                 path,
@@ -380,6 +428,9 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     }
     // The cgroup namespace is rooted at the container's own cgroup.
     root_step(14, sys::unshare(libc::CLONE_NEWCGROUP));
+    if plan.detached {
+        hold(plan);
+    }
 
     let app_pid = match spawn_app(plan, argv, envp) {
         Ok(pid) => pid,
@@ -392,7 +443,35 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             sys::close(fd);
         }
     }
-    supervise(app_pid, plan.status_wr)
+    supervise(app_pid, plan.status_wr, plan.detached)
+}
+
+/// A detached shim, set up: it stops dying with its parent, reports that
+/// it is ready, and waits for its start byte (OCI `start`). The parent's
+/// pidfd tells whether the parent died before the death signal was off.
+fn hold(plan: &ChildPlan) {
+    let _ = sys::prctl(libc::PR_SET_PDEATHSIG, 0, 0);
+    if parent_gone(plan.parent_pidfd) {
+        sys::exit(125);
+    }
+    sys::close(plan.parent_pidfd);
+    let r = Report {
+        stage: Stage::Ready as u32,
+        index: 0,
+        errno: 0,
+    };
+    sys::write_all(plan.exec_wr, &r.to_bytes());
+    // The application of a detached container reports on its stderr.
+    sys::close(plan.exec_wr);
+    let mut byte = [0u8; 1];
+    loop {
+        match sys::read(plan.hold_fd, &mut byte) {
+            Ok(1) => break,
+            Err(libc::EINTR) => continue,
+            _ => sys::exit(125),
+        }
+    }
+    sys::close(plan.hold_fd);
 }
 
 /// Size of the application's stack until `execve`.
@@ -494,7 +573,7 @@ fn wait_for_parent(plan: &ChildPlan) {
 
 /// PID 1's loop: reap every child, forward every other signal to the
 /// application, report its wait status when it ends, and exit.
-fn supervise(app: libc::pid_t, status_wr: RawFd) -> ! {
+fn supervise(app: libc::pid_t, status_wr: RawFd, mirror: bool) -> ! {
     // SAFETY: sigset_t is plain data; sigfillset initialises it.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `all` is a valid sigset_t.
@@ -516,6 +595,14 @@ fn supervise(app: libc::pid_t, status_wr: RawFd) -> ! {
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid <= 0 {
                 break;
+            }
+            if pid == app && mirror {
+                // A detached shim's parent is the engine's: it reads the
+                // status as the shim's own (a signal as 128 + its number).
+                if libc::WIFSIGNALED(status) {
+                    sys::exit(128 + libc::WTERMSIG(status));
+                }
+                sys::exit(libc::WEXITSTATUS(status));
             }
             if pid == app {
                 // The wait status, then the shim's own peak RSS (the host
@@ -546,6 +633,9 @@ fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
     // Nothing but fds 0-2 (and the exec pipe until execve) reaches the program.
     step(0, sys::close_range(3, u32::MAX, true));
     step(1, sys::chdir(&plan.cwd));
+    for &(resource, soft, hard) in &plan.rlimits {
+        step(8, sys::setrlimit(resource, soft, hard));
+    }
     for cap in 0..=plan.last_cap {
         if plan.caps & (1u64 << cap) == 0 {
             step(2, sys::prctl(libc::PR_CAPBSET_DROP, cap.into(), 0));
@@ -556,7 +646,8 @@ fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
         libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
         0,
     );
-    if let Err((i, e)) = sys::set_ids(plan.uid, plan.gid, !plan.rootless) {
+    let groups = (!plan.rootless).then_some(plan.groups.as_slice());
+    if let Err((i, e)) = sys::set_ids(plan.uid, plan.gid, groups) {
         fail(plan, Stage::App, 3 + i as usize, e, 125);
     }
     let caps = if plan.uid == 0 { plan.caps } else { 0 };
@@ -574,6 +665,18 @@ fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
             libc::ENOENT | libc::ENOTDIR => {}
             e => not_executable = e,
         }
+    }
+    if plan.detached {
+        // No one reads the exec pipe of a started OCI container: say it on
+        // the application's stderr, as runc does.
+        let why: &[u8] = if not_executable != 0 {
+            b": not executable\n"
+        } else {
+            b": not found\n"
+        };
+        sys::write_all(2, b"isolate: cannot execute ");
+        sys::write_all(2, plan.argv[0].as_bytes());
+        sys::write_all(2, why);
     }
     if not_executable != 0 {
         fail(plan, Stage::Exec, 1, not_executable, 126)

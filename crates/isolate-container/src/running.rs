@@ -39,6 +39,17 @@ impl Resources {
         }
     }
 
+    /// An OCI runtime's container: no run marker (its state is the
+    /// runtime's, and `delete` removes its cgroup).
+    pub(crate) fn none() -> Self {
+        Resources {
+            run: None,
+            cgroup: None,
+            volumes: Vec::new(),
+            registration: None,
+        }
+    }
+
     /// Removes the cgroup (killing anything left in it), the run marker and
     /// the state record, and unlocks the volumes. A cgroup that cannot go
     /// yet keeps its marker, so that a later `cleanup_stale` removes it.
@@ -87,6 +98,8 @@ pub struct Container {
     cgroup: RwLock<Option<Cgroup>>,
     res: Mutex<Resources>,
     outcome: Mutex<Option<Outcome>>,
+    /// Left running on drop, its cgroup kept ([`Container::detach`]).
+    detached: bool,
 }
 
 /// Kills the container at `deadline` unless it ended before: a thread that
@@ -150,6 +163,7 @@ impl Container {
             cgroup: RwLock::new(cgroup),
             res: Mutex::new(res),
             outcome: Mutex::new(None),
+            detached: false,
         }
     }
 
@@ -180,6 +194,19 @@ impl Container {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .registration = Some(reg);
+    }
+
+    /// Lets the container outlive this handle (and isolate): it is neither
+    /// killed nor waited for, and its cgroup stays; returns the cgroup's
+    /// path relative to the cgroup root(s).
+    pub(crate) fn detach(mut self) -> Option<String> {
+        self.detached = true;
+        let cg = self
+            .cgroup
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        cg.map(|c| c.rel_path().to_string())
     }
 
     /// Kills and reaps a container that failed to start, and releases all.
@@ -370,7 +397,7 @@ impl Running for Container {
 impl Drop for Container {
     fn drop(&mut self) {
         let done = lock(&self.outcome).is_some();
-        if !done {
+        if !done && !self.detached {
             let _ = self.send(libc::SIGKILL);
             let _ = self.wait();
         }

@@ -19,6 +19,7 @@ use isolate_core::{
 };
 
 use crate::child::{self, ChildPlan, Report, RootMount, Stage};
+use crate::detached::{Detach, Extras};
 use crate::error::ContainerError;
 use crate::mounts::{self, Op};
 use isolate_cgroups::devices::{DeviceRule, DEFAULT_RULES};
@@ -162,14 +163,16 @@ struct StdioPlan {
     relays: Relays,
 }
 
-fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>) -> Result<StdioPlan, Error> {
+/// `raw`: streams the caller's are the application's as they are, with
+/// no relay (an OCI container outlives isolate; its engine gave them).
+fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>, raw: bool) -> Result<StdioPlan, Error> {
     let mut fds = [-1; 3];
     let mut mine: [Option<File>; 3] = [None, None, None];
     let mut relays = Relays::default();
     let mut null: Option<RawFd> = None;
     for (i, s) in [w.stdin, w.stdout, w.stderr].into_iter().enumerate() {
         match s {
-            Stdio::Inherit if relay::is_terminal(i as RawFd) => {
+            Stdio::Inherit if !raw && relay::is_terminal(i as RawFd) => {
                 let (r, wr) = pipe()?;
                 let (theirs, ours) = if i == 0 { (r, wr) } else { (wr, r) };
                 fds[i] = theirs.as_raw_fd();
@@ -223,7 +226,10 @@ fn prepare(
     res: &mut Resources,
     rootless: bool,
     late_join: bool,
+    detach: Option<&Detach>,
 ) -> Result<Prepared, Error> {
+    let none = Extras::default();
+    let extras = detach.map_or(&none, |d| d.extras);
     let scratch = rundir::base();
     // Resolve every volume target first: bad input fails before anything is made.
     let mut targets = Vec::with_capacity(w.volumes.len());
@@ -266,7 +272,23 @@ fn prepare(
         child: stdio,
         parent: parent_stdio,
         relays,
-    } = stdio_fds(w, &mut child_fds)?;
+    } = stdio_fds(w, &mut child_fds, detach.is_some())?;
+    let net_fd = match &extras.net_ns {
+        Some(path) => {
+            let f = File::open(path).map_err(|e| {
+                Error::invalid(
+                    "network namespace",
+                    format!("cannot open {}: {e}", path.display()),
+                )
+            })?;
+            let fd = OwnedFd::from(f);
+            let raw = fd.as_raw_fd();
+            child_fds.push(fd);
+            raw
+        }
+        None => -1,
+    };
+    let hold_fd = detach.map_or(-1, |d| d.hold);
     let parent_pidfd = sys::pidfd_self().map_err(|e| {
         ContainerError::host(
             "open a pidfd of isolate",
@@ -280,6 +302,7 @@ fn prepare(
         status_wr.as_raw_fd(),
     ];
     keep.extend(stdio.iter().copied().filter(|&fd| fd >= 0));
+    keep.extend([net_fd, hold_fd].into_iter().filter(|&fd| fd >= 0));
     keep.extend(res.volumes.iter().filter_map(|a| a.device_fd()));
     keep.sort_unstable();
     keep.dedup();
@@ -311,8 +334,11 @@ fn prepare(
         next_fd += 1;
     }
     let mut ops = mounts::standard(w.read_only, premount_fds, dev_fds);
+    for t in &extras.tmpfs {
+        mounts::tmpfs(&t.target, t.flags, &t.data, &mut ops);
+    }
     let mut named = res.volumes.iter();
-    for (v, (target, is_dir)) in w.volumes.iter().zip(&targets) {
+    for (i, (v, (target, is_dir))) in w.volumes.iter().zip(&targets).enumerate() {
         if *is_dir {
             mounts::mkdir_p(target, &mut ops);
         } else {
@@ -327,6 +353,12 @@ fn prepare(
             VolumeSource::Host(src) => {
                 volume_sources.push((path_c(src)?, next_fd));
                 mounts::bind_fd(next_fd, target, v.read_only, &mut ops);
+                if let Some(&attr) = extras.volume_attrs.get(i).filter(|&&a| a != 0) {
+                    ops.push(Op::SetAttr {
+                        target: cstr(target.as_str(), "volume")?,
+                        attr,
+                    });
+                }
                 next_fd += 1;
             }
             VolumeSource::Named(_) => {
@@ -360,9 +392,21 @@ fn prepare(
             });
         }
     }
+    if extras.cgroupfs {
+        mounts::cgroupfs(&host_cgroup_mounts(), &mut ops);
+    }
+    for m in &extras.masked {
+        mounts::mask(&m.path, m.is_dir, &mut ops);
+    }
+    for p in &extras.read_only {
+        mounts::read_only_path(p, &mut ops);
+    }
     let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
     if !w.read_only && cwd != Path::new("/") {
         mounts::mkdir_p(&cwd.to_string_lossy(), &mut ops);
+    }
+    if extras.bind_root && extras.read_only_root {
+        ops.push(mounts::remount_ro("/", 0, false));
     }
 
     let env = w.effective_env();
@@ -377,6 +421,8 @@ fn prepare(
         .collect::<Result<_, _>>()?;
     let root_mount = if w.read_only {
         RootMount::ReadOnlyBind
+    } else if extras.bind_root {
+        RootMount::Bind
     } else {
         let mut data = b"lowerdir=".to_vec();
         data.extend(overlay_escape(rootfs));
@@ -396,7 +442,7 @@ fn prepare(
     let plan = ChildPlan {
         rootfs: path_c(rootfs)?,
         scratch: path_c(&scratch)?,
-        scratch_dirs: if w.read_only {
+        scratch_dirs: if w.read_only || extras.bind_root {
             ["root", "proc", "sysfs"].as_slice()
         } else {
             ["upper", "work", "root", "proc", "sysfs"].as_slice()
@@ -429,6 +475,21 @@ fn prepare(
         candidates: candidates(&w.argv[0], &env)?,
         argv,
         envp,
+        detached: detach.is_some(),
+        hold_fd,
+        net_fd,
+        sysctls: extras
+            .sysctl
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    cstr(format!("/proc/sys/{}", k.replace('.', "/")), "sysctl")?,
+                    cstr(v.as_str(), "sysctl")?,
+                ))
+            })
+            .collect::<Result<_, Error>>()?,
+        groups: extras.groups.clone(),
+        rlimits: extras.rlimits.clone(),
     };
     child_fds.extend([parent_pidfd, sync_rd, exec_wr, status_wr]);
     Ok(Prepared {
@@ -440,6 +501,42 @@ fn prepare(
         parent_stdio,
         relays,
     })
+}
+
+/// The host's cgroup file systems below `/sys/fs/cgroup`: the name of
+/// each (relative path; empty for the root) and its mount options (the
+/// v1 controllers, `None` for cgroup2).
+fn host_cgroup_mounts() -> Vec<(String, Option<String>)> {
+    let info = sys::read_proc("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        let (Some(point), Some(fstype), Some(opts)) = (f.get(4), f.get(dash + 1), f.get(dash + 3))
+        else {
+            continue;
+        };
+        let Some(name) = point
+            .strip_prefix("/sys/fs/cgroup")
+            .map(|n| n.trim_start_matches('/'))
+        else {
+            continue;
+        };
+        match *fstype {
+            "cgroup2" => out.push((name.to_string(), None)),
+            "cgroup" if !name.is_empty() && !name.contains('/') => {
+                let keep: Vec<&str> = opts
+                    .split(',')
+                    .filter(|o| !matches!(*o, "rw" | "ro"))
+                    .collect();
+                out.push((name.to_string(), Some(keep.join(","))));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Starts the shim with `clone3`; returns its pid and pidfd.
@@ -457,13 +554,15 @@ fn clone_shim(p: &Prepared, cgroup_fd: Option<&OwnedFd>) -> Result<(u32, OwnedFd
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWNET
             | libc::CLONE_PIDFD) as u64
             | userns,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    if p.plan.net_fd < 0 {
+        args.flags |= libc::CLONE_NEWNET as u64;
+    }
     if let Some(fd) = cgroup_fd {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd.as_raw_fd() as u64;
@@ -551,9 +650,21 @@ fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Err
 
 /// Starts `w` in a new container.
 pub fn spawn(w: &Workload) -> Result<Container, Error> {
+    launch(w, None)
+}
+
+/// Starts `w` in a new container; `detach`: an OCI runtime's container,
+/// set up and held before its application starts (see [`crate::detached`]).
+pub(crate) fn launch(w: &Workload, detach: Option<&Detach>) -> Result<Container, Error> {
     let start = Instant::now();
     let rootless = isolate_core::sys::rootless();
     if rootless {
+        if detach.is_some() {
+            return Err(Error::Unavailable {
+                backend: "container",
+                reason: "isolate as an OCI runtime needs root".into(),
+            });
+        }
         check_rootless(w)?;
     }
     if w.argv.is_empty() {
@@ -567,12 +678,23 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let devices = host_devices(w)?;
     let mut device_rules = DEFAULT_RULES.to_vec();
     device_rules.extend(devices.iter().map(|d| d.rule));
-    let run = match &w.name {
-        Some(name) => RunDir::claim_named(name)?,
-        None => RunDir::claim_slot()?,
+    let (id, family, mut res) = match detach {
+        Some(d) => {
+            device_rules.extend(d.extras.device_rules.iter().copied());
+            (
+                d.id.to_string(),
+                crate::detached::CGROUPS,
+                Resources::none(),
+            )
+        }
+        None => {
+            let run = match &w.name {
+                Some(name) => RunDir::claim_named(name)?,
+                None => RunDir::claim_slot()?,
+            };
+            (run.id().to_string(), rundir::CGROUPS, Resources::new(run))
+        }
     };
-    let id = run.id().to_string();
-    let mut res = Resources::new(run);
     // On cgroup v2 the shim starts inside its cgroup (CLONE_INTO_CGROUP),
     // so the cgroup comes first. On v1 the cgroup is made while the shim
     // builds its namespaces and root (the two overlap on separate CPUs),
@@ -580,7 +702,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let late_join = !rootless && !isolate_cgroups::root_is_unified();
     let mut early = None;
     if !rootless && !late_join {
-        let cg = make_cgroup(&id, w, &device_rules)?;
+        let cg = make_cgroup(family, &id, w, &device_rules)?;
         match cg.placement() {
             Ok(p) => early = Some(p),
             Err(e) => {
@@ -594,7 +716,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         Some(Placement::CloneInto(fd)) => Some(fd),
         _ => None,
     };
-    let prepared = prepare(w, &rootfs, &devices, &mut res, rootless, late_join)?;
+    let prepared = prepare(w, &rootfs, &devices, &mut res, rootless, late_join, detach)?;
     let (pid, pidfd) = clone_shim(&prepared, cgroup_fd)?;
     let Prepared {
         plan,
@@ -628,7 +750,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let mut join: Vec<OwnedFd> = Vec::new();
     let mut late = None;
     if late_join {
-        let made = make_cgroup(&id, w, &device_rules).and_then(|cg| {
+        let made = make_cgroup(family, &id, w, &device_rules).and_then(|cg| {
             let placement = cg.placement();
             handle.set_cgroup(cg);
             placement.map_err(|e| ContainerError::Cgroup(error_chain(&e)).into())
@@ -675,7 +797,12 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     drop(join);
     drop(sync_wr);
     match read_report(&exec_rd) {
-        Ok(None) => {}
+        Ok(None) if detach.is_none() => {}
+        Ok(Some(r)) if detach.is_some() && r.stage == Stage::Ready as u32 => {}
+        Ok(None) => {
+            handle.abort();
+            return Err(ContainerError::SetupDied("it ended before it was set up".into()).into());
+        }
         Ok(Some(r)) => {
             handle.abort();
             return Err(report_error(r, &plan, &w.argv[0], w));
@@ -701,14 +828,19 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
 /// Makes the container's cgroup `isolate/ct-<id>` with the workload's
 /// limits, where only the devices `rules` allow can be opened. An I/O
 /// weight the host cannot enforce is not an error.
-fn make_cgroup(id: &str, w: &Workload, rules: &[DeviceRule]) -> Result<Cgroup, Error> {
+fn make_cgroup(
+    family: isolate_cgroups::Family,
+    id: &str,
+    w: &Workload,
+    rules: &[DeviceRule],
+) -> Result<Cgroup, Error> {
     let spec = Spec {
         limits: w.limits,
         devices: Some(rules),
         io_weight_best_effort: true,
         replace: false,
     };
-    rundir::CGROUPS
+    family
         .create(id, &spec)
         .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into())
 }
