@@ -150,6 +150,9 @@ pub struct ChildPlan {
     pub volume_sources: Vec<(CString, RawFd)>,
     /// The filesystem recipe run after `pivot_root`.
     pub ops: Vec<Op>,
+    /// Filesystem steps run once the shim is in its cgroup and its own
+    /// cgroup namespace (mounts of the container's cgroupfs).
+    pub late_ops: Vec<Op>,
     /// The hostname.
     pub hostname: CString,
     /// Whether to bring `lo` up.
@@ -375,42 +378,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     root_step(6, sys::umount2(DOT, libc::MNT_DETACH));
     root_step(4, sys::chdir(ROOT));
 
-    for (i, op) in plan.ops.iter().enumerate() {
-        let r = match op {
-            Op::Mount {
-                source,
-                target,
-                fstype,
-                flags,
-                data,
-                if_exists,
-            } => match sys::mount(
-                source.as_deref(),
-                target,
-                fstype.as_deref(),
-                *flags,
-                data.as_deref(),
-            ) {
-                Err(libc::ENOENT) if *if_exists => Ok(()),
-                r => r,
-            },
-            Op::Attach { fd, target } => sys::move_mount(*fd, target),
-            Op::ReadOnly { target } => sys::set_read_only_recursive(target),
-            Op::SetAttr { target, attr } => sys::set_attr_recursive(target, *attr),
-            Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
-            Op::Mknod {
-                path,
-                mode,
-                major,
-                minor,
-            } => sys::mknod(path, *mode, *major, *minor),
-            Op::Symlink { target, link } => sys::symlink(target, link),
-            Op::File { path } => sys::touch(path),
-        };
-        if let Err(e) = r {
-            fail(plan, Stage::Op, i, e, 125);
-        }
-    }
+    run_ops(plan, &plan.ops, 0);
     for (_, fd) in &plan.volume_sources {
         sys::close(*fd);
     }
@@ -428,6 +396,8 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     }
     // The cgroup namespace is rooted at the container's own cgroup.
     root_step(14, sys::unshare(libc::CLONE_NEWCGROUP));
+    // Steps that need the container's cgroup namespace (its cgroupfs).
+    run_ops(plan, &plan.late_ops, plan.ops.len());
     if plan.detached {
         hold(plan);
     }
@@ -472,6 +442,47 @@ fn hold(plan: &ChildPlan) {
         }
     }
     sys::close(plan.hold_fd);
+}
+
+/// Runs filesystem steps; a failure reports step `first + i` (the index
+/// in `ops` followed by `late_ops`).
+fn run_ops(plan: &ChildPlan, ops: &[Op], first: usize) {
+    for (i, op) in ops.iter().enumerate() {
+        let r = match op {
+            Op::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+                if_exists,
+            } => match sys::mount(
+                source.as_deref(),
+                target,
+                fstype.as_deref(),
+                *flags,
+                data.as_deref(),
+            ) {
+                Err(libc::ENOENT) if *if_exists => Ok(()),
+                r => r,
+            },
+            Op::Attach { fd, target } => sys::move_mount(*fd, target),
+            Op::ReadOnly { target } => sys::set_read_only_recursive(target),
+            Op::SetAttr { target, attr } => sys::set_attr_recursive(target, *attr),
+            Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
+            Op::Mknod {
+                path,
+                mode,
+                major,
+                minor,
+            } => sys::mknod(path, *mode, *major, *minor),
+            Op::Symlink { target, link } => sys::symlink(target, link),
+            Op::File { path } => sys::touch(path),
+        };
+        if let Err(e) = r {
+            fail(plan, Stage::Op, first + i, e, 125);
+        }
+    }
 }
 
 /// Size of the application's stack until `execve`.

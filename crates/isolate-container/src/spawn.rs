@@ -392,8 +392,9 @@ fn prepare(
             });
         }
     }
+    let mut late_ops = Vec::new();
     if extras.cgroupfs {
-        mounts::cgroupfs(&host_cgroup_mounts(), &mut ops);
+        mounts::cgroupfs(&host_cgroup_mounts(), &mut late_ops);
     }
     for m in &extras.masked {
         mounts::mask(&m.path, m.is_dir, &mut ops);
@@ -455,6 +456,7 @@ fn prepare(
         premounts,
         volume_sources,
         ops,
+        late_ops,
         hostname: cstr(w.effective_hostname(), "hostname")?,
         loopback: w.network == Network::Loopback,
         keep_fds: keep,
@@ -623,7 +625,12 @@ fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Err
             }
         }
         s if s == Stage::Root as u32 => child::ROOT_STEPS.get(i).map(|s| s.to_string()),
-        s if s == Stage::Op as u32 => plan.ops.get(i).map(Op::describe),
+        s if s == Stage::Op as u32 => plan
+            .ops
+            .iter()
+            .chain(&plan.late_ops)
+            .nth(i)
+            .map(Op::describe),
         s if s == Stage::App as u32 => {
             let what = child::APP_STEPS.get(i).map(|s| s.to_string());
             if i == 1 {

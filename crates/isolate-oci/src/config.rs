@@ -821,4 +821,3 @@ fn seccomp(linux: &oci_spec::runtime::Linux) -> Result<Seccomp> {
     let profile = SeccompProfile::from_json(&json)?;
     Ok(Seccomp::Profile(Box::new(profile)))
 }
-
