@@ -244,10 +244,11 @@ pub fn main(args: &[OsString]) -> i32 {
     let verb = args.get(i).cloned().unwrap_or_default();
     let rest = args.get(i + 1..).unwrap_or_default().to_vec();
     let result = if systemd {
-        Err(OciError::unsupported(
-            "--systemd-cgroup",
-            "isolate manages cgroups itself (cgroupfs); configure the engine for cgroupfs \
-             (podman --cgroup-manager cgroupfs; containerd SystemdCgroup = false)",
+        Err(OciError::Usage(
+            "--systemd-cgroup is not supported: isolate manages cgroups itself (cgroupfs); \
+             configure the engine for cgroupfs (podman --cgroup-manager cgroupfs; containerd \
+             SystemdCgroup = false)"
+                .into(),
         ))
     } else {
         dispatch(&Root::new(&root), &verb, &rest)

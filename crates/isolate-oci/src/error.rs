@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     /// The command line is wrong.
-    #[error("{0} (see `isolate help-oci`)")]
+    #[error("{0}")]
     Usage(String),
     /// A part of the bundle's config.json that isolate does not support.
     #[error("config.json: {field} is not supported by isolate: {why}")]
