@@ -120,3 +120,287 @@ pub fn remove_cgroup(id: &str) -> Result<()> {
         .remove_leftover(id)
         .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into())
 }
+
+/// How [`exec`] runs a process in a running container.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExecOptions {
+    /// Return once the process has started (it is reparented to the
+    /// caller's subreaper); else wait for it and return its status.
+    pub detach: bool,
+}
+
+/// A failure in the process [`exec`] starts, before its program runs.
+fn exec_fail(report: std::os::fd::RawFd, step: u32, errno: i32, code: i32) -> ! {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&step.to_ne_bytes());
+    b[4..].copy_from_slice(&errno.to_ne_bytes());
+    crate::sys::write_all(report, &b);
+    crate::sys::exit(code)
+}
+
+/// What each step of [`exec`]'s child is called in errors.
+const EXEC_STEPS: [&str; 11] = [
+    "join the container's namespaces",
+    "start the process in the container's pid namespace",
+    "enter the working directory",
+    "set a resource limit",
+    "drop bounding capabilities",
+    "set supplementary groups",
+    "set the group id",
+    "set the user id",
+    "set capabilities",
+    "install the seccomp filter",
+    "execute the program",
+];
+
+/// Runs `w`'s program (argv, env, cwd, user, capabilities, seccomp; the
+/// extras' groups and rlimits) inside the running container whose PID 1 is
+/// `target`, in its cgroup `cgroup`: joins its namespaces, then starts the
+/// process in its pid namespace. `on_pid` gets the process's host pid once
+/// it runs. Returns its exit status (a signal as 128 + its number), or 0
+/// with `detach`. The caller must be single-threaded (it forks).
+pub fn exec(
+    target: u32,
+    cgroup: Option<&str>,
+    w: &Workload,
+    extras: &Extras,
+    opts: ExecOptions,
+    on_pid: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<i32> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+
+    use crate::sys;
+
+    let err = |what: &str, e: std::io::Error| -> isolate_core::Error {
+        ContainerError::host(what.to_string(), e).into()
+    };
+    let cstr = |s: &[u8], what: &str| {
+        CString::new(s).map_err(|_| isolate_core::Error::invalid(what, "contains a NUL byte"))
+    };
+    // Everything is prepared before the fork.
+    let mut ns: Vec<(OwnedFd, libc::c_int)> = Vec::new();
+    for (name, kind) in [
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("cgroup", libc::CLONE_NEWCGROUP),
+        ("pid", libc::CLONE_NEWPID),
+        ("mnt", libc::CLONE_NEWNS),
+    ] {
+        let path = format!("/proc/{target}/ns/{name}");
+        let f = std::fs::File::open(&path).map_err(|e| err(&format!("open {path}"), e))?;
+        ns.push((f.into(), kind));
+    }
+    let env = w.effective_env();
+    let argv: Vec<CString> = w
+        .argv
+        .iter()
+        .map(|a| cstr(a.as_bytes(), "argument"))
+        .collect::<Result<_>>()?;
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| cstr(format!("{k}={v}").as_bytes(), "environment"))
+        .collect::<Result<_>>()?;
+    let candidates: Vec<CString> =
+        isolate_core::exec::candidates(&w.argv[0], isolate_core::exec::search_path(&env))
+            .iter()
+            .map(|p| cstr(p.as_os_str().as_bytes(), "command"))
+            .collect::<Result<_>>()?;
+    let cwd = cstr(
+        w.cwd
+            .as_deref()
+            .unwrap_or(std::path::Path::new("/"))
+            .as_os_str()
+            .as_bytes(),
+        "workdir",
+    )?;
+    let caps = isolate_policy::caps::mask(&w.capabilities).map_err(ContainerError::from)?;
+    let filters =
+        isolate_policy::seccomp::filters(&w.seccomp, caps).map_err(ContainerError::Seccomp)?;
+    let user = w.user.unwrap_or(isolate_core::User { uid: 0, gid: 0 });
+    let last_cap = crate::spawn::last_cap();
+    let argv_p = crate::child::ptr_array(&argv);
+    let envp_p = crate::child::ptr_array(&envp);
+    let cg = match cgroup {
+        Some(rel) => Some(
+            isolate_cgroups::Cgroup::open(rel)
+                .map_err(|e| ContainerError::Cgroup(error_chain(&e)))?,
+        ),
+        None => None,
+    };
+    let (go_rd, go_wr) = isolate_core::sys::pipe().map_err(|e| err("create a pipe", e))?;
+    let (pid_rd, pid_wr) = isolate_core::sys::pipe().map_err(|e| err("create a pipe", e))?;
+    let (rep_rd, rep_wr) = isolate_core::sys::pipe().map_err(|e| err("create a pipe", e))?;
+
+    // SAFETY: fork in a single-threaded caller (documented); the child
+    // uses only what was prepared above and `sys` wrappers, then exits.
+    let mid = unsafe { libc::fork() };
+    if mid < 0 {
+        return Err(err("fork", std::io::Error::last_os_error()));
+    }
+    if mid == 0 {
+        let rep = rep_wr.as_raw_fd();
+        let mut b = [0u8; 1];
+        if sys::read(go_rd.as_raw_fd(), &mut b) != Ok(1) {
+            sys::exit(125);
+        }
+        for (fd, kind) in &ns {
+            if let Err(e) = sys::setns(fd.as_raw_fd(), *kind) {
+                exec_fail(rep, 0, e, 125);
+            }
+        }
+        // SAFETY: as above; this process is single-threaded too.
+        let child = unsafe { libc::fork() };
+        if child < 0 {
+            exec_fail(rep, 1, sys::errno(), 125);
+        }
+        if child == 0 {
+            let step = |i: u32, r: std::result::Result<(), sys::Errno>| {
+                if let Err(e) = r {
+                    exec_fail(rep, i, e, 125)
+                }
+            };
+            step(2, sys::chdir(&cwd));
+            for &(res, soft, hard) in &extras.rlimits {
+                step(3, sys::setrlimit(res, soft, hard));
+            }
+            for c in 0..=last_cap {
+                if caps & (1u64 << c) == 0 {
+                    step(4, sys::prctl(libc::PR_CAPBSET_DROP, c.into(), 0));
+                }
+            }
+            let _ = sys::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+            );
+            if let Err((i, e)) = sys::set_ids(user.uid, user.gid, Some(&extras.groups)) {
+                exec_fail(rep, 5 + u32::from(i), e, 125);
+            }
+            step(8, sys::capset(if user.uid == 0 { caps } else { 0 }));
+            step(9, sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0));
+            for f in filters.iter() {
+                step(9, sys::seccomp_install(f.as_slice()));
+            }
+            let _ = sys::close_range(3, u32::MAX, true);
+            let mut not_executable = 0;
+            for c in &candidates {
+                // SAFETY: `c`, `argv_p` and `envp_p` are NUL-terminated
+                // strings and null-terminated arrays of them, alive here.
+                unsafe { libc::execve(c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+                match sys::errno() {
+                    libc::ENOENT | libc::ENOTDIR => {}
+                    e => not_executable = e,
+                }
+            }
+            if not_executable != 0 {
+                exec_fail(rep, 10, not_executable, 126)
+            }
+            exec_fail(rep, 10, libc::ENOENT, 127)
+        }
+        // Only the process holds the report pipe now (until its execve).
+        sys::close(rep);
+        sys::write_all(pid_wr.as_raw_fd(), &(child as u32).to_ne_bytes());
+        if opts.detach {
+            sys::exit(0);
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: `status` is a valid int for the kernel to fill.
+            let got = unsafe { libc::waitpid(child, &mut status, 0) };
+            if got == child {
+                break;
+            }
+            if got < 0 && sys::errno() != libc::EINTR {
+                sys::exit(125);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            sys::exit(128 + libc::WTERMSIG(status));
+        }
+        sys::exit(libc::WEXITSTATUS(status))
+    }
+    drop((go_rd, pid_wr, rep_wr, ns));
+    let reap = |pid: libc::pid_t| -> i32 {
+        let mut status = 0;
+        loop {
+            // SAFETY: `status` is a valid int for the kernel to fill.
+            let got = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if got == pid {
+                break;
+            }
+            if got < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return 125;
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            libc::WEXITSTATUS(status)
+        }
+    };
+    let joined = match &cg {
+        Some(c) => c.add_process(mid as u32),
+        None => Ok(()),
+    };
+    if let Err(e) = joined {
+        // SAFETY: kill takes integers; `mid` is our child.
+        unsafe { libc::kill(mid, libc::SIGKILL) };
+        reap(mid);
+        return Err(ContainerError::Cgroup(error_chain(&e)).into());
+    }
+    sys::write_all(go_wr.as_raw_fd(), b"1");
+    drop(go_wr);
+    let mut pid_buf = [0u8; 4];
+    let got_pid = matches!(sys::read(pid_rd.as_raw_fd(), &mut pid_buf), Ok(4));
+    // The report pipe closes without data once the program runs.
+    let mut rep = [0u8; 8];
+    let mut n = 0;
+    while n < rep.len() {
+        match sys::read(rep_rd.as_raw_fd(), &mut rep[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(libc::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    if n == rep.len() {
+        let step = u32::from_ne_bytes([rep[0], rep[1], rep[2], rep[3]]) as usize;
+        let errno = i32::from_ne_bytes([rep[4], rep[5], rep[6], rep[7]]);
+        reap(mid);
+        if step == 10 {
+            return Err(isolate_core::Error::Exec {
+                kind: if errno == libc::ENOENT {
+                    isolate_core::ExecFailure::NotFound
+                } else {
+                    isolate_core::ExecFailure::NotExecutable
+                },
+                program: w.argv[0].clone(),
+            });
+        }
+        return Err(ContainerError::Setup {
+            step: EXEC_STEPS.get(step).unwrap_or(&"exec").to_string(),
+            source: std::io::Error::from_raw_os_error(errno),
+        }
+        .into());
+    }
+    if !got_pid {
+        reap(mid);
+        return Err(ContainerError::SetupDied(
+            "the exec helper ended before starting the process".into(),
+        )
+        .into());
+    }
+    if let Err(e) = on_pid(u32::from_ne_bytes(pid_buf)) {
+        if !opts.detach {
+            // SAFETY: kill takes integers.
+            unsafe { libc::kill(u32::from_ne_bytes(pid_buf) as i32, libc::SIGKILL) };
+        }
+        reap(mid);
+        return Err(e);
+    }
+    let code = reap(mid);
+    Ok(if opts.detach { 0 } else { code })
+}

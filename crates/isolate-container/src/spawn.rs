@@ -75,7 +75,7 @@ fn overlay_escape(p: &Path) -> Vec<u8> {
     out
 }
 
-fn last_cap() -> u32 {
+pub(crate) fn last_cap() -> u32 {
     static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *LAST.get_or_init(|| {
         sys::read_proc("/proc/sys/kernel/cap_last_cap")

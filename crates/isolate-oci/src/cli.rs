@@ -142,7 +142,10 @@ fn parse(args: &[String], with_value: &[&str], bools: &[&str], verb: &str) -> Re
     while i < args.len() {
         let a = &args[i];
         if only_words || !a.starts_with('-') || a == "-" {
+            // As Go's flag parsing (runc's): options end at the first word,
+            // so `exec ID sh -c …` keeps `-c` for the command.
             p.words.push(a.clone());
+            only_words = true;
         } else if a == "--" {
             only_words = true;
         } else {
@@ -255,6 +258,19 @@ pub fn main(args: &[OsString]) -> i32 {
     };
     match result {
         Ok(code) => code,
+        // Engines tell "not found" (127) and "cannot execute" (126) from
+        // other failures by runc's wording.
+        Err(OciError::Isolate(isolate_core::Error::Exec { kind, program })) => {
+            let (why, code) = match kind {
+                isolate_core::ExecFailure::NotFound => (
+                    "executable file not found in $PATH: no such file or directory",
+                    127,
+                ),
+                isolate_core::ExecFailure::NotExecutable => ("permission denied", 126),
+            };
+            log.error(&format!("exec: {program:?}: {why}"));
+            code
+        }
         Err(e) => {
             log.error(&error_chain(&e));
             125
@@ -409,7 +425,59 @@ fn dispatch(root: &Root, verb: &str, args: &[String]) -> Result<i32> {
             }
             Ok(0)
         }
-        "exec" | "events" | "checkpoint" | "restore" => Err(OciError::Usage(format!(
+        "exec" => {
+            let p = parse(
+                args,
+                &[
+                    "process",
+                    "p",
+                    "env",
+                    "e",
+                    "cwd",
+                    "user",
+                    "u",
+                    "pid-file",
+                    "console-socket",
+                    "preserve-fds",
+                    "process-label",
+                    "apparmor",
+                    "cap",
+                    "c",
+                    "cgroup",
+                ],
+                &["tty", "t", "detach", "d", "no-new-privs", "ignore-paused"],
+                verb,
+            )?;
+            for unsupported in ["process-label", "apparmor", "cap", "c", "cgroup"] {
+                if p.get(&[unsupported]).is_some() {
+                    return Err(OciError::Usage(format!(
+                        "exec --{unsupported} is not supported by isolate"
+                    )));
+                }
+            }
+            if p.get(&["preserve-fds"]).is_some_and(|n| n != "0") {
+                return Err(OciError::Usage(
+                    "--preserve-fds is not supported: isolate passes fds 0-2 only".into(),
+                ));
+            }
+            let a = runtime::ExecArgs {
+                process: p.get(&["process", "p"]).map(PathBuf::from),
+                args: p.words.get(1..).unwrap_or_default().to_vec(),
+                env: p
+                    .opts
+                    .iter()
+                    .filter(|(n, _)| n == "env" || n == "e")
+                    .filter_map(|(_, v)| v.clone())
+                    .collect(),
+                cwd: p.get(&["cwd"]).map(str::to_string),
+                user: p.get(&["user", "u"]).map(str::to_string),
+                tty: p.has(&["tty", "t"]) || p.get(&["console-socket"]).is_some(),
+                detach: p.has(&["detach", "d"]),
+                pid_file: p.get(&["pid-file"]).map(PathBuf::from),
+            };
+            runtime::exec(root, p.id(verb)?, &a)
+        }
+        "events" | "checkpoint" | "restore" => Err(OciError::Usage(format!(
             "`{verb}` is not supported by isolate's OCI runtime yet"
         ))),
         "" => Err(OciError::Usage("no verb given".into())),

@@ -105,68 +105,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan> {
         ..Extras::default()
     };
 
-    // process
-    if process.terminal().unwrap_or(false) {
-        return unsupported(
-            "process.terminal",
-            "isolate's OCI runtime gives no terminal yet (no --console-socket); run without -t / terminal: false",
-        );
-    }
-    for kv in process.env().as_deref().unwrap_or_default() {
-        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
-        w.env(k, v);
-    }
-    let cwd = process.cwd();
-    if !cwd.is_absolute() {
-        return Err(OciError::invalid(
-            "process.cwd",
-            format!("{} is not absolute", cwd.display()),
-        ));
-    }
-    w.cwd = Some(cwd.clone());
-    let user = process.user();
-    w.user(user.uid(), user.gid());
-    extras.groups = user.additional_gids().clone().unwrap_or_default();
-    if let Some(m) = user.umask() {
-        if m != 0o022 {
-            return unsupported(
-                "process.user.umask",
-                "isolate starts the process with umask 022 only",
-            );
-        }
-    }
-    capabilities(process, user.uid(), &mut w)?;
-    for r in process.rlimits().as_deref().unwrap_or_default() {
-        extras
-            .rlimits
-            .push((rlimit_number(r.typ()), r.soft(), r.hard()));
-    }
-    if process
-        .apparmor_profile()
-        .as_deref()
-        .is_some_and(|p| !p.is_empty())
-    {
-        return unsupported(
-            "process.apparmorProfile",
-            "isolate applies no AppArmor profile (this host has no AppArmor)",
-        );
-    }
-    if process
-        .selinux_label()
-        .as_deref()
-        .is_some_and(|p| !p.is_empty())
-    {
-        return unsupported("process.selinuxLabel", "isolate applies no SELinux label");
-    }
-    if process.io_priority().is_some() {
-        return unsupported("process.ioPriority", "not implemented");
-    }
-    if process.scheduler().is_some() {
-        return unsupported("process.scheduler", "not implemented");
-    }
-    if process.exec_cpu_affinity().is_some() {
-        return unsupported("process.execCPUAffinity", "not implemented");
-    }
+    process_fields(process, &mut w, &mut extras)?;
 
     // root
     let root = spec
@@ -280,6 +219,97 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan> {
     })
 }
 
+/// The `process` object onto `w` and `extras` (all but `args`).
+fn process_fields(
+    process: &oci_spec::runtime::Process,
+    w: &mut Workload,
+    extras: &mut Extras,
+) -> Result<()> {
+    if process.terminal().unwrap_or(false) {
+        return unsupported(
+            "process.terminal",
+            "isolate's OCI runtime gives no terminal yet (no --console-socket); run without -t / terminal: false",
+        );
+    }
+    for kv in process.env().as_deref().unwrap_or_default() {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        w.env(k, v);
+    }
+    let cwd = process.cwd();
+    if !cwd.is_absolute() {
+        return Err(OciError::invalid(
+            "process.cwd",
+            format!("{} is not absolute", cwd.display()),
+        ));
+    }
+    w.cwd = Some(cwd.clone());
+    let user = process.user();
+    w.user(user.uid(), user.gid());
+    extras.groups = user.additional_gids().clone().unwrap_or_default();
+    if let Some(m) = user.umask() {
+        if m != 0o022 {
+            return unsupported(
+                "process.user.umask",
+                "isolate starts the process with umask 022 only",
+            );
+        }
+    }
+    capabilities(process, user.uid(), w)?;
+    for r in process.rlimits().as_deref().unwrap_or_default() {
+        extras
+            .rlimits
+            .push((rlimit_number(r.typ()), r.soft(), r.hard()));
+    }
+    if process
+        .apparmor_profile()
+        .as_deref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        return unsupported(
+            "process.apparmorProfile",
+            "isolate applies no AppArmor profile (this host has no AppArmor)",
+        );
+    }
+    if process
+        .selinux_label()
+        .as_deref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        return unsupported("process.selinuxLabel", "isolate applies no SELinux label");
+    }
+    if process.io_priority().is_some() {
+        return unsupported("process.ioPriority", "not implemented");
+    }
+    if process.scheduler().is_some() {
+        return unsupported("process.scheduler", "not implemented");
+    }
+    if process.exec_cpu_affinity().is_some() {
+        return unsupported("process.execCPUAffinity", "not implemented");
+    }
+
+    Ok(())
+}
+
+/// What `exec` runs in a running container: `process` (from
+/// `--process` or the command line) with the container's seccomp profile.
+pub fn exec_plan(
+    process: &oci_spec::runtime::Process,
+    container: &Spec,
+) -> Result<(Workload, Extras)> {
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(OciError::invalid("process.args", "empty: nothing to run"));
+    }
+    let mut w = Workload::new(args[0].clone());
+    w.args(args[1..].iter().cloned());
+    let mut extras = Extras::default();
+    process_fields(process, &mut w, &mut extras)?;
+    let linux = container.linux().clone().unwrap_or_default();
+    w.seccomp(seccomp(&linux)?);
+    w.validate()?;
+    Ok((w, extras))
+}
+
 fn check_abs(field: &str, p: &str) -> Result<()> {
     if p.starts_with('/') && !p.split('/').any(|c| c == "..") {
         Ok(())
@@ -329,10 +359,13 @@ fn capabilities(process: &oci_spec::runtime::Process, uid: u32, w: &mut Workload
                 format!("{extra} is not in the bounding set"),
             ));
         }
-        if uid != 0 && !set.is_empty() && field != "inheritable" {
+        // A user other than root keeps across execve only its ambient
+        // capabilities (without file capabilities): its effective and
+        // permitted sets end there as isolate leaves them, empty.
+        if uid != 0 && !set.is_empty() && field == "ambient" {
             return unsupported(
-                &format!("process.capabilities.{field}"),
-                "isolate gives a user other than root no capabilities; run as uid 0 or drop them",
+                "process.capabilities.ambient",
+                "isolate gives a user other than root no capabilities; run as uid 0 or drop the ambient set",
             );
         }
         if uid == 0 && matches!(field, "effective" | "permitted") && set != bounding {

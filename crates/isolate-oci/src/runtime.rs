@@ -556,3 +556,103 @@ pub fn list(root: &Root) -> Vec<(Record, Status)> {
         })
         .collect()
 }
+
+/// Options of `exec`.
+#[derive(Debug, Default)]
+pub struct ExecArgs {
+    /// A process JSON file (`--process`), else the command line's.
+    pub process: Option<PathBuf>,
+    /// The command line after the id.
+    pub args: Vec<String>,
+    /// `--env K=V`, added to the container's process env.
+    pub env: Vec<String>,
+    /// `--cwd`.
+    pub cwd: Option<String>,
+    /// `--user uid[:gid]`.
+    pub user: Option<String>,
+    /// `--tty` / `--console-socket`.
+    pub tty: bool,
+    /// `--detach`.
+    pub detach: bool,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// `exec`: runs another process in a running container; returns its exit
+/// status (0 with `--detach`).
+pub fn exec(root: &Root, id: &str, a: &ExecArgs) -> Result<i32> {
+    let r = root.load(id)?;
+    let status = root.status(&r);
+    if status != Status::Running {
+        return Err(OciError::WrongState {
+            id: id.into(),
+            status: status.as_str(),
+            verb: "exec in",
+            hint: "; only a running container takes exec",
+        });
+    }
+    if a.tty {
+        return Err(OciError::unsupported(
+            "exec --tty",
+            "isolate's OCI runtime gives no terminal yet; exec without -t",
+        ));
+    }
+    let spec = config::load(&r.bundle)?;
+    let process: oci_spec::runtime::Process = match &a.process {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| OciError::io(format!("read {}", p.display()), e))?;
+            serde_json::from_str(&text).map_err(|e| OciError::Config {
+                path: p.clone(),
+                detail: e.to_string(),
+            })?
+        }
+        None => {
+            if a.args.is_empty() {
+                return Err(OciError::Usage("exec needs a command or --process".into()));
+            }
+            let mut p = spec.process().clone().unwrap_or_default();
+            p.set_args(Some(a.args.clone()));
+            p.set_terminal(Some(false));
+            let mut env = p.env().clone().unwrap_or_default();
+            env.extend(a.env.iter().cloned());
+            p.set_env(Some(env));
+            if let Some(cwd) = &a.cwd {
+                p.set_cwd(PathBuf::from(cwd));
+            }
+            if let Some(u) = &a.user {
+                let (uid, gid) = u.split_once(':').unwrap_or((u.as_str(), "0"));
+                let parse = |s: &str| {
+                    s.parse::<u32>().map_err(|_| {
+                        OciError::Usage(format!("exec --user {u}: give numeric uid[:gid]"))
+                    })
+                };
+                let mut user = p.user().clone();
+                user.set_uid(parse(uid)?);
+                user.set_gid(parse(gid)?);
+                user.set_additional_gids(None);
+                p.set_user(user);
+            }
+            p
+        }
+    };
+    let (w, extras) = config::exec_plan(&process, &spec)?;
+    let pid_file = a.pid_file.as_ref().map(|p| absolute(p));
+    let mut on_pid = |pid: u32| -> isolate_core::Result<()> {
+        if let Some(p) = &pid_file {
+            state::write_atomic(p, pid.to_string().as_bytes(), 0o644).map_err(|e| {
+                isolate_core::Error::invalid("pid-file", isolate_core::error_chain(&e))
+            })?;
+        }
+        Ok(())
+    };
+    let code = detached::exec(
+        r.pid,
+        r.cgroup.as_deref(),
+        &w,
+        &extras,
+        detached::ExecOptions { detach: a.detach },
+        &mut on_pid,
+    )?;
+    Ok(code)
+}
