@@ -854,3 +854,198 @@ fn seccomp(linux: &oci_spec::runtime::Linux) -> Result<Seccomp> {
     let profile = SeccompProfile::from_json(&json)?;
     Ok(Seccomp::Profile(Box::new(profile)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bundle with isolate's default spec (runc's, without a terminal)
+    /// edited by `edit`, and an empty rootfs.
+    fn bundle(edit: impl FnOnce(&mut serde_json::Value)) -> (tempfile::TempDir, Result<Plan>) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("rootfs")).unwrap();
+        let mut v = crate::runtime::default_spec();
+        edit(&mut v);
+        std::fs::write(d.path().join("config.json"), v.to_string()).unwrap();
+        let spec = load(d.path()).unwrap();
+        let plan = plan(&spec, d.path());
+        (d, plan)
+    }
+
+    fn refused_field(r: Result<Plan>) -> String {
+        match r {
+            Err(OciError::Unsupported { field, .. }) => field,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn default_spec_maps_onto_a_bound_root_with_runcs_capabilities() {
+        let (d, p) = bundle(|_| {});
+        let p = p.unwrap();
+        assert_eq!(p.workload.argv, ["sh"]);
+        assert_eq!(
+            p.workload.rootfs.as_deref(),
+            Some(d.path().join("rootfs").canonicalize().unwrap().as_path())
+        );
+        assert!(p.extras.bind_root && p.extras.read_only_root && p.extras.cgroupfs);
+        assert_eq!(p.workload.capabilities.drop, ["ALL"]);
+        let mut add = p.workload.capabilities.add.clone();
+        add.sort();
+        assert_eq!(add, ["AUDIT_WRITE", "KILL", "NET_BIND_SERVICE"]);
+        assert_eq!(p.extras.rlimits, [(libc::RLIMIT_NOFILE as i32, 1024, 1024)]);
+        assert!(
+            p.extras.masked.is_empty(),
+            "the defaults are isolate's own masks"
+        );
+        // No seccomp section means no filter (the spec's meaning).
+        assert_eq!(p.workload.seccomp, Seccomp::Unconfined);
+    }
+
+    #[test]
+    fn process_user_env_cwd_and_resources_are_mapped() {
+        let (_d, p) = bundle(|v| {
+            v["process"]["user"] =
+                serde_json::json!({"uid": 1000, "gid": 100, "additionalGids": [10]});
+            v["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_KILL"]});
+            v["process"]["env"] = serde_json::json!(["A=b", "C=d=e"]);
+            v["process"]["cwd"] = serde_json::json!("/work");
+            v["linux"]["resources"] = serde_json::json!({
+                "memory": {"limit": 67108864},
+                "cpu": {"quota": 50000, "period": 100000},
+                "pids": {"limit": 20},
+                "blockIO": {"weight": 300},
+                "devices": [{"allow": false, "access": "rwm"},
+                            {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]
+            });
+        });
+        let p = p.unwrap();
+        let w = &p.workload;
+        assert_eq!(
+            w.user,
+            Some(isolate_core::User {
+                uid: 1000,
+                gid: 100
+            })
+        );
+        assert_eq!(p.extras.groups, [10]);
+        assert!(w.env.contains(&("C".into(), "d=e".into())));
+        assert_eq!(w.cwd.as_deref(), Some(Path::new("/work")));
+        assert_eq!(w.limits.memory, Some(64 << 20));
+        assert_eq!(w.limits.cpus, Some(0.5));
+        assert_eq!(w.limits.pids, Some(20));
+        assert_eq!(w.limits.io_weight, Some(300));
+        assert_eq!(p.extras.device_rules.len(), 1);
+        assert_eq!(p.extras.device_rules[0].major, Some(10));
+    }
+
+    #[test]
+    fn mounts_become_volumes_tmpfs_and_standard_ones() {
+        let (_d, p) = bundle(|v| {
+            let m = v["mounts"].as_array_mut().unwrap();
+            m.push(serde_json::json!({"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind", "ro", "nosuid"]}));
+            m.push(serde_json::json!({"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m", "mode=755"]}));
+        });
+        let p = p.unwrap();
+        let vol = &p.workload.volumes[0];
+        assert_eq!(vol.target, Path::new("/data"));
+        assert!(vol.read_only);
+        assert_eq!(p.extras.volume_attrs, [detached::ATTR_NOSUID]);
+        assert_eq!(p.extras.tmpfs[0].target, "/run");
+        assert_eq!(p.extras.tmpfs[0].data, "size=1m,mode=755");
+        assert_eq!(p.extras.tmpfs[0].flags, libc::MS_NOSUID);
+    }
+
+    #[test]
+    fn unsupported_fields_are_refused_by_name() {
+        let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+            (
+                "linux.namespaces (user)",
+                Box::new(|v| {
+                    v["linux"]["namespaces"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(serde_json::json!({"type": "user"}))
+                }),
+            ),
+            (
+                "hooks.poststop",
+                Box::new(|v| v["hooks"] = serde_json::json!({"poststop": [{"path": "/bin/true"}]})),
+            ),
+            (
+                "process.terminal",
+                Box::new(|v| v["process"]["terminal"] = serde_json::json!(true)),
+            ),
+            (
+                "linux.resources.cpu.cpus",
+                Box::new(|v| v["linux"]["resources"]["cpu"] = serde_json::json!({"cpus": "0-1"})),
+            ),
+            (
+                "linux.sysctl[kernel.panic]",
+                Box::new(|v| v["linux"]["sysctl"] = serde_json::json!({"kernel.panic": "1"})),
+            ),
+            (
+                "mounts[/x] option \"shared\"",
+                Box::new(|v| {
+                    v["mounts"].as_array_mut().unwrap().push(serde_json::json!({"destination": "/x", "type": "bind", "source": "/srv", "options": ["bind", "shared"]}))
+                }),
+            ),
+            (
+                "mounts[/x] (type \"nfs\")",
+                Box::new(|v| {
+                    v["mounts"].as_array_mut().unwrap().push(
+                        serde_json::json!({"destination": "/x", "type": "nfs", "source": "h:/e"}),
+                    )
+                }),
+            ),
+            (
+                "linux.namespaces (ipc path /proc/1/ns/ipc)",
+                Box::new(
+                    |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}, {"type": "uts"}, {"type": "mount"}]),
+                ),
+            ),
+            (
+                "linux.namespaces (no network namespace)",
+                Box::new(
+                    |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]),
+                ),
+            ),
+        ];
+        for (want, edit) in cases {
+            let (_d, p) = bundle(edit);
+            let field = refused_field(p);
+            assert!(field.starts_with(want), "want {want:?}, got {field:?}");
+        }
+    }
+
+    #[test]
+    fn a_network_namespace_path_is_joined() {
+        let (_d, p) = bundle(|v| {
+            v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]);
+        });
+        assert_eq!(
+            p.unwrap().extras.net_ns.as_deref(),
+            Some(Path::new("/run/netns/x"))
+        );
+    }
+
+    #[test]
+    fn mode_comes_from_the_annotation_else_the_default() {
+        let d = tempfile::tempdir().unwrap();
+        let mut v = crate::runtime::default_spec();
+        std::fs::write(d.path().join("config.json"), v.to_string()).unwrap();
+        assert_eq!(
+            mode(&load(d.path()).unwrap(), Mode::Container).unwrap(),
+            Mode::Container
+        );
+        v["annotations"] = serde_json::json!({MODE_ANNOTATION: "vm"});
+        std::fs::write(d.path().join("config.json"), v.to_string()).unwrap();
+        assert_eq!(
+            mode(&load(d.path()).unwrap(), Mode::Container).unwrap(),
+            Mode::Vm
+        );
+        v["annotations"] = serde_json::json!({MODE_ANNOTATION: "qemu"});
+        std::fs::write(d.path().join("config.json"), v.to_string()).unwrap();
+        assert!(mode(&load(d.path()).unwrap(), Mode::Container).is_err());
+    }
+}
