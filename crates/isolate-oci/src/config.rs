@@ -958,7 +958,8 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_refused_by_name() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "linux.namespaces (user)",
                 Box::new(|v| {
@@ -985,7 +986,7 @@ mod tests {
                 Box::new(|v| v["linux"]["sysctl"] = serde_json::json!({"kernel.panic": "1"})),
             ),
             (
-                "mounts[/x] option \"shared\"",
+                "mounts[/x] option shared",
                 Box::new(|v| {
                     v["mounts"].as_array_mut().unwrap().push(serde_json::json!({"destination": "/x", "type": "bind", "source": "/srv", "options": ["bind", "shared"]}))
                 }),
