@@ -48,7 +48,7 @@ pub enum Stage {
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 17] = [
+pub const ROOT_STEPS: [&str; 18] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -66,10 +66,11 @@ pub const ROOT_STEPS: [&str; 17] = [
     "enter a cgroup namespace",
     "join the network namespace",
     "write a sysctl",
+    "open a terminal and send it to the console socket",
 ];
 
 /// Names of the [`Stage::App`] steps.
-pub const APP_STEPS: [&str; 9] = [
+pub const APP_STEPS: [&str; 10] = [
     "connect standard streams",
     "enter the working directory",
     "drop bounding capabilities",
@@ -79,6 +80,7 @@ pub const APP_STEPS: [&str; 9] = [
     "set capabilities",
     "install the seccomp filter",
     "set a resource limit",
+    "take the terminal",
 ];
 
 /// A failure report from the child: 12 bytes on the exec pipe.
@@ -216,6 +218,12 @@ pub struct ChildPlan {
     pub groups: Vec<libc::gid_t>,
     /// Resource limits of the application: `RLIMIT_*`, soft, hard.
     pub rlimits: Vec<(libc::c_int, u64, u64)>,
+    /// A connected unix socket (OCI `--console-socket`): the shim opens a
+    /// pseudo-terminal in the container's devpts, sends its master there
+    /// and makes the slave the application's terminal (`-1`: none).
+    pub console_fd: RawFd,
+    /// The terminal's rows and columns (0: the kernel's default).
+    pub console_size: (u16, u16),
     /// envp storage.
     pub envp: Vec<CString>,
 }
@@ -398,15 +406,31 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     root_step(14, sys::unshare(libc::CLONE_NEWCGROUP));
     // Steps that need the container's cgroup namespace (its cgroupfs).
     run_ops(plan, &plan.late_ops, plan.ops.len());
+    let tty = if plan.console_fd >= 0 {
+        match sys::open_pty(plan.console_size.0, plan.console_size.1) {
+            Ok((master, slave)) => {
+                root_step(17, sys::send_fds(plan.console_fd, 0, &[master]));
+                sys::close(master);
+                sys::close(plan.console_fd);
+                slave
+            }
+            Err(e) => fail(plan, Stage::Root, 17, e, 125),
+        }
+    } else {
+        -1
+    };
     if plan.detached {
         hold(plan);
     }
 
-    let app_pid = match spawn_app(plan, argv, envp) {
+    let app_pid = match spawn_app(plan, argv, envp, tty) {
         Ok(pid) => pid,
         Err(e) => fail(plan, Stage::App, 0, e, 125),
     };
     // Only the application keeps these now.
+    if tty >= 0 {
+        sys::close(tty);
+    }
     sys::close(plan.exec_wr);
     for fd in plan.stdio {
         if fd >= 0 {
@@ -493,6 +517,8 @@ struct AppArgs<'a> {
     plan: &'a ChildPlan,
     argv: &'a [*const c_char],
     envp: &'a [*const c_char],
+    /// The application's terminal (`-1`: none).
+    tty: RawFd,
 }
 
 extern "C" fn app_entry(arg: *mut libc::c_void) -> libc::c_int {
@@ -500,7 +526,7 @@ extern "C" fn app_entry(arg: *mut libc::c_void) -> libc::c_int {
     // while this child runs: the shim is suspended (CLONE_VFORK) until
     // this child has called execve or exited.
     let a = unsafe { &*(arg as *const AppArgs) };
-    app(a.plan, a.argv, a.envp)
+    app(a.plan, a.argv, a.envp, a.tty)
 }
 
 /// Starts the application `vfork`-style: it shares the shim's memory (no
@@ -511,6 +537,7 @@ fn spawn_app(
     plan: &ChildPlan,
     argv: &[*const c_char],
     envp: &[*const c_char],
+    tty: RawFd,
 ) -> Result<libc::pid_t, sys::Errno> {
     // SAFETY: an anonymous private mapping; nothing else refers to it.
     let stack = unsafe {
@@ -526,7 +553,12 @@ fn spawn_app(
     if stack == libc::MAP_FAILED {
         return Err(sys::errno());
     }
-    let args = AppArgs { plan, argv, envp };
+    let args = AppArgs {
+        plan,
+        argv,
+        envp,
+        tty,
+    };
     // SAFETY: the child runs `app_entry` on the top of `stack` (stacks grow
     // down on the supported architectures), sharing this memory; with
     // CLONE_VFORK this thread does not run until the child has executed a
@@ -629,16 +661,20 @@ fn supervise(app: libc::pid_t, status_wr: RawFd, mirror: bool) -> ! {
 }
 
 /// The application process: drop privileges, filter, exec.
-fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
+fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char], tty: RawFd) -> ! {
     sys::reset_signals(plan.reset_signals);
     let step = |i: usize, r: Result<(), sys::Errno>| {
         if let Err(e) = r {
             fail(plan, Stage::App, i, e, 125)
         }
     };
-    for (target, fd) in plan.stdio.iter().enumerate() {
-        if *fd >= 0 {
-            step(0, sys::dup_to(*fd, target as RawFd, false));
+    if tty >= 0 {
+        step(9, sys::take_terminal(tty));
+    } else {
+        for (target, fd) in plan.stdio.iter().enumerate() {
+            if *fd >= 0 {
+                step(0, sys::dup_to(*fd, target as RawFd, false));
+            }
         }
     }
     // Nothing but fds 0-2 (and the exec pipe until execve) reaches the program.

@@ -50,6 +50,11 @@ pub struct Extras {
     /// Mount the container's cgroups read-only at `/sys/fs/cgroup` (v2:
     /// cgroup2; v1: a tmpfs with each of the host's hierarchies).
     pub cgroupfs: bool,
+    /// A connected unix socket (OCI `--console-socket`) that gets the
+    /// master of the application's new terminal (`terminal: true`).
+    pub console_socket: Option<RawFd>,
+    /// The terminal's rows and columns (0: the kernel's default).
+    pub console_size: (u16, u16),
     /// `MOUNT_ATTR_*` flags (nosuid, nodev, noexec) for each of the
     /// workload's volumes, in order (`0` or missing: none).
     pub volume_attrs: Vec<u64>,
@@ -127,6 +132,11 @@ pub struct ExecOptions {
     /// Return once the process has started (it is reparented to the
     /// caller's subreaper); else wait for it and return its status.
     pub detach: bool,
+    /// A connected unix socket (OCI `--console-socket`): the process gets
+    /// a new terminal of the container's devpts, whose master goes there.
+    pub console_socket: Option<std::os::fd::RawFd>,
+    /// The terminal's rows and columns (0: the kernel's default).
+    pub console_size: (u16, u16),
 }
 
 /// A failure in the process [`exec`] starts, before its program runs.
@@ -139,7 +149,7 @@ fn exec_fail(report: std::os::fd::RawFd, step: u32, errno: i32, code: i32) -> ! 
 }
 
 /// What each step of [`exec`]'s child is called in errors.
-const EXEC_STEPS: [&str; 11] = [
+const EXEC_STEPS: [&str; 12] = [
     "join the container's namespaces",
     "start the process in the container's pid namespace",
     "enter the working directory",
@@ -151,6 +161,7 @@ const EXEC_STEPS: [&str; 11] = [
     "set capabilities",
     "install the seccomp filter",
     "execute the program",
+    "open a terminal and send it to the console socket",
 ];
 
 /// Runs `w`'s program (argv, env, cwd, user, capabilities, seccomp; the
@@ -262,6 +273,18 @@ pub fn exec(
                     exec_fail(rep, i, e, 125)
                 }
             };
+            if let Some(sock) = opts.console_socket {
+                match sys::open_pty(opts.console_size.0, opts.console_size.1) {
+                    Ok((master, slave)) => {
+                        step(11, sys::send_fds(sock, 0, &[master]));
+                        sys::close(master);
+                        sys::close(sock);
+                        step(11, sys::take_terminal(slave));
+                        sys::close(slave);
+                    }
+                    Err(e) => exec_fail(rep, 11, e, 125),
+                }
+            }
             step(2, sys::chdir(&cwd));
             for &(res, soft, hard) in &extras.rlimits {
                 step(3, sys::setrlimit(res, soft, hard));

@@ -302,7 +302,12 @@ fn prepare(
         status_wr.as_raw_fd(),
     ];
     keep.extend(stdio.iter().copied().filter(|&fd| fd >= 0));
-    keep.extend([net_fd, hold_fd].into_iter().filter(|&fd| fd >= 0));
+    let console_fd = extras.console_socket.unwrap_or(-1);
+    keep.extend(
+        [net_fd, hold_fd, console_fd]
+            .into_iter()
+            .filter(|&fd| fd >= 0),
+    );
     keep.extend(res.volumes.iter().filter_map(|a| a.device_fd()));
     keep.sort_unstable();
     keep.dedup();
@@ -492,6 +497,8 @@ fn prepare(
             .collect::<Result<_, Error>>()?,
         groups: extras.groups.clone(),
         rlimits: extras.rlimits.clone(),
+        console_fd,
+        console_size: extras.console_size,
     };
     child_fds.extend([parent_pidfd, sync_rd, exec_wr, status_wr]);
     Ok(Prepared {

@@ -496,6 +496,63 @@ pub fn write_file(path: &CStr, data: &[u8]) -> Result<(), Errno> {
     r
 }
 
+/// A new pseudo-terminal pair from `/dev/ptmx` (the devpts mounted at
+/// `/dev/pts` where the caller is): (master, slave), close-on-exec, the
+/// slave sized `rows` x `cols` unless they are 0.
+pub fn open_pty(rows: u16, cols: u16) -> Result<(RawFd, RawFd), Errno> {
+    // SAFETY: a NUL-terminated literal path and flags.
+    let m = check(unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ) as c_long
+    })? as RawFd;
+    let unlock: c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the valid `unlock`.
+    if let Err(e) = check(unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) } as c_long) {
+        close(m);
+        return Err(e);
+    }
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor.
+    let s = match check(unsafe {
+        libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    } as c_long)
+    {
+        Ok(s) => s as RawFd,
+        Err(e) => {
+            close(m);
+            return Err(e);
+        }
+    };
+    if rows > 0 && cols > 0 {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the valid `ws`.
+        unsafe { libc::ioctl(s, libc::TIOCSWINSZ, &ws) };
+    }
+    Ok((m, s))
+}
+
+/// Makes terminal `fd` the controlling terminal of the caller's new
+/// session (`setsid` first) and its fds 0, 1 and 2.
+pub fn take_terminal(fd: RawFd) -> Result<(), Errno> {
+    setsid()?;
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } as c_long)?;
+    for target in 0..3 {
+        dup_to(fd, target, false)?;
+    }
+    Ok(())
+}
+
 /// `capset(2)` (version 3): permitted = effective = `mask`, inheritable empty.
 pub fn capset(mask: u64) -> Result<(), Errno> {
     let header = CapHeader {

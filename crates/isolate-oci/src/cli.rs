@@ -471,7 +471,8 @@ fn dispatch(root: &Root, verb: &str, args: &[String]) -> Result<i32> {
                     .collect(),
                 cwd: p.get(&["cwd"]).map(str::to_string),
                 user: p.get(&["user", "u"]).map(str::to_string),
-                tty: p.has(&["tty", "t"]) || p.get(&["console-socket"]).is_some(),
+                tty: p.has(&["tty", "t"]),
+                console_socket: p.get(&["console-socket"]).map(PathBuf::from),
                 detach: p.has(&["detach", "d"]),
                 pid_file: p.get(&["pid-file"]).map(PathBuf::from),
             };

@@ -59,6 +59,9 @@ pub struct Plan {
     pub extras: Extras,
     /// `process.oomScoreAdj`, written for the container's PID 1.
     pub oom_score_adj: Option<i32>,
+    /// `process.terminal`: the process gets a new terminal whose master
+    /// goes to `--console-socket`.
+    pub terminal: bool,
     /// The annotations, recorded in the state.
     pub annotations: HashMap<String, String>,
 }
@@ -215,6 +218,7 @@ pub fn plan(spec: &Spec, bundle: &Path) -> Result<Plan> {
         workload: w,
         extras,
         oom_score_adj: process.oom_score_adj(),
+        terminal: process.terminal().unwrap_or(false),
         annotations: spec.annotations().clone().unwrap_or_default(),
     })
 }
@@ -225,11 +229,8 @@ fn process_fields(
     w: &mut Workload,
     extras: &mut Extras,
 ) -> Result<()> {
-    if process.terminal().unwrap_or(false) {
-        return unsupported(
-            "process.terminal",
-            "isolate's OCI runtime gives no terminal yet (no --console-socket); run without -t / terminal: false",
-        );
+    if let Some(b) = process.console_size() {
+        extras.console_size = (b.height() as u16, b.width() as u16);
     }
     for kv in process.env().as_deref().unwrap_or_default() {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
@@ -972,10 +973,6 @@ mod tests {
             (
                 "hooks.poststop",
                 Box::new(|v| v["hooks"] = serde_json::json!({"poststop": [{"path": "/bin/true"}]})),
-            ),
-            (
-                "process.terminal",
-                Box::new(|v| v["process"]["terminal"] = serde_json::json!(true)),
             ),
             (
                 "linux.resources.cpu.cpus",

@@ -94,12 +94,9 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Record> {
              state; use run.isolate.mode=container, or `isolate --mode vm` directly",
         ));
     }
-    let plan = config::plan(&spec, &bundle)?;
-    if opts.console_socket.is_some() {
-        return Err(OciError::Usage(
-            "--console-socket is only for a container with terminal: true, which isolate does not support yet".into(),
-        ));
-    }
+    let mut plan = config::plan(&spec, &bundle)?;
+    let console = console(plan.terminal, opts.console_socket.as_deref())?;
+    plan.extras.console_socket = console.as_ref().map(|c| c.as_raw_fd());
     root.make(id)?;
     let made = (|| {
         let fifo = make_fifo(&root.fifo(id))?;
@@ -137,6 +134,27 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Record> {
         let _ = root.remove(id);
     }
     made
+}
+
+/// Connects to the engine's console socket: required with a terminal,
+/// refused without one (as runc does).
+fn console(
+    terminal: bool,
+    socket: Option<&Path>,
+) -> Result<Option<std::os::unix::net::UnixStream>> {
+    match (terminal, socket) {
+        (true, Some(p)) => std::os::unix::net::UnixStream::connect(p)
+            .map(Some)
+            .map_err(|e| OciError::io(format!("connect to the console socket {}", p.display()), e)),
+        (true, None) => Err(OciError::Usage(
+            "process.terminal is true: give --console-socket (isolate relays no terminal itself)"
+                .into(),
+        )),
+        (false, Some(_)) => Err(OciError::Usage(
+            "--console-socket is only for a process with terminal: true".into(),
+        )),
+        (false, None) => Ok(None),
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -570,8 +588,10 @@ pub struct ExecArgs {
     pub cwd: Option<String>,
     /// `--user uid[:gid]`.
     pub user: Option<String>,
-    /// `--tty` / `--console-socket`.
+    /// `--tty`.
     pub tty: bool,
+    /// `--console-socket`.
+    pub console_socket: Option<PathBuf>,
     /// `--detach`.
     pub detach: bool,
     /// `--pid-file`.
@@ -591,12 +611,6 @@ pub fn exec(root: &Root, id: &str, a: &ExecArgs) -> Result<i32> {
             hint: "; only a running container takes exec",
         });
     }
-    if a.tty {
-        return Err(OciError::unsupported(
-            "exec --tty",
-            "isolate's OCI runtime gives no terminal yet; exec without -t",
-        ));
-    }
     let spec = config::load(&r.bundle)?;
     let process: oci_spec::runtime::Process = match &a.process {
         Some(p) => {
@@ -613,7 +627,7 @@ pub fn exec(root: &Root, id: &str, a: &ExecArgs) -> Result<i32> {
             }
             let mut p = spec.process().clone().unwrap_or_default();
             p.set_args(Some(a.args.clone()));
-            p.set_terminal(Some(false));
+            p.set_terminal(Some(a.tty));
             let mut env = p.env().clone().unwrap_or_default();
             env.extend(a.env.iter().cloned());
             p.set_env(Some(env));
@@ -637,6 +651,8 @@ pub fn exec(root: &Root, id: &str, a: &ExecArgs) -> Result<i32> {
         }
     };
     let (w, extras) = config::exec_plan(&process, &spec)?;
+    let terminal = process.terminal().unwrap_or(false) || a.tty;
+    let console = console(terminal, a.console_socket.as_deref())?;
     let pid_file = a.pid_file.as_ref().map(|p| absolute(p));
     let mut on_pid = |pid: u32| -> isolate_core::Result<()> {
         if let Some(p) = &pid_file {
@@ -651,7 +667,11 @@ pub fn exec(root: &Root, id: &str, a: &ExecArgs) -> Result<i32> {
         r.cgroup.as_deref(),
         &w,
         &extras,
-        detached::ExecOptions { detach: a.detach },
+        detached::ExecOptions {
+            detach: a.detach,
+            console_socket: console.as_ref().map(|c| c.as_raw_fd()),
+            console_size: extras.console_size,
+        },
         &mut on_pid,
     )?;
     Ok(code)
