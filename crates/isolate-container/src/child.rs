@@ -237,6 +237,15 @@ pub fn ptr_array(v: &[CString]) -> Vec<*const c_char> {
 }
 
 fn fail(plan: &ChildPlan, stage: Stage, index: usize, errno: i32, code: i32) -> ! {
+    if plan.detached && stage == Stage::App {
+        // No one reads the exec pipe of a started OCI container: the step
+        // goes to the application's stderr (the errno is in the report).
+        if let Some(step) = APP_STEPS.get(index) {
+            sys::write_all(2, b"isolate: container set-up failed: cannot ");
+            sys::write_all(2, step.as_bytes());
+            sys::write_all(2, b"\n");
+        }
+    }
     let r = Report {
         stage: stage as u32,
         index: index as u32,

@@ -238,6 +238,21 @@ fn kill_pid(pid: u32, start: u64, sig: i32) -> bool {
     isolate_core::sys::pidfd_send_signal(fd.as_fd(), sig).is_ok()
 }
 
+/// Whether `sig`'s default action ends the process.
+fn ends_process(sig: i32) -> bool {
+    !matches!(
+        sig,
+        libc::SIGCHLD
+            | libc::SIGCONT
+            | libc::SIGURG
+            | libc::SIGWINCH
+            | libc::SIGSTOP
+            | libc::SIGTSTP
+            | libc::SIGTTIN
+            | libc::SIGTTOU
+    )
+}
+
 /// Parses a signal as runc does: `TERM`, `SIGTERM` or `15`.
 pub fn parse_signal(s: &str) -> Result<i32> {
     if let Ok(n) = s.parse::<i32>() {
@@ -323,6 +338,14 @@ pub fn kill(root: &Root, id: &str, sig: i32, all: bool) -> Result<()> {
         }
         return Ok(());
     }
+    // A created container's PID 1 waits with every signal blocked: a
+    // signal whose default action ends a process ends it, as it ends
+    // runc's waiting init.
+    let sig = if status == Status::Created && ends_process(sig) {
+        libc::SIGKILL
+    } else {
+        sig
+    };
     if !kill_pid(r.pid, r.start_time, sig) {
         return Err(OciError::WrongState {
             id: id.into(),
