@@ -19,7 +19,7 @@ use crate::runtime::{self, CreateOptions};
 use crate::state::{Root, DEFAULT_ROOT};
 
 /// Verbs only runc has.
-const RUNC_ONLY: [&str; 16] = [
+const RUNC_ONLY: [&str; 14] = [
     "create",
     "start",
     "state",
@@ -34,8 +34,6 @@ const RUNC_ONLY: [&str; 16] = [
     "events",
     "checkpoint",
     "restore",
-    "ps",
-    "update",
 ];
 
 /// Verbs isolate also has as subcommands of its own.

@@ -415,22 +415,20 @@ fn rlimit_number(t: PosixRlimitType) -> libc::c_int {
     }) as libc::c_int
 }
 
+/// Hooks inside the container's namespaces are refused; the runtime's
+/// own run (see [`crate::hooks`]).
 fn hooks(spec: &Spec) -> Result<()> {
     let Some(h) = spec.hooks() else {
         return Ok(());
     };
     for (name, list) in [
-        ("prestart", h.prestart()),
-        ("createRuntime", h.create_runtime()),
         ("createContainer", h.create_container()),
         ("startContainer", h.start_container()),
-        ("poststart", h.poststart()),
-        ("poststop", h.poststop()),
     ] {
         if list.as_ref().is_some_and(|l| !l.is_empty()) {
             return unsupported(
                 &format!("hooks.{name}"),
-                "OCI hooks are not run by isolate yet; remove the hook (e.g. the engine's hooks directory)",
+                "hooks inside the container's namespaces are not run by isolate; use prestart, createRuntime, poststart or poststop",
             );
         }
     }
@@ -971,8 +969,10 @@ mod tests {
                 }),
             ),
             (
-                "hooks.poststop",
-                Box::new(|v| v["hooks"] = serde_json::json!({"poststop": [{"path": "/bin/true"}]})),
+                "hooks.createContainer",
+                Box::new(|v| {
+                    v["hooks"] = serde_json::json!({"createContainer": [{"path": "/bin/true"}]})
+                }),
             ),
             (
                 "linux.resources.cpu.cpus",

@@ -28,6 +28,7 @@
 pub mod cli;
 pub mod config;
 mod error;
+pub mod hooks;
 pub mod runtime;
 pub mod state;
 

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::config::{self, Mode};
 use crate::error::{OciError, Result};
+use crate::hooks;
 use crate::state::{self, Record, Root, Status, OCI_VERSION};
 
 /// Options of `create` and `run`.
@@ -111,6 +112,8 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Record> {
             created: state::now_rfc3339(),
             annotations: plan.annotations.clone(),
             cgroup: c.cgroup,
+            poststart: hook_list(&spec, |h| h.poststart()),
+            poststop: hook_list(&spec, |h| h.poststop()),
         };
         let finish = (|| {
             if let Some(adj) = plan.oom_score_adj {
@@ -121,6 +124,13 @@ pub fn create(root: &Root, id: &str, opts: &CreateOptions) -> Result<Record> {
             if let Some(p) = &opts.pid_file {
                 state::write_atomic(&absolute(p), c.pid.to_string().as_bytes(), 0o644)?;
             }
+            let state = state_value(&record, Status::Created);
+            hooks::run("prestart", &hook_list(&spec, |h| h.prestart()), &state)?;
+            hooks::run(
+                "createRuntime",
+                &hook_list(&spec, |h| h.create_runtime()),
+                &state,
+            )?;
             Ok(())
         })();
         if let Err(e) = finish {
@@ -198,13 +208,31 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
     f.write_all(b"0")
         .map_err(|e| OciError::io(format!("start container {id}"), e))?;
     drop(f);
-    std::fs::remove_file(&fifo).map_err(|e| OciError::io(format!("remove {}", fifo.display()), e))
+    std::fs::remove_file(&fifo)
+        .map_err(|e| OciError::io(format!("remove {}", fifo.display()), e))?;
+    hooks::run("poststart", &r.poststart, &state_value(&r, Status::Running))
+}
+
+/// One kind of hook of `spec` (none if absent).
+fn hook_list(
+    spec: &oci_spec::runtime::Spec,
+    kind: impl Fn(&oci_spec::runtime::Hooks) -> &Option<Vec<oci_spec::runtime::Hook>>,
+) -> Vec<oci_spec::runtime::Hook> {
+    spec.hooks()
+        .as_ref()
+        .and_then(|h| kind(h).clone())
+        .unwrap_or_default()
 }
 
 /// The OCI state of container `id`, as `state` prints it.
 pub fn state_json(root: &Root, id: &str) -> Result<serde_json::Value> {
     let r = root.load(id)?;
     let status = root.status(&r);
+    Ok(state_value(&r, status))
+}
+
+/// The OCI state of `r` with `status`.
+fn state_value(r: &Record, status: Status) -> serde_json::Value {
     let pid = if status == Status::Stopped { 0 } else { r.pid };
     let mut v = json!({
         "ociVersion": OCI_VERSION,
@@ -219,7 +247,7 @@ pub fn state_json(root: &Root, id: &str) -> Result<serde_json::Value> {
     if !r.annotations.is_empty() {
         v["annotations"] = json!(r.annotations);
     }
-    Ok(v)
+    v
 }
 
 /// Sends `sig` to `pid` if it is still the process that started at
@@ -388,7 +416,12 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
         kill_pid(r.pid, r.start_time, libc::SIGKILL);
     }
     detached::remove_cgroup(id)?;
-    root.remove(id)
+    root.remove(id)?;
+    if let Err(e) = hooks::run("poststop", &r.poststop, &state_value(&r, Status::Stopped)) {
+        // As runc: a failed poststop hook is reported, the delete stands.
+        eprintln!("isolate: warning: {}", error_chain(&e));
+    }
+    Ok(())
 }
 
 /// `pause` / `resume`: freezes or thaws the container's cgroup.

@@ -41,6 +41,12 @@ pub struct Record {
     pub annotations: HashMap<String, String>,
     /// Its cgroup, relative to the cgroup root(s).
     pub cgroup: Option<String>,
+    /// Hooks run after `start`.
+    #[serde(default)]
+    pub poststart: Vec<oci_spec::runtime::Hook>,
+    /// Hooks run by `delete`.
+    #[serde(default)]
+    pub poststop: Vec<oci_spec::runtime::Hook>,
 }
 
 /// A container's status, as the OCI state names it.
@@ -310,6 +316,8 @@ mod tests {
             created: now_rfc3339(),
             annotations: HashMap::new(),
             cgroup: None,
+            poststart: Vec::new(),
+            poststop: Vec::new(),
         };
         root.save(&r).unwrap();
         assert_eq!(root.load("c1").unwrap().pid, me);
