@@ -382,6 +382,24 @@ impl Cgroup {
         }
     }
 
+    /// Freezes (`true`) or thaws (`false`) every process of this cgroup
+    /// (v1 `freezer.state`, v2 `cgroup.freeze`); returns once the kernel
+    /// says it is done (a freeze waits at most about a second).
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        match &self.imp {
+            Imp::V1(c) => c.freeze(frozen),
+            Imp::V2(c) => c.freeze(frozen),
+        }
+    }
+
+    /// Whether this cgroup is frozen.
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
+        match &self.imp {
+            Imp::V1(c) => c.is_frozen(),
+            Imp::V2(c) => c.is_frozen(),
+        }
+    }
+
     /// Whether no process is left in this cgroup (or it is gone).
     pub fn is_empty(&self) -> Result<bool, CgroupError> {
         match &self.imp {

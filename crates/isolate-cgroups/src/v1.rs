@@ -326,6 +326,38 @@ impl V1 {
         result
     }
 
+    fn freezer_state(&self) -> Result<std::path::PathBuf, CgroupError> {
+        self.dir("freezer")
+            .map(|d| d.join("freezer.state"))
+            .filter(|s| s.exists())
+            .ok_or_else(|| CgroupError::Unsupported {
+                what: "freezing a cgroup",
+                reason: "the v1 freezer hierarchy is not mounted".into(),
+            })
+    }
+
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let state = self.freezer_state()?;
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        fs::write(&state, want)?;
+        let done = fs::poll_until(FREEZE_WAIT, || Ok(fs::read(&state)?.trim() == want))?;
+        if !done {
+            let _ = fs::write(&state, "THAWED");
+            return Err(CgroupError::Unsupported {
+                what: "freezing a cgroup",
+                reason: format!(
+                    "{} stayed FREEZING; a task may be in uninterruptible sleep",
+                    state.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
+        Ok(fs::read(&self.freezer_state()?)?.trim() == "FROZEN")
+    }
+
     fn signal_all(&self) -> Result<(), CgroupError> {
         fs::sigkill_all(self.procs()?, &self.rel)
     }

@@ -270,6 +270,34 @@ impl V2 {
         result
     }
 
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let freeze = self.dir.join("cgroup.freeze");
+        if !freeze.exists() {
+            return Err(CgroupError::Unsupported {
+                what: "freezing a cgroup",
+                reason: "this kernel has no cgroup.freeze (Linux 5.2+)".into(),
+            });
+        }
+        fs::write(&freeze, if frozen { "1" } else { "0" })?;
+        let events = self.dir.join("cgroup.events");
+        let want = u64::from(frozen);
+        let done = fs::poll_until(FREEZE_WAIT, || {
+            Ok(fs::keyed(&fs::read(&events)?, "frozen") == Some(want))
+        })?;
+        if !done {
+            let _ = fs::write(&freeze, "0");
+            return Err(CgroupError::Unsupported {
+                what: "freezing a cgroup",
+                reason: format!("{} did not report frozen {want}", events.display()),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
+        Ok(fs::read_opt(&self.dir.join("cgroup.freeze"))?.is_some_and(|s| s.trim() == "1"))
+    }
+
     fn signal_all(&self) -> Result<(), CgroupError> {
         fs::sigkill_all(self.procs()?, &self.rel)
     }

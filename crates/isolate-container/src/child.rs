@@ -42,10 +42,13 @@ pub enum Stage {
     Exec = 4,
     /// Opening volume source `index` before the root switch.
     VolumeSource = 5,
+    /// Not a failure: a detached shim (OCI `create`) is set up and waits
+    /// for its start signal.
+    Ready = 6,
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 16] = [
+pub const ROOT_STEPS: [&str; 18] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -62,10 +65,12 @@ pub const ROOT_STEPS: [&str; 16] = [
     "mount the container's proc or sysfs",
     "enter a cgroup namespace",
     "enter the workload's network namespace",
+    "write a sysctl",
+    "open a terminal and send it to the console socket",
 ];
 
 /// Names of the [`Stage::App`] steps.
-pub const APP_STEPS: [&str; 8] = [
+pub const APP_STEPS: [&str; 10] = [
     "connect standard streams",
     "enter the working directory",
     "drop bounding capabilities",
@@ -74,6 +79,8 @@ pub const APP_STEPS: [&str; 8] = [
     "set the user id",
     "set capabilities",
     "install the seccomp filter",
+    "set a resource limit",
+    "take the terminal",
 ];
 
 /// A failure report from the child: 12 bytes on the exec pipe.
@@ -119,6 +126,8 @@ pub enum RootMount {
     /// A recursive bind mount of the rootfs, read-only with every mount
     /// below it.
     ReadOnlyBind,
+    /// A recursive bind mount of the rootfs, writable (an OCI bundle's root).
+    Bind,
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -143,12 +152,16 @@ pub struct ChildPlan {
     pub volume_sources: Vec<(CString, RawFd)>,
     /// The filesystem recipe run after `pivot_root`.
     pub ops: Vec<Op>,
+    /// Filesystem steps run once the shim is in its cgroup and its own
+    /// cgroup namespace (mounts of the container's cgroupfs).
+    pub late_ops: Vec<Op>,
     /// The hostname.
     pub hostname: CString,
     /// Whether to bring `lo` up.
     pub loopback: bool,
-    /// A network namespace to enter first (`--network bridge` or
-    /// `container:NAME`), or `-1`: the shim's own new one, or the host's.
+    /// A network namespace to enter first (`--network bridge`,
+    /// `container:NAME`, or one an OCI engine made), or `-1`: the shim's
+    /// own new one, or the host's.
     pub netns_fd: RawFd,
     /// Descriptors the shim keeps (sorted); all others are closed.
     pub keep_fds: Vec<RawFd>,
@@ -193,6 +206,26 @@ pub struct ChildPlan {
     pub candidates: Vec<CString>,
     /// argv storage.
     pub argv: Vec<CString>,
+    /// An OCI runtime's container (`create`): the shim outlives isolate
+    /// (no parent-death signal once set up), says it is set up with a
+    /// [`Stage::Ready`] report, waits for one byte on `hold_fd` before it
+    /// starts the application, and exits with the application's status.
+    pub detached: bool,
+    /// The descriptor a detached shim waits on (`-1`: none).
+    pub hold_fd: RawFd,
+    /// Sysctls written in the container's namespaces: path under
+    /// `/proc/sys`, value.
+    pub sysctls: Vec<(CString, CString)>,
+    /// Supplementary groups of the application.
+    pub groups: Vec<libc::gid_t>,
+    /// Resource limits of the application: `RLIMIT_*`, soft, hard.
+    pub rlimits: Vec<(libc::c_int, u64, u64)>,
+    /// A connected unix socket (OCI `--console-socket`): the shim opens a
+    /// pseudo-terminal in the container's devpts, sends its master there
+    /// and makes the slave the application's terminal (`-1`: none).
+    pub console_fd: RawFd,
+    /// The terminal's rows and columns (0: the kernel's default).
+    pub console_size: (u16, u16),
     /// envp storage.
     pub envp: Vec<CString>,
 }
@@ -206,6 +239,15 @@ pub fn ptr_array(v: &[CString]) -> Vec<*const c_char> {
 }
 
 fn fail(plan: &ChildPlan, stage: Stage, index: usize, errno: i32, code: i32) -> ! {
+    if plan.detached && stage == Stage::App {
+        // No one reads the exec pipe of a started OCI container: the step
+        // goes to the application's stderr (the errno is in the report).
+        if let Some(step) = APP_STEPS.get(index) {
+            sys::write_all(2, b"isolate: container set-up failed: cannot ");
+            sys::write_all(2, step.as_bytes());
+            sys::write_all(2, b"\n");
+        }
+    }
     let r = Report {
         stage: stage as u32,
         index: index as u32,
@@ -224,8 +266,9 @@ const DOT: &CStr = c".";
 /// Never returns.
 pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
     sys::set_process_name(SHIM_NAME);
-    // Die with the parent; a parent that died before this line is caught
-    // below, by its pidfd or by end-of-file on the sync pipe.
+    // Die with the parent (a detached shim: until it is set up); a parent
+    // that died before this line is caught below, by its pidfd or by
+    // end-of-file on the sync pipe.
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
     // Descriptors of other containers spawned concurrently must not stay open here.
     let _ = sys::close_all_except(&plan.keep_fds);
@@ -241,9 +284,12 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     } else if !plan.late_join && parent_gone(plan.parent_pidfd) {
         sys::exit(125);
     }
-    sys::close(plan.parent_pidfd);
-    // A prepared network namespace is entered before sysfs is mounted
-    // (sysfs shows the mounter's network devices).
+    if !plan.detached {
+        sys::close(plan.parent_pidfd);
+    }
+    // A prepared network namespace (`--network bridge` or `container:NAME`,
+    // or an OCI engine's) is entered before sysfs is mounted (sysfs shows
+    // the mounter's network devices).
     if plan.netns_fd >= 0 {
         root_step(15, sys::setns(plan.netns_fd, libc::CLONE_NEWNET));
         sys::close(plan.netns_fd);
@@ -256,6 +302,12 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
         0,
         sys::mount(None, ROOT, None, libc::MS_REC | libc::MS_PRIVATE, None),
     );
+    // Sysctls of the container's namespaces: /proc/sys resolves them in
+    // the writer's own net and IPC namespaces, even through the host's
+    // procfs still mounted here.
+    for (path, value) in &plan.sysctls {
+        root_step(16, sys::write_file(path, value.as_bytes()));
+    }
     root_step(
         10,
         sys::mount(
@@ -293,6 +345,16 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             );
             root_step(3, sys::set_read_only_recursive(&plan.new_root));
         }
+        RootMount::Bind => root_step(
+            2,
+            sys::mount(
+                Some(&plan.rootfs),
+                &plan.new_root,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            ),
+        ),
     }
     // procfs and sysfs of the container's namespaces, mounted while the
     // host's instances are still visible (see `mounts::PREMOUNTS`) and held
@@ -338,7 +400,92 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     root_step(6, sys::umount2(DOT, libc::MNT_DETACH));
     root_step(4, sys::chdir(ROOT));
 
-    for (i, op) in plan.ops.iter().enumerate() {
+    run_ops(plan, &plan.ops, 0);
+    for (_, fd) in &plan.volume_sources {
+        sys::close(*fd);
+    }
+    for (_, _, _, fd) in &plan.premounts {
+        sys::close(*fd);
+    }
+    root_step(7, sys::sethostname(&plan.hostname));
+    if plan.loopback {
+        root_step(8, sys::loopback_up());
+    }
+    sys::umask(0o022);
+
+    if plan.late_join {
+        wait_for_parent(plan);
+    }
+    // The cgroup namespace is rooted at the container's own cgroup.
+    root_step(14, sys::unshare(libc::CLONE_NEWCGROUP));
+    // Steps that need the container's cgroup namespace (its cgroupfs).
+    run_ops(plan, &plan.late_ops, plan.ops.len());
+    let tty = if plan.console_fd >= 0 {
+        match sys::open_pty(plan.console_size.0, plan.console_size.1) {
+            Ok((master, slave)) => {
+                root_step(17, sys::send_fds(plan.console_fd, 0, &[master]));
+                sys::close(master);
+                sys::close(plan.console_fd);
+                slave
+            }
+            Err(e) => fail(plan, Stage::Root, 17, e, 125),
+        }
+    } else {
+        -1
+    };
+    if plan.detached {
+        hold(plan);
+    }
+
+    let app_pid = match spawn_app(plan, argv, envp, tty) {
+        Ok(pid) => pid,
+        Err(e) => fail(plan, Stage::App, 0, e, 125),
+    };
+    // Only the application keeps these now.
+    if tty >= 0 {
+        sys::close(tty);
+    }
+    sys::close(plan.exec_wr);
+    for fd in plan.stdio {
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+    supervise(app_pid, plan.status_wr, plan.detached)
+}
+
+/// A detached shim, set up: it stops dying with its parent, reports that
+/// it is ready, and waits for its start byte (OCI `start`). The parent's
+/// pidfd tells whether the parent died before the death signal was off.
+fn hold(plan: &ChildPlan) {
+    let _ = sys::prctl(libc::PR_SET_PDEATHSIG, 0, 0);
+    if parent_gone(plan.parent_pidfd) {
+        sys::exit(125);
+    }
+    sys::close(plan.parent_pidfd);
+    let r = Report {
+        stage: Stage::Ready as u32,
+        index: 0,
+        errno: 0,
+    };
+    sys::write_all(plan.exec_wr, &r.to_bytes());
+    // The application of a detached container reports on its stderr.
+    sys::close(plan.exec_wr);
+    let mut byte = [0u8; 1];
+    loop {
+        match sys::read(plan.hold_fd, &mut byte) {
+            Ok(1) => break,
+            Err(libc::EINTR) => continue,
+            _ => sys::exit(125),
+        }
+    }
+    sys::close(plan.hold_fd);
+}
+
+/// Runs filesystem steps; a failure reports step `first + i` (the index
+/// in `ops` followed by `late_ops`).
+fn run_ops(plan: &ChildPlan, ops: &[Op], first: usize) {
+    for (i, op) in ops.iter().enumerate() {
         let r = match op {
             Op::Mount {
                 source,
@@ -359,6 +506,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             },
             Op::Attach { fd, target } => sys::move_mount(*fd, target),
             Op::ReadOnly { target } => sys::set_read_only_recursive(target),
+            Op::SetAttr { target, attr } => sys::set_attr_recursive(target, *attr),
             Op::Mkdir { path, mode } => sys::mkdir(path, *mode),
             Op::Mknod {
                 path,
@@ -370,39 +518,9 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
             Op::File { path } => sys::touch(path),
         };
         if let Err(e) = r {
-            fail(plan, Stage::Op, i, e, 125);
+            fail(plan, Stage::Op, first + i, e, 125);
         }
     }
-    for (_, fd) in &plan.volume_sources {
-        sys::close(*fd);
-    }
-    for (_, _, _, fd) in &plan.premounts {
-        sys::close(*fd);
-    }
-    root_step(7, sys::sethostname(&plan.hostname));
-    if plan.loopback {
-        root_step(8, sys::loopback_up());
-    }
-    sys::umask(0o022);
-
-    if plan.late_join {
-        wait_for_parent(plan);
-    }
-    // The cgroup namespace is rooted at the container's own cgroup.
-    root_step(14, sys::unshare(libc::CLONE_NEWCGROUP));
-
-    let app_pid = match spawn_app(plan, argv, envp) {
-        Ok(pid) => pid,
-        Err(e) => fail(plan, Stage::App, 0, e, 125),
-    };
-    // Only the application keeps these now.
-    sys::close(plan.exec_wr);
-    for fd in plan.stdio {
-        if fd >= 0 {
-            sys::close(fd);
-        }
-    }
-    supervise(app_pid, plan.status_wr)
 }
 
 /// Size of the application's stack until `execve`.
@@ -413,6 +531,8 @@ struct AppArgs<'a> {
     plan: &'a ChildPlan,
     argv: &'a [*const c_char],
     envp: &'a [*const c_char],
+    /// The application's terminal (`-1`: none).
+    tty: RawFd,
 }
 
 extern "C" fn app_entry(arg: *mut libc::c_void) -> libc::c_int {
@@ -420,7 +540,7 @@ extern "C" fn app_entry(arg: *mut libc::c_void) -> libc::c_int {
     // while this child runs: the shim is suspended (CLONE_VFORK) until
     // this child has called execve or exited.
     let a = unsafe { &*(arg as *const AppArgs) };
-    app(a.plan, a.argv, a.envp)
+    app(a.plan, a.argv, a.envp, a.tty)
 }
 
 /// Starts the application `vfork`-style: it shares the shim's memory (no
@@ -431,6 +551,7 @@ fn spawn_app(
     plan: &ChildPlan,
     argv: &[*const c_char],
     envp: &[*const c_char],
+    tty: RawFd,
 ) -> Result<libc::pid_t, sys::Errno> {
     // SAFETY: an anonymous private mapping; nothing else refers to it.
     let stack = unsafe {
@@ -446,7 +567,12 @@ fn spawn_app(
     if stack == libc::MAP_FAILED {
         return Err(sys::errno());
     }
-    let args = AppArgs { plan, argv, envp };
+    let args = AppArgs {
+        plan,
+        argv,
+        envp,
+        tty,
+    };
     // SAFETY: the child runs `app_entry` on the top of `stack` (stacks grow
     // down on the supported architectures), sharing this memory; with
     // CLONE_VFORK this thread does not run until the child has executed a
@@ -504,7 +630,7 @@ fn wait_for_parent(plan: &ChildPlan) {
 
 /// PID 1's loop: reap every child, forward every other signal to the
 /// application, report its wait status when it ends, and exit.
-fn supervise(app: libc::pid_t, status_wr: RawFd) -> ! {
+fn supervise(app: libc::pid_t, status_wr: RawFd, mirror: bool) -> ! {
     // SAFETY: sigset_t is plain data; sigfillset initialises it.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `all` is a valid sigset_t.
@@ -527,6 +653,14 @@ fn supervise(app: libc::pid_t, status_wr: RawFd) -> ! {
             if pid <= 0 {
                 break;
             }
+            if pid == app && mirror {
+                // A detached shim's parent is the engine's: it reads the
+                // status as the shim's own (a signal as 128 + its number).
+                if libc::WIFSIGNALED(status) {
+                    sys::exit(128 + libc::WTERMSIG(status));
+                }
+                sys::exit(libc::WEXITSTATUS(status));
+            }
             if pid == app {
                 // The wait status, then the shim's own peak RSS (the host
                 // memory isolate spent on the boundary).
@@ -541,21 +675,28 @@ fn supervise(app: libc::pid_t, status_wr: RawFd) -> ! {
 }
 
 /// The application process: drop privileges, filter, exec.
-fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
+fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char], tty: RawFd) -> ! {
     sys::reset_signals(plan.reset_signals);
     let step = |i: usize, r: Result<(), sys::Errno>| {
         if let Err(e) = r {
             fail(plan, Stage::App, i, e, 125)
         }
     };
-    for (target, fd) in plan.stdio.iter().enumerate() {
-        if *fd >= 0 {
-            step(0, sys::dup_to(*fd, target as RawFd, false));
+    if tty >= 0 {
+        step(9, sys::take_terminal(tty));
+    } else {
+        for (target, fd) in plan.stdio.iter().enumerate() {
+            if *fd >= 0 {
+                step(0, sys::dup_to(*fd, target as RawFd, false));
+            }
         }
     }
     // Nothing but fds 0-2 (and the exec pipe until execve) reaches the program.
     step(0, sys::close_range(3, u32::MAX, true));
     step(1, sys::chdir(&plan.cwd));
+    for &(resource, soft, hard) in &plan.rlimits {
+        step(8, sys::setrlimit(resource, soft, hard));
+    }
     for cap in 0..=plan.last_cap {
         if plan.caps & (1u64 << cap) == 0 {
             step(2, sys::prctl(libc::PR_CAPBSET_DROP, cap.into(), 0));
@@ -566,7 +707,8 @@ fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
         libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
         0,
     );
-    if let Err((i, e)) = sys::set_ids(plan.uid, plan.gid, !plan.rootless) {
+    let groups = (!plan.rootless).then_some(plan.groups.as_slice());
+    if let Err((i, e)) = sys::set_ids(plan.uid, plan.gid, groups) {
         fail(plan, Stage::App, 3 + i as usize, e, 125);
     }
     let caps = if plan.uid == 0 { plan.caps } else { 0 };
@@ -584,6 +726,18 @@ fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
             libc::ENOENT | libc::ENOTDIR => {}
             e => not_executable = e,
         }
+    }
+    if plan.detached {
+        // No one reads the exec pipe of a started OCI container: say it on
+        // the application's stderr, as runc does.
+        let why: &[u8] = if not_executable != 0 {
+            b": not executable\n"
+        } else {
+            b": not found\n"
+        };
+        sys::write_all(2, b"isolate: cannot execute ");
+        sys::write_all(2, plan.argv[0].as_bytes());
+        sys::write_all(2, why);
     }
     if not_executable != 0 {
         fail(plan, Stage::Exec, 1, not_executable, 126)

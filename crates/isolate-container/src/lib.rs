@@ -75,6 +75,7 @@
 //! (dynamic linking, ~0.4 ms).
 
 mod child;
+pub mod detached;
 mod error;
 mod mounts;
 mod relay;

@@ -63,6 +63,14 @@ pub enum Op {
         /// Mount point inside the new root.
         target: CString,
     },
+    /// Sets `MOUNT_ATTR_*` flags on the mount at `target` and every mount
+    /// below it (nosuid, nodev, noexec, read-only of an OCI bind mount).
+    SetAttr {
+        /// Mount point inside the new root.
+        target: CString,
+        /// The `MOUNT_ATTR_*` flags to set.
+        attr: u64,
+    },
     /// `symlink(2)`.
     Symlink {
         /// What the link points to.
@@ -291,6 +299,61 @@ pub fn bind_fd(fd: i32, target: &str, read_only: bool, ops: &mut Vec<Op>) {
     }
 }
 
+/// Masks `path` as Docker masks its paths: an empty read-only tmpfs over a
+/// directory, `/dev/null` bound over anything else; a path that does not
+/// exist is skipped.
+pub fn mask(path: &str, is_dir: bool, ops: &mut Vec<Op>) {
+    if is_dir {
+        let mut m = mount("tmpfs", path, "tmpfs", libc::MS_RDONLY, "size=0");
+        if let Op::Mount { if_exists, .. } = &mut m {
+            *if_exists = true;
+        }
+        ops.push(m);
+    } else {
+        ops.push(bind("/dev/null", path, true));
+    }
+}
+
+/// Binds `path` read-only over itself; a path that does not exist is skipped.
+pub fn read_only_path(path: &str, ops: &mut Vec<Op>) {
+    ops.push(bind(path, path, true));
+    ops.push(remount_ro(path, NOSUID_NODEV_NOEXEC, true));
+}
+
+/// A tmpfs at `target` (made first) with `MS_*` flags and options.
+pub fn tmpfs(target: &str, flags: c_ulong, data: &str, ops: &mut Vec<Op>) {
+    mkdir_p(target, ops);
+    ops.push(mount("tmpfs", target, "tmpfs", flags, data));
+}
+
+/// The container's cgroups, read-only at `/sys/fs/cgroup` (inside its
+/// cgroup namespace each shows the container's own cgroup as its root):
+/// `hierarchies` as the host mounts them, name below `/sys/fs/cgroup`
+/// (empty: the unified root) and v1 options (`None`: cgroup2).
+pub fn cgroupfs(hierarchies: &[(String, Option<String>)], ops: &mut Vec<Op>) {
+    const FLAGS: c_ulong = NOSUID_NODEV_NOEXEC | libc::MS_RDONLY;
+    if let Some((_, None)) = hierarchies.iter().find(|(n, _)| n.is_empty()) {
+        ops.push(mount("cgroup2", "/sys/fs/cgroup", "cgroup2", FLAGS, ""));
+        return;
+    }
+    ops.push(mount(
+        "tmpfs",
+        "/sys/fs/cgroup",
+        "tmpfs",
+        NOSUID_NODEV_NOEXEC,
+        "mode=755,size=64k",
+    ));
+    for (name, opts) in hierarchies {
+        let target = format!("/sys/fs/cgroup/{name}");
+        ops.push(mkdir(&target, 0o755));
+        match opts {
+            Some(o) => ops.push(mount("cgroup", &target, "cgroup", FLAGS, o)),
+            None => ops.push(mount("cgroup2", &target, "cgroup2", FLAGS, "")),
+        }
+    }
+    ops.push(remount_ro("/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, false));
+}
+
 /// A named volume (its ext4 file system mounted detached by the parent,
 /// held as descriptor `fd`) attached at `target`.
 pub fn ext4_fd(fd: i32, target: &str, ops: &mut Vec<Op>) {
@@ -326,6 +389,9 @@ impl Op {
                 format!("bind-mount a volume on {}", target.to_string_lossy())
             }
             Op::ReadOnly { target } => format!("make {} read-only", target.to_string_lossy()),
+            Op::SetAttr { target, .. } => {
+                format!("set the mount flags of {}", target.to_string_lossy())
+            }
             Op::Mkdir { path, .. } => format!("create directory {}", path.to_string_lossy()),
             Op::Mknod { path, .. } => format!("create device {}", path.to_string_lossy()),
             Op::Symlink { link, .. } => format!("create symlink {}", link.to_string_lossy()),

@@ -42,6 +42,18 @@ impl Resources {
         }
     }
 
+    /// An OCI runtime's container: no run marker (its state is the
+    /// runtime's, and `delete` removes its cgroup).
+    pub(crate) fn none() -> Self {
+        Resources {
+            run: None,
+            cgroup: None,
+            volumes: Vec::new(),
+            registration: None,
+            net: None,
+        }
+    }
+
     /// Removes the cgroup (killing anything left in it), the run marker and
     /// the state record, and unlocks the volumes. A cgroup that cannot go
     /// yet keeps its marker, so that a later `cleanup_stale` removes it.
@@ -95,6 +107,8 @@ pub struct Container {
     outcome: Mutex<Option<Outcome>>,
     /// Its address on isolate's bridge (`--network bridge`).
     address: Option<std::net::Ipv4Addr>,
+    /// Left running on drop, its cgroup kept ([`Container::detach`]).
+    detached: bool,
 }
 
 /// Kills the container at `deadline` unless it ended before: a thread that
@@ -160,6 +174,7 @@ impl Container {
             res: Mutex::new(res),
             outcome: Mutex::new(None),
             address,
+            detached: false,
         }
     }
 
@@ -190,6 +205,19 @@ impl Container {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .registration = Some(reg);
+    }
+
+    /// Lets the container outlive this handle (and isolate): it is neither
+    /// killed nor waited for, and its cgroup stays; returns the cgroup's
+    /// path relative to the cgroup root(s).
+    pub(crate) fn detach(mut self) -> Option<String> {
+        self.detached = true;
+        let cg = self
+            .cgroup
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        cg.map(|c| c.rel_path().to_string())
     }
 
     /// Kills and reaps a container that failed to start, and releases all.
@@ -385,7 +413,7 @@ impl Running for Container {
 impl Drop for Container {
     fn drop(&mut self) {
         let done = lock(&self.outcome).is_some();
-        if !done {
+        if !done && !self.detached {
             let _ = self.send(libc::SIGKILL);
             let _ = self.wait();
         }

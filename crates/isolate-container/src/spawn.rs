@@ -19,6 +19,7 @@ use isolate_core::{
 };
 
 use crate::child::{self, ChildPlan, Report, RootMount, Stage};
+use crate::detached::{Detach, Extras};
 use crate::error::ContainerError;
 use crate::mounts::{self, Op};
 use isolate_cgroups::devices::{DeviceRule, DEFAULT_RULES};
@@ -74,7 +75,7 @@ fn overlay_escape(p: &Path) -> Vec<u8> {
     out
 }
 
-fn last_cap() -> u32 {
+pub(crate) fn last_cap() -> u32 {
     static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *LAST.get_or_init(|| {
         sys::read_proc("/proc/sys/kernel/cap_last_cap")
@@ -235,14 +236,16 @@ struct StdioPlan {
     relays: Relays,
 }
 
-fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>) -> Result<StdioPlan, Error> {
+/// `raw`: streams the caller's are the application's as they are, with
+/// no relay (an OCI container outlives isolate; its engine gave them).
+fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>, raw: bool) -> Result<StdioPlan, Error> {
     let mut fds = [-1; 3];
     let mut mine: [Option<File>; 3] = [None, None, None];
     let mut relays = Relays::default();
     let mut null: Option<RawFd> = None;
     for (i, s) in [w.stdin, w.stdout, w.stderr].into_iter().enumerate() {
         match s {
-            Stdio::Inherit if relay::is_terminal(i as RawFd) => {
+            Stdio::Inherit if !raw && relay::is_terminal(i as RawFd) => {
                 let (r, wr) = pipe()?;
                 let (theirs, ours) = if i == 0 { (r, wr) } else { (wr, r) };
                 fds[i] = theirs.as_raw_fd();
@@ -289,15 +292,31 @@ fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>) -> Result<StdioPlan, Er
     })
 }
 
+/// How the shim is placed: rootless (a user namespace), joining its cgroup
+/// late, the network it enters, and whether it is an OCI runtime's
+/// detached, held container.
+struct ShimSetup<'a> {
+    rootless: bool,
+    late_join: bool,
+    net: &'a NetPlan,
+    detach: Option<&'a Detach<'a>>,
+}
+
 fn prepare(
     w: &Workload,
     rootfs: &Path,
     devices: &[HostDevice],
     res: &mut Resources,
-    rootless: bool,
-    late_join: bool,
-    net: &NetPlan,
+    setup: ShimSetup<'_>,
 ) -> Result<Prepared, Error> {
+    let ShimSetup {
+        rootless,
+        late_join,
+        net,
+        detach,
+    } = setup;
+    let none = Extras::default();
+    let extras = detach.map_or(&none, |d| d.extras);
     let scratch = rundir::base();
     // Resolve every volume target first: bad input fails before anything is made.
     let mut targets = Vec::with_capacity(w.volumes.len());
@@ -340,7 +359,24 @@ fn prepare(
         child: stdio,
         parent: parent_stdio,
         relays,
-    } = stdio_fds(w, &mut child_fds)?;
+    } = stdio_fds(w, &mut child_fds, detach.is_some())?;
+    // A network namespace given by an OCI engine (by path).
+    let engine_netns = match &extras.net_ns {
+        Some(path) => {
+            let f = File::open(path).map_err(|e| {
+                Error::invalid(
+                    "network namespace",
+                    format!("cannot open {}: {e}", path.display()),
+                )
+            })?;
+            let fd = OwnedFd::from(f);
+            let raw = fd.as_raw_fd();
+            child_fds.push(fd);
+            raw
+        }
+        None => -1,
+    };
+    let hold_fd = detach.map_or(-1, |d| d.hold);
     let parent_pidfd = sys::pidfd_self().map_err(|e| {
         ContainerError::host(
             "open a pidfd of isolate",
@@ -354,6 +390,12 @@ fn prepare(
         status_wr.as_raw_fd(),
     ];
     keep.extend(stdio.iter().copied().filter(|&fd| fd >= 0));
+    let console_fd = extras.console_socket.unwrap_or(-1);
+    keep.extend(
+        [engine_netns, hold_fd, console_fd]
+            .into_iter()
+            .filter(|&fd| fd >= 0),
+    );
     keep.extend(res.volumes.iter().filter_map(|a| a.device_fd()));
     keep.extend(net.netns_fd);
     keep.sort_unstable();
@@ -386,8 +428,11 @@ fn prepare(
         next_fd += 1;
     }
     let mut ops = mounts::standard(w.read_only, premount_fds, dev_fds);
+    for t in &extras.tmpfs {
+        mounts::tmpfs(&t.target, t.flags, &t.data, &mut ops);
+    }
     let mut named = res.volumes.iter();
-    for (v, (target, is_dir)) in w.volumes.iter().zip(&targets) {
+    for (i, (v, (target, is_dir))) in w.volumes.iter().zip(&targets).enumerate() {
         if *is_dir {
             mounts::mkdir_p(target, &mut ops);
         } else {
@@ -402,6 +447,12 @@ fn prepare(
             VolumeSource::Host(src) => {
                 volume_sources.push((path_c(src)?, next_fd));
                 mounts::bind_fd(next_fd, target, v.read_only, &mut ops);
+                if let Some(&attr) = extras.volume_attrs.get(i).filter(|&&a| a != 0) {
+                    ops.push(Op::SetAttr {
+                        target: cstr(target.as_str(), "volume")?,
+                        attr,
+                    });
+                }
                 next_fd += 1;
             }
             VolumeSource::Named(_) => {
@@ -450,9 +501,22 @@ fn prepare(
         mounts::bind_fd(next_fd, inside, true, &mut ops);
         next_fd += 1;
     }
+    let mut late_ops = Vec::new();
+    if extras.cgroupfs {
+        mounts::cgroupfs(&host_cgroup_mounts(), &mut late_ops);
+    }
+    for m in &extras.masked {
+        mounts::mask(&m.path, m.is_dir, &mut ops);
+    }
+    for p in &extras.read_only {
+        mounts::read_only_path(p, &mut ops);
+    }
     let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
     if !w.read_only && cwd != Path::new("/") {
         mounts::mkdir_p(&cwd.to_string_lossy(), &mut ops);
+    }
+    if extras.bind_root && extras.read_only_root {
+        ops.push(mounts::remount_ro("/", 0, false));
     }
 
     let env = w.effective_env();
@@ -467,6 +531,8 @@ fn prepare(
         .collect::<Result<_, _>>()?;
     let root_mount = if w.read_only {
         RootMount::ReadOnlyBind
+    } else if extras.bind_root {
+        RootMount::Bind
     } else {
         let mut data = b"lowerdir=".to_vec();
         data.extend(overlay_escape(rootfs));
@@ -486,7 +552,7 @@ fn prepare(
     let plan = ChildPlan {
         rootfs: path_c(rootfs)?,
         scratch: path_c(&scratch)?,
-        scratch_dirs: if w.read_only {
+        scratch_dirs: if w.read_only || extras.bind_root {
             ["root", "proc", "sysfs"].as_slice()
         } else {
             ["upper", "work", "root", "proc", "sysfs"].as_slice()
@@ -499,9 +565,10 @@ fn prepare(
         premounts,
         volume_sources,
         ops,
+        late_ops,
         hostname: cstr(w.effective_hostname(), "hostname")?,
         loopback: w.network == Network::Loopback,
-        netns_fd: net.netns_fd.unwrap_or(-1),
+        netns_fd: net.netns_fd.unwrap_or(engine_netns),
         keep_fds: keep,
         rootless,
         late_join,
@@ -520,6 +587,22 @@ fn prepare(
         candidates: candidates(&w.argv[0], &env)?,
         argv,
         envp,
+        detached: detach.is_some(),
+        hold_fd,
+        sysctls: extras
+            .sysctl
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    cstr(format!("/proc/sys/{}", k.replace('.', "/")), "sysctl")?,
+                    cstr(v.as_str(), "sysctl")?,
+                ))
+            })
+            .collect::<Result<_, Error>>()?,
+        groups: extras.groups.clone(),
+        rlimits: extras.rlimits.clone(),
+        console_fd,
+        console_size: extras.console_size,
     };
     child_fds.extend([parent_pidfd, sync_rd, exec_wr, status_wr]);
     Ok(Prepared {
@@ -530,8 +613,44 @@ fn prepare(
         status_rd,
         parent_stdio,
         relays,
-        new_netns: net.netns_fd.is_none() && !net.host,
+        new_netns: net.netns_fd.is_none() && !net.host && engine_netns < 0,
     })
+}
+
+/// The host's cgroup file systems below `/sys/fs/cgroup`: the name of
+/// each (relative path; empty for the root) and its mount options (the
+/// v1 controllers, `None` for cgroup2).
+fn host_cgroup_mounts() -> Vec<(String, Option<String>)> {
+    let info = sys::read_proc("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        let (Some(point), Some(fstype), Some(opts)) = (f.get(4), f.get(dash + 1), f.get(dash + 3))
+        else {
+            continue;
+        };
+        let Some(name) = point
+            .strip_prefix("/sys/fs/cgroup")
+            .map(|n| n.trim_start_matches('/'))
+        else {
+            continue;
+        };
+        match *fstype {
+            "cgroup2" => out.push((name.to_string(), None)),
+            "cgroup" if !name.is_empty() && !name.contains('/') => {
+                let keep: Vec<&str> = opts
+                    .split(',')
+                    .filter(|o| !matches!(*o, "rw" | "ro"))
+                    .collect();
+                out.push((name.to_string(), Some(keep.join(","))));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Starts the shim with `clone3`; returns its pid and pidfd.
@@ -618,7 +737,12 @@ fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Err
             }
         }
         s if s == Stage::Root as u32 => child::ROOT_STEPS.get(i).map(|s| s.to_string()),
-        s if s == Stage::Op as u32 => plan.ops.get(i).map(Op::describe),
+        s if s == Stage::Op as u32 => plan
+            .ops
+            .iter()
+            .chain(&plan.late_ops)
+            .nth(i)
+            .map(Op::describe),
         s if s == Stage::App as u32 => {
             let what = child::APP_STEPS.get(i).map(|s| s.to_string());
             if i == 1 {
@@ -645,9 +769,21 @@ fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Err
 
 /// Starts `w` in a new container.
 pub fn spawn(w: &Workload) -> Result<Container, Error> {
+    launch(w, None)
+}
+
+/// Starts `w` in a new container; `detach`: an OCI runtime's container,
+/// set up and held before its application starts (see [`crate::detached`]).
+pub(crate) fn launch(w: &Workload, detach: Option<&Detach>) -> Result<Container, Error> {
     let start = Instant::now();
     let rootless = isolate_core::sys::rootless();
     if rootless {
+        if detach.is_some() {
+            return Err(Error::Unavailable {
+                backend: "container",
+                reason: "isolate as an OCI runtime needs root".into(),
+            });
+        }
         check_rootless(w)?;
     }
     if w.argv.is_empty() {
@@ -661,12 +797,23 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let devices = host_devices(w)?;
     let mut device_rules = DEFAULT_RULES.to_vec();
     device_rules.extend(devices.iter().map(|d| d.rule));
-    let run = match &w.name {
-        Some(name) => RunDir::claim_named(name)?,
-        None => RunDir::claim_slot()?,
+    let (id, family, mut res) = match detach {
+        Some(d) => {
+            device_rules.extend(d.extras.device_rules.iter().copied());
+            (
+                d.id.to_string(),
+                crate::detached::CGROUPS,
+                Resources::none(),
+            )
+        }
+        None => {
+            let run = match &w.name {
+                Some(name) => RunDir::claim_named(name)?,
+                None => RunDir::claim_slot()?,
+            };
+            (run.id().to_string(), rundir::CGROUPS, Resources::new(run))
+        }
     };
-    let id = run.id().to_string();
-    let mut res = Resources::new(run);
     // On cgroup v2 the shim starts inside its cgroup (CLONE_INTO_CGROUP),
     // so the cgroup comes first. On v1 the cgroup is made while the shim
     // builds its namespaces and root (the two overlap on separate CPUs),
@@ -674,7 +821,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let late_join = !rootless && !isolate_cgroups::root_is_unified();
     let mut early = None;
     if !rootless && !late_join {
-        let cg = make_cgroup(&id, w, &device_rules)?;
+        let cg = make_cgroup(family, &id, w, &device_rules)?;
         match cg.placement() {
             Ok(p) => early = Some(p),
             Err(e) => {
@@ -690,7 +837,13 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     };
     let mut shared_netns = None;
     let net = network(w, &id, &mut res, &mut shared_netns)?;
-    let prepared = prepare(w, &rootfs, &devices, &mut res, rootless, late_join, &net)?;
+    let setup = ShimSetup {
+        rootless,
+        late_join,
+        net: &net,
+        detach,
+    };
+    let prepared = prepare(w, &rootfs, &devices, &mut res, setup)?;
     let (pid, pidfd) = clone_shim(&prepared, cgroup_fd)?;
     drop(shared_netns);
     let Prepared {
@@ -726,7 +879,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     let mut join: Vec<OwnedFd> = Vec::new();
     let mut late = None;
     if late_join {
-        let made = make_cgroup(&id, w, &device_rules).and_then(|cg| {
+        let made = make_cgroup(family, &id, w, &device_rules).and_then(|cg| {
             let placement = cg.placement();
             handle.set_cgroup(cg);
             placement.map_err(|e| ContainerError::Cgroup(error_chain(&e)).into())
@@ -773,7 +926,12 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     drop(join);
     drop(sync_wr);
     match read_report(&exec_rd) {
-        Ok(None) => {}
+        Ok(None) if detach.is_none() => {}
+        Ok(Some(r)) if detach.is_some() && r.stage == Stage::Ready as u32 => {}
+        Ok(None) => {
+            handle.abort();
+            return Err(ContainerError::SetupDied("it ended before it was set up".into()).into());
+        }
         Ok(Some(r)) => {
             handle.abort();
             return Err(report_error(r, &plan, &w.argv[0], w));
@@ -799,14 +957,19 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
 /// Makes the container's cgroup `isolate/ct-<id>` with the workload's
 /// limits, where only the devices `rules` allow can be opened. An I/O
 /// weight the host cannot enforce is not an error.
-fn make_cgroup(id: &str, w: &Workload, rules: &[DeviceRule]) -> Result<Cgroup, Error> {
+fn make_cgroup(
+    family: isolate_cgroups::Family,
+    id: &str,
+    w: &Workload,
+    rules: &[DeviceRule],
+) -> Result<Cgroup, Error> {
     let spec = Spec {
         limits: w.limits,
         devices: Some(rules),
         io_weight_best_effort: true,
         replace: false,
     };
-    rundir::CGROUPS
+    family
         .create(id, &spec)
         .map_err(|e| ContainerError::Cgroup(error_chain(&e)).into())
 }

@@ -63,7 +63,13 @@ const AT_RECURSIVE: c_ulong = 0x8000;
 /// `MOVE_MOUNT_F_EMPTY_PATH` of `move_mount(2)`.
 const MOVE_MOUNT_F_EMPTY_PATH: c_ulong = 0x4;
 /// `MOUNT_ATTR_RDONLY` of `mount_setattr(2)`.
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_NOSUID` of `mount_setattr(2)`.
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// `MOUNT_ATTR_NODEV` of `mount_setattr(2)`.
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// `MOUNT_ATTR_NOEXEC` of `mount_setattr(2)`.
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
 /// A detached copy of the mount tree at `path` (`open_tree(2)` with
 /// `OPEN_TREE_CLONE | AT_RECURSIVE`), close-on-exec: a bind mount held as
@@ -97,6 +103,13 @@ pub fn move_mount(fd: RawFd, target: &CStr) -> Result<(), Errno> {
 /// Makes the mount at `target` and every mount below it read-only
 /// (`mount_setattr(2)` with `AT_RECURSIVE`); the mounts' other flags stay.
 pub fn set_read_only_recursive(target: &CStr) -> Result<(), Errno> {
+    set_attr_recursive(target, MOUNT_ATTR_RDONLY)
+}
+
+/// Sets the `MOUNT_ATTR_*` flags `attr` on the mount at `target` and every
+/// mount below it (`mount_setattr(2)` with `AT_RECURSIVE`); the mounts'
+/// other flags stay.
+pub fn set_attr_recursive(target: &CStr, attr: u64) -> Result<(), Errno> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -105,7 +118,7 @@ pub fn set_read_only_recursive(target: &CStr) -> Result<(), Errno> {
         userns_fd: u64,
     }
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set: attr,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,
@@ -422,10 +435,11 @@ pub fn umask(mask: u32) {
 
 /// `setgroups(0, NULL)`, `setresgid`, `setresuid`, through `syscall(2)`.
 /// (`groups`: false in a user namespace whose setgroups is denied).
-pub fn set_ids(uid: u32, gid: u32, groups: bool) -> Result<(), (u8, Errno)> {
-    if groups {
-        // SAFETY: setgroups with size 0 reads no memory.
-        check(unsafe { libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) })
+pub fn set_ids(uid: u32, gid: u32, groups: Option<&[libc::gid_t]>) -> Result<(), (u8, Errno)> {
+    if let Some(groups) = groups {
+        // SAFETY: `groups` is a live slice of `groups.len()` gids, which
+        // the kernel only reads.
+        check(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })
             .map_err(|e| (0, e))?;
     }
     // SAFETY: integer arguments only.
@@ -447,6 +461,96 @@ struct CapData {
     effective: u32,
     permitted: u32,
     inheritable: u32,
+}
+
+/// `setrlimit(2)` of `resource` to `soft`/`hard`.
+pub fn setrlimit(resource: c_int, soft: u64, hard: u64) -> Result<(), Errno> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit the kernel only reads during the call.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            resource,
+            &lim,
+            ptr::null_mut::<libc::rlimit>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Writes `data` to the existing file `path` (a sysctl under /proc/sys).
+pub fn write_file(path: &CStr, data: &[u8]) -> Result<(), Errno> {
+    // SAFETY: `path` is a NUL-terminated string valid for the call.
+    let fd = check(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        ) as c_long
+    })? as RawFd;
+    let r = write_exact(fd, data);
+    close(fd);
+    r
+}
+
+/// A new pseudo-terminal pair from `/dev/ptmx` (the devpts mounted at
+/// `/dev/pts` where the caller is): (master, slave), close-on-exec, the
+/// slave sized `rows` x `cols` unless they are 0.
+pub fn open_pty(rows: u16, cols: u16) -> Result<(RawFd, RawFd), Errno> {
+    // SAFETY: a NUL-terminated literal path and flags.
+    let m = check(unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ) as c_long
+    })? as RawFd;
+    let unlock: c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the valid `unlock`.
+    if let Err(e) = check(unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) } as c_long) {
+        close(m);
+        return Err(e);
+    }
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor.
+    let s = match check(unsafe {
+        libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    } as c_long)
+    {
+        Ok(s) => s as RawFd,
+        Err(e) => {
+            close(m);
+            return Err(e);
+        }
+    };
+    if rows > 0 && cols > 0 {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the valid `ws`.
+        unsafe { libc::ioctl(s, libc::TIOCSWINSZ, &ws) };
+    }
+    Ok((m, s))
+}
+
+/// Makes terminal `fd` the controlling terminal of the caller's new
+/// session (`setsid` first) and its fds 0, 1 and 2.
+pub fn take_terminal(fd: RawFd) -> Result<(), Errno> {
+    setsid()?;
+    // SAFETY: TIOCSCTTY takes an integer argument.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) } as c_long)?;
+    for target in 0..3 {
+        dup_to(fd, target, false)?;
+    }
+    Ok(())
 }
 
 /// `capset(2)` (version 3): permitted = effective = `mask`, inheritable empty.

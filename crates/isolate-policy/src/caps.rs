@@ -70,6 +70,11 @@ pub const DEFAULT: [&str; 14] = [
     "AUDIT_WRITE",
 ];
 
+/// The name (without `CAP_`) of capability `n`, if isolate knows it.
+pub fn name(n: u32) -> Option<&'static str> {
+    NAMES.get(n as usize).copied()
+}
+
 /// The number of a capability name (with or without `CAP_`, any case).
 pub fn number(name: &str) -> Option<u32> {
     let upper = name.to_ascii_uppercase();
