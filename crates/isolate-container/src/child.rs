@@ -45,7 +45,7 @@ pub enum Stage {
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 15] = [
+pub const ROOT_STEPS: [&str; 17] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -61,10 +61,12 @@ pub const ROOT_STEPS: [&str; 15] = [
     "start a new session",
     "mount the container's proc or sysfs",
     "enter a cgroup namespace",
+    "open a pty in the container's devpts instance",
+    "hand the pty's master to isolate",
 ];
 
 /// Names of the [`Stage::App`] steps.
-pub const APP_STEPS: [&str; 8] = [
+pub const APP_STEPS: [&str; 9] = [
     "connect standard streams",
     "enter the working directory",
     "drop bounding capabilities",
@@ -73,6 +75,7 @@ pub const APP_STEPS: [&str; 8] = [
     "set the user id",
     "set capabilities",
     "install the seccomp filter",
+    "make the pty the controlling terminal",
 ];
 
 /// A failure report from the child: 12 bytes on the exec pipe.
@@ -173,6 +176,9 @@ pub struct ChildPlan {
     pub status_wr: RawFd,
     /// Descriptors for the application's fds 0, 1, 2 (`-1`: inherit).
     pub stdio: [RawFd; 3],
+    /// `--tty`: the descriptor number the shim puts the slave of a new pty
+    /// on (all of `stdio` name it); `None` without a terminal.
+    pub tty: Option<TtyPlan>,
     /// Working directory inside the container.
     pub cwd: CString,
     /// User and group ids.
@@ -191,6 +197,16 @@ pub struct ChildPlan {
     pub argv: Vec<CString>,
     /// envp storage.
     pub envp: Vec<CString>,
+}
+
+/// The workload's terminal, opened by the shim once the container's own
+/// devpts instance is mounted.
+#[derive(Debug, Clone, Copy)]
+pub struct TtyPlan {
+    /// Where the slave goes (above every descriptor the shim keeps).
+    pub slave_fd: RawFd,
+    /// The initial window size (rows, columns, x and y pixels).
+    pub size: Option<(u16, u16, u16, u16)>,
 }
 
 /// A null-terminated pointer array over `v`, built by the parent.
@@ -369,6 +385,9 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     for (_, _, _, fd) in &plan.premounts {
         sys::close(*fd);
     }
+    if let Some(tty) = plan.tty {
+        open_tty(plan, tty);
+    }
     root_step(7, sys::sethostname(&plan.hostname));
     if plan.loopback {
         root_step(8, sys::loopback_up());
@@ -387,6 +406,7 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     };
     // Only the application keeps these now.
     sys::close(plan.exec_wr);
+    sys::close(plan.sync_rd);
     for fd in plan.stdio {
         if fd >= 0 {
             sys::close(fd);
@@ -489,7 +509,34 @@ fn wait_for_parent(plan: &ChildPlan) {
         }
         _ => sys::exit(125),
     }
-    sys::close(plan.sync_rd);
+}
+
+/// Opens the workload's pty in the container's devpts instance, gives the
+/// slave to the workload's user, puts it on `tty.slave_fd` for the
+/// application and sends the master to isolate over the sync socket.
+fn open_tty(plan: &ChildPlan, tty: TtyPlan) {
+    let (master, slave) = match sys::open_pty() {
+        Ok(p) => p,
+        Err(e) => fail(plan, Stage::Root, 15, e, 125),
+    };
+    if let Some((rows, cols, x, y)) = tty.size {
+        sys::set_window_size(master, rows, cols, x, y);
+    }
+    if plan.uid != 0 {
+        if let Err(e) = sys::fchown(slave, plan.uid, u32::MAX) {
+            fail(plan, Stage::Root, 15, e, 125);
+        }
+    }
+    if slave != tty.slave_fd {
+        if let Err(e) = sys::dup_to(slave, tty.slave_fd, true) {
+            fail(plan, Stage::Root, 15, e, 125);
+        }
+        sys::close(slave);
+    }
+    if let Err(e) = sys::send_fds(plan.sync_rd, 2, &[master]) {
+        fail(plan, Stage::Root, 16, e, 125);
+    }
+    sys::close(master);
 }
 
 /// PID 1's loop: reap every child, forward every other signal to the
@@ -538,6 +585,13 @@ fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
             fail(plan, Stage::App, i, e, 125)
         }
     };
+    if let Some(tty) = plan.tty {
+        // A session of its own whose controlling terminal is the pty: job
+        // control and ctrl-C work inside, and nothing reaches the caller's
+        // terminal but through isolate's relay.
+        step(8, sys::setsid());
+        step(8, sys::set_controlling_terminal(tty.slave_fd));
+    }
     for (target, fd) in plan.stdio.iter().enumerate() {
         if *fd >= 0 {
             step(0, sys::dup_to(*fd, target as RawFd, false));

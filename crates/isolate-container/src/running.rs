@@ -82,6 +82,8 @@ pub struct Container {
     timed_out: Arc<AtomicBool>,
     startup: Option<Duration>,
     stdio: [Mutex<Option<File>>; 3],
+    /// The master of the workload's pty (`--tty`).
+    tty: Mutex<Option<File>>,
     /// Copies between the caller's terminal and the container.
     relays: Mutex<Relays>,
     cgroup: RwLock<Option<Cgroup>>,
@@ -146,6 +148,7 @@ impl Container {
             timed_out,
             startup: None,
             stdio: [Mutex::new(a), Mutex::new(b), Mutex::new(c)],
+            tty: Mutex::new(None),
             relays: Mutex::new(relays),
             cgroup: RwLock::new(cgroup),
             res: Mutex::new(res),
@@ -169,6 +172,10 @@ impl Container {
     /// Hands the container its cgroup, made after the shim started (v1).
     pub(crate) fn set_cgroup(&mut self, cg: Cgroup) {
         *self.cgroup.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(cg);
+    }
+
+    pub(crate) fn set_tty(&mut self, master: File) {
+        *self.tty.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(master);
     }
 
     pub(crate) fn started(&mut self, startup: Duration) {
@@ -329,6 +336,10 @@ impl Running for Container {
 
     fn take_stderr(&self) -> Option<File> {
         lock(&self.stdio[2]).take()
+    }
+
+    fn take_tty(&self) -> Option<File> {
+        lock(&self.tty).take()
     }
 
     fn wait(&self) -> Result<Outcome, Error> {

@@ -168,6 +168,9 @@ fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>) -> Result<StdioPlan, Er
     let mut relays = Relays::default();
     let mut null: Option<RawFd> = None;
     for (i, s) in [w.stdin, w.stdout, w.stderr].into_iter().enumerate() {
+        if w.tty {
+            break; // the pty is the workload's stdio (see `prepare`)
+        }
         match s {
             Stdio::Inherit if relay::is_terminal(i as RawFd) => {
                 let (r, wr) = pipe()?;
@@ -360,6 +363,20 @@ fn prepare(
             });
         }
     }
+    let tty = w.tty.then(|| {
+        let size = [0, 1, 2]
+            .into_iter()
+            .find_map(isolate_core::pty::window_size)
+            .map(|s| (s.rows, s.cols, s.xpixel, s.ypixel));
+        child::TtyPlan {
+            slave_fd: next_fd,
+            size,
+        }
+    });
+    let stdio = match tty {
+        Some(t) => [t.slave_fd; 3],
+        None => stdio,
+    };
     let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
     if !w.read_only && cwd != Path::new("/") {
         mounts::mkdir_p(&cwd.to_string_lossy(), &mut ops);
@@ -420,6 +437,7 @@ fn prepare(
         exec_wr: exec_wr.as_raw_fd(),
         status_wr: status_wr.as_raw_fd(),
         stdio,
+        tty,
         cwd: path_c(&cwd)?,
         uid: user.uid,
         gid: user.gid,
@@ -673,8 +691,14 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         let _ = sys::send_fds(sync_wr.as_raw_fd(), 1, &join_raw);
     }
     drop(join);
-    drop(sync_wr);
     match read_report(&exec_rd) {
+        Ok(None) if plan.tty.is_some() => match receive_tty(&sync_wr) {
+            Ok(master) => handle.set_tty(master),
+            Err(e) => {
+                handle.abort();
+                return Err(e.into());
+            }
+        },
         Ok(None) => {}
         Ok(Some(r)) => {
             handle.abort();
@@ -696,6 +720,29 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
         }
     }
     Ok(handle)
+}
+
+/// The master of the workload's pty, sent by the shim before it started
+/// the application.
+fn receive_tty(sync: &OwnedFd) -> Result<File, ContainerError> {
+    let mut fds = [-1; sys::MAX_FDS];
+    match sys::recv_fds(sync.as_raw_fd(), &mut fds) {
+        // SAFETY: the kernel installed this descriptor for this process.
+        Ok((Some(2), 1)) => Ok(unsafe { File::from_raw_fd(fds[0]) }),
+        Ok((_, n)) => {
+            for fd in &fds[..n] {
+                sys::close(*fd);
+            }
+            Err(ContainerError::host(
+                "receive the pty from the container",
+                std::io::Error::from_raw_os_error(libc::EPROTO),
+            ))
+        }
+        Err(e) => Err(ContainerError::host(
+            "receive the pty from the container",
+            std::io::Error::from_raw_os_error(e),
+        )),
+    }
 }
 
 /// Makes the container's cgroup `isolate/ct-<id>` with the workload's

@@ -595,6 +595,69 @@ pub fn loopback_up() -> Result<(), Errno> {
     isolate_core::sys::loopback_up().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
+/// Opens a new pty in the devpts instance behind `/dev/ptmx` (the
+/// container's own, once its root is in place): `(master, slave)`, both
+/// close-on-exec and neither a controlling terminal. The slave is opened
+/// from the master (`TIOCGPTPEER`), never by a path the image could plant.
+pub fn open_pty() -> Result<(RawFd, RawFd), Errno> {
+    // SAFETY: a NUL-terminated literal path; flags only.
+    let master = check(
+        unsafe {
+            libc::open(
+                c"/dev/ptmx".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        }
+        .into(),
+    )? as RawFd;
+    let unlock: c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, valid for the call.
+    if let Err(e) = check(unsafe { libc::ioctl(master, libc::TIOCSPTLCK, &unlock) }.into()) {
+        close(master);
+        return Err(e);
+    }
+    // SAFETY: TIOCGPTPEER takes open flags as its integer argument.
+    let slave = unsafe {
+        libc::ioctl(
+            master,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    match check(slave.into()) {
+        Ok(fd) => Ok((master, fd as RawFd)),
+        Err(e) => {
+            close(master);
+            Err(e)
+        }
+    }
+}
+
+/// Sets a terminal's window size (`TIOCSWINSZ`).
+pub fn set_window_size(fd: RawFd, rows: u16, cols: u16, xpixel: u16, ypixel: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: xpixel,
+        ws_ypixel: ypixel,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+/// `fchown(2)`.
+pub fn fchown(fd: RawFd, uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: fchown takes integers only.
+    check(unsafe { libc::fchown(fd, uid, gid) }.into()).map(drop)
+}
+
+/// Makes the terminal on `fd` the calling session leader's controlling
+/// terminal (`TIOCSCTTY`).
+pub fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }.into()).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,23 @@ impl Mode {
     }
 }
 
+impl Mode {
+    /// Refuses what this boundary cannot do yet for `w` (checked before
+    /// any host check, so the answer does not depend on the host):
+    /// VM mode has no `--tty` yet.
+    pub fn refuse_unsupported(self, w: &Workload) -> Result<()> {
+        if self == Mode::Vm && w.tty {
+            return Err(crate::Error::Unsupported(
+                "--tty is not available in VM mode yet: the guest init gives the workload \
+                 pipes over the virtio consoles, not a pty (a guest-side pty relayed over the \
+                 console is still to be built); run without -t, or use --mode container -t"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -91,6 +108,13 @@ pub trait Running: Send + Sync {
 
     /// The read end of the workload's stderr, if piped (once).
     fn take_stderr(&self) -> Option<File>;
+
+    /// The master of the workload's pty, if it was started with
+    /// [`Workload::tty`] (once). Its output ends (`EIO`) once the workload
+    /// has ended; see [`crate::pty`] to relay it.
+    fn take_tty(&self) -> Option<File> {
+        None
+    }
 
     /// Waits for the end and returns the outcome. Called more than once,
     /// later calls return the same outcome.

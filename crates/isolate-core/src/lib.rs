@@ -32,6 +32,7 @@ mod outcome;
 pub mod parse;
 pub mod paths;
 pub mod protocol;
+pub mod pty;
 mod seccomp;
 pub mod state;
 pub mod sys;

@@ -214,6 +214,7 @@ impl Isolator for VmIsolator {
 /// Checks the inputs and the host, builds the initrd, sizes the guest.
 fn prepare(w: &Workload) -> Result<Prepared> {
     // Checked before any host check, so the answer does not depend on KVM.
+    Mode::Vm.refuse_unsupported(w)?;
     let privileges = guest_privileges(w)?;
     let kernel_path = paths::kernel(w.vm.kernel.as_deref())?;
     let info = probe_kernel(&kernel_path)?;

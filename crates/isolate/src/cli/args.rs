@@ -60,14 +60,22 @@ pub struct RunArgs {
     /// (shared kernel, fast start).
     #[arg(long, value_enum, env = "ISOLATE_MODE")]
     pub mode: Option<ModeArg>,
+    /// Keep stdin open (it always is: accepted as docker's -i).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the workload a terminal (a pty) as its controlling terminal and
+    /// stdio; the caller's terminal is put in raw mode while it runs.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Run in the background: print the workload's name and return; see
+    /// isolate logs/wait/stop/inspect/rm.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     #[command(flatten)]
     pub opts: WorkloadOpts,
-    /// The program to run and its arguments.
-    #[arg(
-        value_name = "APP",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    /// The program to run and its arguments. Options go before it: from the
+    /// program (or `--`) on, every word belongs to the workload.
+    #[arg(value_name = "APP", trailing_var_arg = true)]
     pub command: Vec<String>,
 }
 
@@ -206,11 +214,6 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub opts: WorkloadOpts,
     /// The program to run and its arguments.
-    #[arg(
-        value_name = "APP",
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(value_name = "APP", required = true, trailing_var_arg = true)]
     pub command: Vec<String>,
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isolate::{
-    named, parse, Capabilities, Error, Limits, Mode, Network, Result, Seccomp, VmOptions, Workload,
+    named, parse, pty, Capabilities, Error, Limits, Mode, Network, Result, Seccomp, VmOptions,
+    Workload,
 };
 
 use args::{Cli, Command, ModeArg, NetworkArg, RunArgs, WorkloadOpts};
@@ -167,24 +168,65 @@ fn run(args: RunArgs) -> Result<i32> {
             "no command given: isolate --mode <vm|container> [OPTIONS] <APP> [ARGS]...",
         ));
     }
-    let w = workload(&args.opts, &args.command)?;
+    let mut w = workload(&args.opts, &args.command)?;
+    w.tty = args.tty;
+    Mode::from(mode).refuse_unsupported(&w)?;
     let backend = isolate::isolator(mode.into())?;
     backend.check_host()?;
     let running: Arc<dyn isolate::Running> = Arc::from(backend.spawn(&w)?);
+    let master = running.take_tty();
     let mut signals = signal_hook::iterator::Signals::new(FORWARDED)
         .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))?;
     let handle = signals.handle();
+    // `--tty`: the window size follows the caller's terminal.
+    let resize = match &master {
+        Some(m) => {
+            signals
+                .add_signal(libc::SIGWINCH)
+                .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))?;
+            Some(
+                m.try_clone()
+                    .map_err(|e| Error::io("cannot duplicate", "the pty's master", e))?,
+            )
+        }
+        None => None,
+    };
     // The forwarder holds the workload weakly and is not joined: it ends
     // with the process, and the handle is still dropped at the end here.
     let target = Arc::downgrade(&running);
     std::thread::spawn(move || {
         for sig in signals.forever() {
+            if sig == libc::SIGWINCH {
+                if let (Some(m), Some(size)) = (&resize, caller_window_size()) {
+                    let _ = pty::set_window_size(m, size);
+                }
+                continue;
+            }
             if let Some(t) = target.upgrade() {
                 let _ = t.signal(sig);
             }
         }
     });
+    // The caller's terminal is raw while the workload has the pty, and put
+    // back as it was when `raw` drops: at the end, or on any error below.
+    let mut raw = None;
+    let mut relay = None;
+    if let Some(m) = master {
+        if let Some(size) = caller_window_size() {
+            pty::set_window_size(&m, size)?;
+        }
+        if pty::is_terminal(0) {
+            raw = Some(pty::RawMode::enter(0)?);
+        }
+        relay = Some(
+            pty::Relay::start(m).map_err(|e| Error::io("cannot relay", "the pty's master", e))?,
+        );
+    }
     let outcome = running.wait();
+    if let Some(r) = relay {
+        r.finish();
+    }
+    drop(raw);
     handle.close();
     let outcome = outcome?;
     match outcome.status {
@@ -198,6 +240,11 @@ fn run(args: RunArgs) -> Result<i32> {
         _ => {}
     }
     Ok(outcome.exit_code())
+}
+
+/// The window size of the caller's terminal (stdin, else stdout or stderr).
+fn caller_window_size() -> Option<pty::WindowSize> {
+    [0, 1, 2].into_iter().find_map(pty::window_size)
 }
 
 fn fmt_duration(d: Duration) -> String {
@@ -351,6 +398,44 @@ mod tests {
         assert_eq!(cli.run.command, ["/bin/ls", "-l", "--all"]);
         let w = workload(&cli.run.opts, &cli.run.command).unwrap();
         assert_eq!(w.limits.memory, Some(64 << 20));
+    }
+
+    #[test]
+    fn unknown_option_before_the_program_is_refused() {
+        let e = Cli::try_parse_from(["isolate", "--mode", "container", "--tyy", "/bin/sh"])
+            .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{e}");
+        assert!(e.to_string().contains("--tty"), "no suggestion: {e}");
+        let e =
+            Cli::try_parse_from(["isolate", "--mode", "container", "-x", "/bin/sh"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{e}");
+    }
+
+    #[test]
+    fn interactive_tty_and_detach_are_options() {
+        let cli = parse(&["isolate", "--mode", "container", "-it", "/bin/sh"]);
+        assert!(cli.run.interactive && cli.run.tty && !cli.run.detach);
+        assert_eq!(cli.run.command, ["/bin/sh"]);
+        let cli = parse(&["isolate", "--mode", "container", "-d", "sleep", "9"]);
+        assert!(cli.run.detach);
+        assert_eq!(cli.run.command, ["sleep", "9"]);
+    }
+
+    #[test]
+    fn words_after_the_program_or_dashdash_belong_to_it() {
+        let cli = parse(&[
+            "isolate",
+            "--mode",
+            "container",
+            "/bin/sh",
+            "-c",
+            "echo hi",
+            "-t",
+        ]);
+        assert!(!cli.run.tty);
+        assert_eq!(cli.run.command, ["/bin/sh", "-c", "echo hi", "-t"]);
+        let cli = parse(&["isolate", "--mode", "container", "--", "-weird", "-x"]);
+        assert_eq!(cli.run.command, ["-weird", "-x"]);
     }
 
     #[test]
