@@ -163,6 +163,51 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also detached workloads that have ended (until isolate rm).
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Print a detached workload's output (stdout and stderr).
+    Logs {
+        /// The workload's name.
+        name: String,
+        /// Keep printing what it writes until it ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Prefix each line with when it was written (RFC 3339, UTC).
+        #[arg(short, long)]
+        timestamps: bool,
+    },
+    /// Stop a running named workload: SIGTERM, then SIGKILL after a grace period.
+    Stop {
+        /// The workload's name.
+        name: String,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 10)]
+        time: u64,
+    },
+    /// Wait for a detached workload to end; print and exit with its exit code.
+    Wait {
+        /// The workload's name.
+        name: String,
+    },
+    /// Show a detached workload's record as JSON (mode, limits, pid, start,
+    /// status, exit code).
+    Inspect {
+        /// The workload's name.
+        name: String,
+    },
+    /// Remove detached workloads that have ended (their records and logs).
+    Rm {
+        /// The workloads' names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Kill it first if it still runs.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Show a named workload's resource use.
     Stats {

@@ -3,6 +3,7 @@
 
 pub mod args;
 mod compare_view;
+mod detach;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,11 +123,25 @@ fn rename(e: Error, field: &str) -> Error {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
+    // Set (with the workload's name) when this isolate is the supervisor of
+    // a detached workload, started by `isolate -d`.
+    let supervise = std::env::var(detach::SUPERVISE_ENV).ok();
+    std::env::remove_var(detach::SUPERVISE_ENV);
     let result = match cli.command {
-        None => run(cli.run),
-        Some(Command::Run(args)) => run(args),
+        None => run(cli.run, supervise),
+        Some(Command::Run(args)) => run(args, supervise),
         Some(Command::Compare(args)) => compare_view::compare(args),
-        Some(Command::Ps { json }) => ps(json),
+        Some(Command::Ps { json, all }) => ps(json, all),
+        Some(Command::Logs {
+            name,
+            follow,
+            tail,
+            timestamps,
+        }) => detach::logs(&name, follow, tail, timestamps),
+        Some(Command::Stop { name, time }) => detach::stop(&name, time),
+        Some(Command::Wait { name }) => detach::wait(&name),
+        Some(Command::Inspect { name }) => detach::inspect(&name),
+        Some(Command::Rm { names, force }) => names.iter().try_fold(0, |_, n| detach::rm(n, force)),
         Some(Command::Stats { name, json }) => stats(&name, json),
         Some(Command::Update {
             name,
@@ -155,7 +170,7 @@ const FORWARDED: [i32; 6] = [
     libc::SIGUSR2,
 ];
 
-fn run(args: RunArgs) -> Result<i32> {
+fn run(args: RunArgs, supervise: Option<String>) -> Result<i32> {
     let Some(mode) = args.mode else {
         return Err(Error::invalid(
             "mode",
@@ -171,6 +186,19 @@ fn run(args: RunArgs) -> Result<i32> {
     let mut w = workload(&args.opts, &args.command)?;
     w.tty = args.tty;
     Mode::from(mode).refuse_unsupported(&w)?;
+    if let Some(name) = supervise {
+        return detach::supervise(name, mode.into(), w);
+    }
+    if args.detach {
+        if args.tty {
+            return Err(Error::invalid(
+                "detach",
+                "-d with -t needs isolate attach, which does not exist yet; \
+                 run -t in the foreground, or -d without -t (see isolate logs)",
+            ));
+        }
+        return detach::start(&w);
+    }
     let backend = isolate::isolator(mode.into())?;
     backend.check_host()?;
     let running: Arc<dyn isolate::Running> = Arc::from(backend.spawn(&w)?);
@@ -255,29 +283,57 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-fn ps(json: bool) -> Result<i32> {
+fn ps(json: bool, all: bool) -> Result<i32> {
     let list = named::list()?;
+    let ended: Vec<isolate::detached::Record> = if all {
+        isolate::detached::list()
+            .into_iter()
+            .filter(|r| r.status != isolate::detached::Status::Running)
+            .filter(|r| !list.iter().any(|l| l.name == r.name))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if json {
+        let mut v = serde_json::to_value(&list).expect("records serialize");
+        if all {
+            v = serde_json::json!({ "running": v, "ended": ended });
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&list).expect("records serialize")
+            serde_json::to_string_pretty(&v).expect("records serialize")
         );
         return Ok(0);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = isolate::detached::now_secs();
     println!(
-        "{:<20} {:<10} {:>8} {:>10}  COMMAND",
-        "NAME", "MODE", "PID", "UP"
+        "{:<20} {:<10} {:>8} {:>10}  {:<12} COMMAND",
+        "NAME", "MODE", "PID", "UP", "STATUS"
     );
     for r in list {
         println!(
-            "{:<20} {:<10} {:>8} {:>9}s  {}",
+            "{:<20} {:<10} {:>8} {:>9}s  {:<12} {}",
             r.name,
             r.mode,
             r.pid,
             now.saturating_sub(r.started),
+            "running",
+            r.argv.join(" ")
+        );
+    }
+    for r in ended {
+        let status = match (r.status, r.exit_code) {
+            (isolate::detached::Status::Exited, Some(c)) => format!("exited ({c})"),
+            (isolate::detached::Status::Exited, None) => "exited".to_string(),
+            _ => "dead".to_string(),
+        };
+        println!(
+            "{:<20} {:<10} {:>8} {:>10}  {:<12} {}",
+            r.name,
+            r.mode,
+            "-",
+            "-",
+            status,
             r.argv.join(" ")
         );
     }
@@ -341,7 +397,7 @@ fn update(name: &str, memory: Option<&str>, cpus: Option<f64>, pids: Option<u64>
     Ok(0)
 }
 
-fn signal_number(s: &str) -> Result<i32> {
+pub(crate) fn signal_number(s: &str) -> Result<i32> {
     if let Ok(n) = s.parse::<i32>() {
         if (1..=64).contains(&n) {
             return Ok(n);
