@@ -45,7 +45,7 @@ pub enum Stage {
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 17] = [
+pub const ROOT_STEPS: [&str; 18] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -63,6 +63,7 @@ pub const ROOT_STEPS: [&str; 17] = [
     "enter a cgroup namespace",
     "open a pty in the container's devpts instance",
     "hand the pty's master to isolate",
+    "join the workload's namespaces",
 ];
 
 /// Names of the [`Stage::App`] steps.
@@ -415,6 +416,42 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     supervise(app_pid, plan.status_wr)
 }
 
+/// `isolate exec`: runs in a process cloned from isolate (no new
+/// namespaces), which joins the running container's cgroup (through the
+/// go-ahead, as a late-joining shim does) and namespaces `ns` (mount
+/// last: root and working directory become the container's), opens a pty
+/// there if asked, and then starts and supervises the application with the
+/// same hardening as the container's own. Only the application half of
+/// `plan` is used. Never returns.
+pub fn join(plan: &ChildPlan, ns: &[RawFd], argv: &[*const c_char], envp: &[*const c_char]) -> ! {
+    let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
+    let _ = sys::close_all_except(&plan.keep_fds);
+    wait_for_parent(plan);
+    sys::close(plan.parent_pidfd);
+    for fd in ns {
+        if let Err(e) = sys::setns(*fd) {
+            fail(plan, Stage::Root, 17, e, 125);
+        }
+        sys::close(*fd);
+    }
+    sys::umask(0o022);
+    if let Some(tty) = plan.tty {
+        open_tty(plan, tty);
+    }
+    let app_pid = match spawn_app(plan, argv, envp) {
+        Ok(pid) => pid,
+        Err(e) => fail(plan, Stage::App, 0, e, 125),
+    };
+    sys::close(plan.exec_wr);
+    sys::close(plan.sync_rd);
+    for fd in plan.stdio {
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+    supervise(app_pid, plan.status_wr)
+}
+
 /// Size of the application's stack until `execve`.
 const APP_STACK: usize = 256 << 10;
 
@@ -580,6 +617,8 @@ fn supervise(app: libc::pid_t, status_wr: RawFd) -> ! {
 /// The application process: drop privileges, filter, exec.
 fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) -> ! {
     sys::reset_signals(plan.reset_signals);
+    // Dies with its supervisor (the shim, or `isolate exec`'s joiner).
+    let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
     let step = |i: usize, r: Result<(), sys::Errno>| {
         if let Err(e) = r {
             fail(plan, Stage::App, i, e, 125)

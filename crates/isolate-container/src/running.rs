@@ -27,6 +27,8 @@ pub struct Resources {
     pub(crate) cgroup: Option<Cgroup>,
     pub(crate) volumes: Vec<Attached>,
     pub(crate) registration: Option<state::Registration>,
+    /// What `isolate exec` reads (named containers); removed with the record.
+    pub(crate) exec_spec: Option<crate::exec::SpecFile>,
 }
 
 impl Resources {
@@ -36,6 +38,18 @@ impl Resources {
             cgroup: None,
             volumes: Vec::new(),
             registration: None,
+            exec_spec: None,
+        }
+    }
+
+    /// Nothing held (an `exec`'d process: the container holds it all).
+    pub(crate) fn none() -> Self {
+        Resources {
+            run: None,
+            cgroup: None,
+            volumes: Vec::new(),
+            registration: None,
+            exec_spec: None,
         }
     }
 
@@ -50,6 +64,7 @@ impl Resources {
                 }
             }
         }
+        self.exec_spec = None;
         self.registration = None;
         self.run = None;
         self.volumes.clear();
@@ -180,6 +195,13 @@ impl Container {
 
     pub(crate) fn started(&mut self, startup: Duration) {
         self.startup = Some(startup);
+    }
+
+    pub(crate) fn set_exec_spec(&mut self, f: crate::exec::SpecFile) {
+        self.res
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .exec_spec = Some(f);
     }
 
     pub(crate) fn set_registration(&mut self, reg: state::Registration) {

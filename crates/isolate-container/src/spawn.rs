@@ -20,6 +20,7 @@ use isolate_core::{
 
 use crate::child::{self, ChildPlan, Report, RootMount, Stage};
 use crate::error::ContainerError;
+use crate::exec::ExecSpec;
 use crate::mounts::{self, Op};
 use isolate_cgroups::devices::{DeviceRule, DEFAULT_RULES};
 
@@ -39,7 +40,7 @@ fn path_c(p: &Path) -> Result<CString, Error> {
 }
 
 /// A connected pair of unix stream sockets, both close-on-exec.
-fn socketpair() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors socketpair writes.
     let rc = unsafe {
@@ -58,7 +59,7 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), ContainerError> {
 }
 
 /// A pipe: (read end, write end), both close-on-exec.
-fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     isolate_core::sys::pipe().map_err(|e| ContainerError::host("create a pipe", e))
 }
 
@@ -74,7 +75,7 @@ fn overlay_escape(p: &Path) -> Vec<u8> {
     out
 }
 
-fn last_cap() -> u32 {
+pub(crate) fn last_cap() -> u32 {
     static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *LAST.get_or_init(|| {
         sys::read_proc("/proc/sys/kernel/cap_last_cap")
@@ -134,7 +135,7 @@ fn host_devices(w: &Workload) -> Result<Vec<HostDevice>, Error> {
 
 /// Paths `execve` is tried on (see [`exec::candidates`]), with the
 /// workload's PATH.
-fn candidates(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, Error> {
+pub(crate) fn candidates(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, Error> {
     exec::candidates(program, exec::search_path(env))
         .iter()
         .map(|p| cstr(p.as_os_str().as_bytes(), "command"))
@@ -156,13 +157,13 @@ struct Prepared {
 /// The application's standard streams: descriptors for the child, the
 /// caller's ends of piped streams, and the relays for streams that are the
 /// caller's terminal (see [`relay`](crate::relay)).
-struct StdioPlan {
-    child: [RawFd; 3],
-    parent: [Option<File>; 3],
-    relays: Relays,
+pub(crate) struct StdioPlan {
+    pub(crate) child: [RawFd; 3],
+    pub(crate) parent: [Option<File>; 3],
+    pub(crate) relays: Relays,
 }
 
-fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>) -> Result<StdioPlan, Error> {
+pub(crate) fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>) -> Result<StdioPlan, Error> {
     let mut fds = [-1; 3];
     let mut mine: [Option<File>; 3] = [None, None, None];
     let mut relays = Relays::default();
@@ -508,7 +509,7 @@ fn clone_shim(p: &Prepared, cgroup_fd: Option<&OwnedFd>) -> Result<(u32, OwnedFd
 }
 
 /// Reads the exec pipe until end-of-file: `None` when the program started.
-fn read_report(exec_rd: &OwnedFd) -> Result<Option<Report>, Error> {
+pub(crate) fn read_report(exec_rd: &OwnedFd) -> Result<Option<Report>, Error> {
     let mut buf = [0u8; Report::SIZE];
     let mut got = 0;
     while got < buf.len() {
@@ -527,7 +528,7 @@ fn read_report(exec_rd: &OwnedFd) -> Result<Option<Report>, Error> {
     Ok((got == Report::SIZE).then(|| Report::from_bytes(&buf)))
 }
 
-fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Error {
+pub(crate) fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Error {
     let os = std::io::Error::from_raw_os_error(r.errno);
     let i = r.index as usize;
     let step = match r.stage {
@@ -712,7 +713,19 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
     handle.started(start.elapsed());
     let cgroup = handle.cgroup_mut().map(|c| c.rel_path().to_string());
     match state::register_named(w, Mode::Container, pid, cgroup.as_deref()) {
-        Ok(Some(reg)) => handle.set_registration(reg),
+        Ok(Some(reg)) => {
+            handle.set_registration(reg);
+            // What `isolate exec` needs to harden its process the same way.
+            let cwd = w.cwd.as_deref().unwrap_or(Path::new("/"));
+            let spec = ExecSpec::of(&plan, w.effective_env(), cwd.to_string_lossy().into_owned());
+            match spec.write(w.name.as_deref().unwrap_or_default()) {
+                Ok(f) => handle.set_exec_spec(f),
+                Err(e) => {
+                    handle.abort();
+                    return Err(e);
+                }
+            }
+        }
         Ok(None) => {}
         Err(e) => {
             handle.abort();
@@ -724,7 +737,7 @@ pub fn spawn(w: &Workload) -> Result<Container, Error> {
 
 /// The master of the workload's pty, sent by the shim before it started
 /// the application.
-fn receive_tty(sync: &OwnedFd) -> Result<File, ContainerError> {
+pub(crate) fn receive_tty(sync: &OwnedFd) -> Result<File, ContainerError> {
     let mut fds = [-1; sys::MAX_FDS];
     match sys::recv_fds(sync.as_raw_fd(), &mut fds) {
         // SAFETY: the kernel installed this descriptor for this process.

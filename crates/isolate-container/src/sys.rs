@@ -658,6 +658,12 @@ pub fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
     check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }.into()).map(drop)
 }
 
+/// `setns(2)`: joins the namespace behind `fd` (any type).
+pub fn setns(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: setns takes a descriptor and an integer only.
+    check(unsafe { libc::setns(fd, 0) }.into()).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::fs::File;
 
 use crate::error::Result;
 use crate::outcome::{Outcome, Stats};
-use crate::workload::{Limits, Workload};
+use crate::workload::{Limits, Stdio, User, Workload};
 
 /// The two isolation boundaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -133,4 +133,27 @@ pub trait Running: Send + Sync {
 
     /// Changes limits while the workload runs; `None` fields stay as they are.
     fn update(&self, limits: &Limits) -> Result<()>;
+}
+
+/// A second process to run in a running named workload (`isolate exec`):
+/// it gets the workload's hardening (user, capabilities, seccomp) unless
+/// told otherwise here.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Variables set on top of the container's environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory (default: the container's).
+    pub cwd: Option<String>,
+    /// User and group (default: the container's).
+    pub user: Option<User>,
+    /// A pty as controlling terminal and stdio.
+    pub tty: bool,
+    /// Standard streams (without `tty`).
+    pub stdin: Stdio,
+    /// Standard output.
+    pub stdout: Stdio,
+    /// Standard error.
+    pub stderr: Stdio,
 }

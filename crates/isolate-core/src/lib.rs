@@ -39,7 +39,7 @@ pub mod sys;
 mod workload;
 
 pub use error::{chain as error_chain, Error, ExecFailure, Result};
-pub use isolator::{Isolator, Mode, Running};
+pub use isolator::{ExecRequest, Isolator, Mode, Running};
 pub use outcome::{Outcome, Stats, Status};
 pub use seccomp::{
     parse_kernel_version, Seccomp, SeccompAction, SeccompArchMap, SeccompArg, SeccompFilter,

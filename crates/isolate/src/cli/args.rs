@@ -167,6 +167,9 @@ pub enum Command {
         #[arg(short, long)]
         all: bool,
     },
+    /// Run a command in a running named workload (container mode): its
+    /// namespaces, cgroup and hardening.
+    Exec(ExecArgs),
     /// Print a detached workload's output (stdout and stderr).
     Logs {
         /// The workload's name.
@@ -260,5 +263,30 @@ pub struct CompareArgs {
     pub opts: WorkloadOpts,
     /// The program to run and its arguments.
     #[arg(value_name = "APP", required = true, trailing_var_arg = true)]
+    pub command: Vec<String>,
+}
+
+/// `isolate exec [-i] [-t] [-e K=V] [-w DIR] [-u UID[:GID]] NAME CMD...`
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Keep stdin open (it always is: accepted as docker's -i).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// A pty from the workload's own devpts as controlling terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Environment variable KEY=VAL (KEY alone copies isolate's own value).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory inside [default: the workload's].
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User and group inside, numeric [default: the workload's].
+    #[arg(short = 'u', long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// The workload's name.
+    pub name: String,
+    /// The command and its arguments.
+    #[arg(value_name = "CMD", required = true, trailing_var_arg = true)]
     pub command: Vec<String>,
 }

@@ -13,7 +13,7 @@ use isolate::{
     Workload,
 };
 
-use args::{Cli, Command, ModeArg, NetworkArg, RunArgs, WorkloadOpts};
+use args::{Cli, Command, ExecArgs, ModeArg, NetworkArg, RunArgs, WorkloadOpts};
 
 impl From<ModeArg> for Mode {
     fn from(m: ModeArg) -> Mode {
@@ -132,6 +132,7 @@ pub fn main(cli: Cli) -> i32 {
         Some(Command::Run(args)) => run(args, supervise),
         Some(Command::Compare(args)) => compare_view::compare(args),
         Some(Command::Ps { json, all }) => ps(json, all),
+        Some(Command::Exec(args)) => exec(args),
         Some(Command::Logs {
             name,
             follow,
@@ -202,6 +203,29 @@ fn run(args: RunArgs, supervise: Option<String>) -> Result<i32> {
     let backend = isolate::isolator(mode.into())?;
     backend.check_host()?;
     let running: Arc<dyn isolate::Running> = Arc::from(backend.spawn(&w)?);
+    let outcome = attend(running)?;
+    match outcome.status {
+        isolate::Status::TimedOut => eprintln!(
+            "isolate: the workload ran past its timeout of {} and was killed",
+            fmt_duration(w.timeout.unwrap_or_default())
+        ),
+        isolate::Status::OomKilled => {
+            eprintln!("isolate: the workload was killed at its memory limit (OOM)")
+        }
+        _ => {}
+    }
+    Ok(outcome.exit_code())
+}
+
+/// The window size of the caller's terminal (stdin, else stdout or stderr).
+fn caller_window_size() -> Option<pty::WindowSize> {
+    [0, 1, 2].into_iter().find_map(pty::window_size)
+}
+
+/// Stays with a started workload to its end: forwards signals, relays its
+/// pty (`--tty`) with the caller's terminal in raw mode, and restores the
+/// terminal before returning, whatever happened.
+fn attend(running: Arc<dyn isolate::Running>) -> Result<isolate::Outcome> {
     let master = running.take_tty();
     let mut signals = signal_hook::iterator::Signals::new(FORWARDED)
         .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))?;
@@ -256,23 +280,33 @@ fn run(args: RunArgs, supervise: Option<String>) -> Result<i32> {
     }
     drop(raw);
     handle.close();
-    let outcome = outcome?;
-    match outcome.status {
-        isolate::Status::TimedOut => eprintln!(
-            "isolate: the workload ran past its timeout of {} and was killed",
-            fmt_duration(w.timeout.unwrap_or_default())
-        ),
-        isolate::Status::OomKilled => {
-            eprintln!("isolate: the workload was killed at its memory limit (OOM)")
-        }
-        _ => {}
-    }
-    Ok(outcome.exit_code())
+    outcome
 }
 
-/// The window size of the caller's terminal (stdin, else stdout or stderr).
-fn caller_window_size() -> Option<pty::WindowSize> {
-    [0, 1, 2].into_iter().find_map(pty::window_size)
+/// `isolate exec`.
+fn exec(args: ExecArgs) -> Result<i32> {
+    let mut req = isolate::ExecRequest {
+        argv: args.command,
+        tty: args.tty,
+        cwd: args.workdir,
+        ..Default::default()
+    };
+    if let Some(cwd) = &req.cwd {
+        if !cwd.starts_with('/') {
+            return Err(Error::invalid(
+                "workdir",
+                format!("{cwd:?} is not absolute; give a path from the workload's root"),
+            ));
+        }
+    }
+    for e in &args.env {
+        req.env.push(parse::env(e)?);
+    }
+    if let Some(u) = &args.user {
+        req.user = Some(parse::user(u)?);
+    }
+    let running: Arc<dyn isolate::Running> = Arc::from(named::exec(&args.name, &req)?);
+    Ok(attend(running)?.exit_code())
 }
 
 fn fmt_duration(d: Duration) -> String {
