@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "contract/interactive.rs"]
+mod interactive;
+
 /// What a case expects of one `isolate` invocation.
 struct Expect {
     code: i32,
@@ -165,6 +168,40 @@ impl Suite {
     }
 }
 
+impl Suite {
+    /// The multi-step scenarios of `mode` ([`interactive`]); those that
+    /// need a host that runs the mode are skipped with `skip_reason`.
+    fn scenarios(&mut self, mode: &str, tag: &str, host_ok: bool, skip_reason: Option<&str>) {
+        let ctx = interactive::Ctx {
+            bin: self.bin.clone(),
+            mode: mode.to_string(),
+            tag: tag.to_string(),
+        };
+        for (name, needs_host, body) in interactive::scenarios(mode) {
+            let label = format!("{mode}/{name}");
+            if needs_host && !host_ok {
+                println!(
+                    "SKIP {label}: {}",
+                    skip_reason.unwrap_or("the mode cannot run here")
+                );
+                self.skipped += 1;
+                continue;
+            }
+            let start = Instant::now();
+            match body(&ctx) {
+                Ok(()) => {
+                    println!("PASS {label} ({} ms)", start.elapsed().as_millis());
+                    self.passed += 1;
+                }
+                Err(why) => {
+                    println!("FAIL {label}: {why}");
+                    self.failed.push(label);
+                }
+            }
+        }
+    }
+}
+
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
@@ -198,6 +235,23 @@ fn cases(tag: &str) -> Vec<Case> {
     let marker_test = format!("test ! -e /isolate-contract-{tag}");
     let mut v = vec![
         case("exit_code_zero", &["/bin/true"], OK),
+        case(
+            "unknown_option_refused_with_a_suggestion",
+            &["--tyy", "/bin/true"],
+            Expect {
+                code: 125,
+                stderr_has: Some("--tty"),
+                ..OK
+            },
+        ),
+        case(
+            "options_after_the_program_belong_to_it",
+            &["/bin/sh", "-c", "echo \"$0\"", "-t"],
+            Expect {
+                stdout: Some("-t\n"),
+                ..OK
+            },
+        ),
         case(
             "exit_code_mirrored",
             &["/bin/sh", "-c", "exit 3"],
@@ -512,6 +566,7 @@ fn main() {
                 );
             }
             suite.skipped += table.len();
+            suite.scenarios(mode, &tag, false, Some(&reason));
             continue;
         }
         let images = std::env::var_os("ISOLATE_HOME")
@@ -538,6 +593,7 @@ fn main() {
             }
             suite.check(&format!("{mode}/{}", c.name), &run, &c.expect);
         }
+        suite.scenarios(mode, &tag, true, None);
         // The VM boot images made from the rootfs never change either.
         let label = format!("{mode}/boot_images_unchanged");
         let changed: Vec<String> = images_before
