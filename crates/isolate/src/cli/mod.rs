@@ -529,6 +529,64 @@ mod tests {
     }
 
     #[test]
+    fn exec_takes_its_options_before_the_name() {
+        let cli = parse(&[
+            "isolate",
+            "exec",
+            "-it",
+            "-e",
+            "A=b",
+            "-w",
+            "/tmp",
+            "-u",
+            "1000:1000",
+            "web",
+            "/bin/sh",
+            "-c",
+            "echo -t",
+        ]);
+        match cli.command {
+            Some(Command::Exec(e)) => {
+                assert!(e.tty && e.interactive);
+                assert_eq!(e.name, "web");
+                assert_eq!(e.env, ["A=b"]);
+                assert_eq!(e.command, ["/bin/sh", "-c", "echo -t"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn detached_subcommands_parse() {
+        let cli = parse(&[
+            "isolate",
+            "logs",
+            "-f",
+            "--tail",
+            "3",
+            "--timestamps",
+            "web",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Logs {
+                follow: true,
+                tail: Some(3),
+                timestamps: true,
+                ..
+            })
+        ));
+        let cli = parse(&["isolate", "stop", "-t", "4", "web"]);
+        assert!(matches!(cli.command, Some(Command::Stop { time: 4, .. })));
+        let cli = parse(&["isolate", "ps", "-a"]);
+        assert!(matches!(cli.command, Some(Command::Ps { all: true, .. })));
+        let cli = parse(&["isolate", "rm", "-f", "a", "b"]);
+        assert!(
+            matches!(cli.command, Some(Command::Rm { force: true, ref names }) if names.len() == 2)
+        );
+    }
+
+    #[test]
     fn app_named_like_a_subcommand_runs_as_app() {
         let cli = parse(&["isolate", "--mode", "container", "ps", "aux"]);
         assert!(cli.command.is_none(), "{cli:?}");
