@@ -48,7 +48,7 @@ pub enum Stage {
 }
 
 /// Names of the [`Stage::Root`] steps.
-pub const ROOT_STEPS: [&str; 18] = [
+pub const ROOT_STEPS: [&str; 21] = [
     "make the mount tree private",
     "mount the overlay root",
     "bind-mount the root",
@@ -67,10 +67,13 @@ pub const ROOT_STEPS: [&str; 18] = [
     "enter the workload's network namespace",
     "write a sysctl",
     "open a terminal and send it to the console socket",
+    "open a pty in the container's devpts instance",
+    "hand the pty's master to isolate",
+    "join the workload's namespaces",
 ];
 
 /// Names of the [`Stage::App`] steps.
-pub const APP_STEPS: [&str; 10] = [
+pub const APP_STEPS: [&str; 11] = [
     "connect standard streams",
     "enter the working directory",
     "drop bounding capabilities",
@@ -81,6 +84,7 @@ pub const APP_STEPS: [&str; 10] = [
     "install the seccomp filter",
     "set a resource limit",
     "take the terminal",
+    "make the pty the controlling terminal",
 ];
 
 /// A failure report from the child: 12 bytes on the exec pipe.
@@ -190,6 +194,9 @@ pub struct ChildPlan {
     pub status_wr: RawFd,
     /// Descriptors for the application's fds 0, 1, 2 (`-1`: inherit).
     pub stdio: [RawFd; 3],
+    /// `--tty`: the descriptor number the shim puts the slave of a new pty
+    /// on (all of `stdio` name it); `None` without a terminal.
+    pub tty: Option<TtyPlan>,
     /// Working directory inside the container.
     pub cwd: CString,
     /// User and group ids.
@@ -228,6 +235,16 @@ pub struct ChildPlan {
     pub console_size: (u16, u16),
     /// envp storage.
     pub envp: Vec<CString>,
+}
+
+/// The workload's terminal, opened by the shim once the container's own
+/// devpts instance is mounted.
+#[derive(Debug, Clone, Copy)]
+pub struct TtyPlan {
+    /// Where the slave goes (above every descriptor the shim keeps).
+    pub slave_fd: RawFd,
+    /// The initial window size (rows, columns, x and y pixels).
+    pub size: Option<(u16, u16, u16, u16)>,
 }
 
 /// A null-terminated pointer array over `v`, built by the parent.
@@ -407,6 +424,9 @@ pub fn shim(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char]) ->
     for (_, _, _, fd) in &plan.premounts {
         sys::close(*fd);
     }
+    if let Some(tty) = plan.tty {
+        open_tty(plan, tty);
+    }
     root_step(7, sys::sethostname(&plan.hostname));
     if plan.loopback {
         root_step(8, sys::loopback_up());
@@ -523,6 +543,42 @@ fn run_ops(plan: &ChildPlan, ops: &[Op], first: usize) {
     }
 }
 
+/// `isolate exec`: runs in a process cloned from isolate (no new
+/// namespaces), which joins the running container's cgroup (through the
+/// go-ahead, as a late-joining shim does) and namespaces `ns` (mount
+/// last: root and working directory become the container's), opens a pty
+/// there if asked, and then starts and supervises the application with the
+/// same hardening as the container's own. Only the application half of
+/// `plan` is used. Never returns.
+pub fn join(plan: &ChildPlan, ns: &[RawFd], argv: &[*const c_char], envp: &[*const c_char]) -> ! {
+    let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
+    let _ = sys::close_all_except(&plan.keep_fds);
+    wait_for_parent(plan);
+    sys::close(plan.parent_pidfd);
+    for fd in ns {
+        if let Err(e) = sys::setns(*fd, 0) {
+            fail(plan, Stage::Root, 20, e, 125);
+        }
+        sys::close(*fd);
+    }
+    sys::umask(0o022);
+    if let Some(tty) = plan.tty {
+        open_tty(plan, tty);
+    }
+    let app_pid = match spawn_app(plan, argv, envp, -1) {
+        Ok(pid) => pid,
+        Err(e) => fail(plan, Stage::App, 0, e, 125),
+    };
+    sys::close(plan.exec_wr);
+    sys::close(plan.sync_rd);
+    for fd in plan.stdio {
+        if fd >= 0 {
+            sys::close(fd);
+        }
+    }
+    supervise(app_pid, plan.status_wr, false)
+}
+
 /// Size of the application's stack until `execve`.
 const APP_STACK: usize = 256 << 10;
 
@@ -625,7 +681,34 @@ fn wait_for_parent(plan: &ChildPlan) {
         }
         _ => sys::exit(125),
     }
-    sys::close(plan.sync_rd);
+}
+
+/// Opens the workload's pty in the container's devpts instance, gives the
+/// slave to the workload's user, puts it on `tty.slave_fd` for the
+/// application and sends the master to isolate over the sync socket.
+fn open_tty(plan: &ChildPlan, tty: TtyPlan) {
+    let (master, slave) = match sys::open_pty(0, 0) {
+        Ok(p) => p,
+        Err(e) => fail(plan, Stage::Root, 18, e, 125),
+    };
+    if let Some((rows, cols, x, y)) = tty.size {
+        sys::set_window_size(master, rows, cols, x, y);
+    }
+    if plan.uid != 0 {
+        if let Err(e) = sys::fchown(slave, plan.uid, u32::MAX) {
+            fail(plan, Stage::Root, 18, e, 125);
+        }
+    }
+    if slave != tty.slave_fd {
+        if let Err(e) = sys::dup_to(slave, tty.slave_fd, true) {
+            fail(plan, Stage::Root, 18, e, 125);
+        }
+        sys::close(slave);
+    }
+    if let Err(e) = sys::send_fds(plan.sync_rd, 2, &[master]) {
+        fail(plan, Stage::Root, 19, e, 125);
+    }
+    sys::close(master);
 }
 
 /// PID 1's loop: reap every child, forward every other signal to the
@@ -677,14 +760,24 @@ fn supervise(app: libc::pid_t, status_wr: RawFd, mirror: bool) -> ! {
 /// The application process: drop privileges, filter, exec.
 fn app(plan: &ChildPlan, argv: &[*const c_char], envp: &[*const c_char], tty: RawFd) -> ! {
     sys::reset_signals(plan.reset_signals);
+    // Dies with its supervisor (the shim, or `isolate exec`'s joiner).
+    let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
     let step = |i: usize, r: Result<(), sys::Errno>| {
         if let Err(e) = r {
             fail(plan, Stage::App, i, e, 125)
         }
     };
     if tty >= 0 {
+        // An OCI console: the pty whose master went to the console socket.
         step(9, sys::take_terminal(tty));
     } else {
+        if let Some(tty) = plan.tty {
+            // `--tty`: a session of its own whose controlling terminal is
+            // the pty: job control and ctrl-C work inside, and nothing
+            // reaches the caller's terminal but through isolate's relay.
+            step(10, sys::setsid());
+            step(10, sys::set_controlling_terminal(tty.slave_fd));
+        }
         for (target, fd) in plan.stdio.iter().enumerate() {
             if *fd >= 0 {
                 step(0, sys::dup_to(*fd, target as RawFd, false));

@@ -77,6 +77,7 @@
 mod child;
 pub mod detached;
 mod error;
+mod exec;
 mod mounts;
 mod relay;
 mod rundir;
@@ -88,6 +89,7 @@ mod volumes;
 use isolate_core::{Isolator, Mode, Result, Running, Workload};
 
 pub use error::ContainerError;
+pub use exec::ExecSpec;
 pub use isolate_policy::caps::DEFAULT as DEFAULT_CAPABILITIES;
 pub use running::Container;
 
@@ -101,6 +103,12 @@ impl ContainerIsolator {
     /// The container backend.
     pub fn new() -> Self {
         ContainerIsolator::default()
+    }
+
+    /// Runs another process in the running named container `name`, with
+    /// the hardening of its application (see [`ExecRequest`]).
+    pub fn exec(&self, name: &str, req: &isolate_core::ExecRequest) -> Result<Container> {
+        exec::exec(name, req)
     }
 
     /// Like [`Isolator::spawn`], returning the concrete handle.

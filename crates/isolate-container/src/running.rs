@@ -29,6 +29,8 @@ pub struct Resources {
     pub(crate) registration: Option<state::Registration>,
     /// The workload's place on isolate's bridge (`--network bridge`).
     pub(crate) net: Option<isolate_net::Attachment>,
+    /// What `isolate exec` reads (named containers); removed with the record.
+    pub(crate) exec_spec: Option<crate::exec::SpecFile>,
 }
 
 impl Resources {
@@ -39,11 +41,13 @@ impl Resources {
             volumes: Vec::new(),
             registration: None,
             net: None,
+            exec_spec: None,
         }
     }
 
-    /// An OCI runtime's container: no run marker (its state is the
-    /// runtime's, and `delete` removes its cgroup).
+    /// Nothing held: an OCI runtime's container (its state is the
+    /// runtime's, and `delete` removes its cgroup), or an `exec`'d process
+    /// (the container holds it all).
     pub(crate) fn none() -> Self {
         Resources {
             run: None,
@@ -51,6 +55,7 @@ impl Resources {
             volumes: Vec::new(),
             registration: None,
             net: None,
+            exec_spec: None,
         }
     }
 
@@ -65,6 +70,7 @@ impl Resources {
                 }
             }
         }
+        self.exec_spec = None;
         self.registration = None;
         // The veth, lease, published ports and (for the last run) the
         // table and the bridge.
@@ -100,6 +106,8 @@ pub struct Container {
     timed_out: Arc<AtomicBool>,
     startup: Option<Duration>,
     stdio: [Mutex<Option<File>>; 3],
+    /// The master of the workload's pty (`--tty`).
+    tty: Mutex<Option<File>>,
     /// Copies between the caller's terminal and the container.
     relays: Mutex<Relays>,
     cgroup: RwLock<Option<Cgroup>>,
@@ -169,6 +177,7 @@ impl Container {
             timed_out,
             startup: None,
             stdio: [Mutex::new(a), Mutex::new(b), Mutex::new(c)],
+            tty: Mutex::new(None),
             relays: Mutex::new(relays),
             cgroup: RwLock::new(cgroup),
             res: Mutex::new(res),
@@ -196,8 +205,19 @@ impl Container {
         *self.cgroup.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(cg);
     }
 
+    pub(crate) fn set_tty(&mut self, master: File) {
+        *self.tty.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(master);
+    }
+
     pub(crate) fn started(&mut self, startup: Duration) {
         self.startup = Some(startup);
+    }
+
+    pub(crate) fn set_exec_spec(&mut self, f: crate::exec::SpecFile) {
+        self.res
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .exec_spec = Some(f);
     }
 
     pub(crate) fn set_registration(&mut self, reg: state::Registration) {
@@ -372,6 +392,10 @@ impl Running for Container {
 
     fn take_stderr(&self) -> Option<File> {
         lock(&self.stdio[2]).take()
+    }
+
+    fn take_tty(&self) -> Option<File> {
+        lock(&self.tty).take()
     }
 
     fn wait(&self) -> Result<Outcome, Error> {

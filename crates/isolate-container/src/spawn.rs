@@ -21,6 +21,7 @@ use isolate_core::{
 use crate::child::{self, ChildPlan, Report, RootMount, Stage};
 use crate::detached::{Detach, Extras};
 use crate::error::ContainerError;
+use crate::exec::ExecSpec;
 use crate::mounts::{self, Op};
 use isolate_cgroups::devices::{DeviceRule, DEFAULT_RULES};
 
@@ -40,7 +41,7 @@ fn path_c(p: &Path) -> Result<CString, Error> {
 }
 
 /// A connected pair of unix stream sockets, both close-on-exec.
-fn socketpair() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+pub(crate) fn socketpair() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors socketpair writes.
     let rc = unsafe {
@@ -59,7 +60,7 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), ContainerError> {
 }
 
 /// A pipe: (read end, write end), both close-on-exec.
-fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), ContainerError> {
     isolate_core::sys::pipe().map_err(|e| ContainerError::host("create a pipe", e))
 }
 
@@ -135,7 +136,7 @@ fn host_devices(w: &Workload) -> Result<Vec<HostDevice>, Error> {
 
 /// Paths `execve` is tried on (see [`exec::candidates`]), with the
 /// workload's PATH.
-fn candidates(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, Error> {
+pub(crate) fn candidates(program: &str, env: &[(String, String)]) -> Result<Vec<CString>, Error> {
     exec::candidates(program, exec::search_path(env))
         .iter()
         .map(|p| cstr(p.as_os_str().as_bytes(), "command"))
@@ -230,20 +231,27 @@ struct Prepared {
 /// The application's standard streams: descriptors for the child, the
 /// caller's ends of piped streams, and the relays for streams that are the
 /// caller's terminal (see [`relay`](crate::relay)).
-struct StdioPlan {
-    child: [RawFd; 3],
-    parent: [Option<File>; 3],
-    relays: Relays,
+pub(crate) struct StdioPlan {
+    pub(crate) child: [RawFd; 3],
+    pub(crate) parent: [Option<File>; 3],
+    pub(crate) relays: Relays,
 }
 
 /// `raw`: streams the caller's are the application's as they are, with
 /// no relay (an OCI container outlives isolate; its engine gave them).
-fn stdio_fds(w: &Workload, child_fds: &mut Vec<OwnedFd>, raw: bool) -> Result<StdioPlan, Error> {
+pub(crate) fn stdio_fds(
+    w: &Workload,
+    child_fds: &mut Vec<OwnedFd>,
+    raw: bool,
+) -> Result<StdioPlan, Error> {
     let mut fds = [-1; 3];
     let mut mine: [Option<File>; 3] = [None, None, None];
     let mut relays = Relays::default();
     let mut null: Option<RawFd> = None;
     for (i, s) in [w.stdin, w.stdout, w.stderr].into_iter().enumerate() {
+        if w.tty {
+            break; // the pty is the workload's stdio (see `prepare`)
+        }
         match s {
             Stdio::Inherit if !raw && relay::is_terminal(i as RawFd) => {
                 let (r, wr) = pipe()?;
@@ -511,6 +519,20 @@ fn prepare(
     for p in &extras.read_only {
         mounts::read_only_path(p, &mut ops);
     }
+    let tty = w.tty.then(|| {
+        let size = [0, 1, 2]
+            .into_iter()
+            .find_map(isolate_core::pty::window_size)
+            .map(|s| (s.rows, s.cols, s.xpixel, s.ypixel));
+        child::TtyPlan {
+            slave_fd: next_fd,
+            size,
+        }
+    });
+    let stdio = match tty {
+        Some(t) => [t.slave_fd; 3],
+        None => stdio,
+    };
     let cwd = w.cwd.clone().unwrap_or_else(|| PathBuf::from("/"));
     if !w.read_only && cwd != Path::new("/") {
         mounts::mkdir_p(&cwd.to_string_lossy(), &mut ops);
@@ -578,6 +600,7 @@ fn prepare(
         exec_wr: exec_wr.as_raw_fd(),
         status_wr: status_wr.as_raw_fd(),
         stdio,
+        tty,
         cwd: path_c(&cwd)?,
         uid: user.uid,
         gid: user.gid,
@@ -703,7 +726,7 @@ fn clone_shim(p: &Prepared, cgroup_fd: Option<&OwnedFd>) -> Result<(u32, OwnedFd
 }
 
 /// Reads the exec pipe until end-of-file: `None` when the program started.
-fn read_report(exec_rd: &OwnedFd) -> Result<Option<Report>, Error> {
+pub(crate) fn read_report(exec_rd: &OwnedFd) -> Result<Option<Report>, Error> {
     let mut buf = [0u8; Report::SIZE];
     let mut got = 0;
     while got < buf.len() {
@@ -722,7 +745,7 @@ fn read_report(exec_rd: &OwnedFd) -> Result<Option<Report>, Error> {
     Ok((got == Report::SIZE).then(|| Report::from_bytes(&buf)))
 }
 
-fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Error {
+pub(crate) fn report_error(r: Report, plan: &ChildPlan, program: &str, w: &Workload) -> Error {
     let os = std::io::Error::from_raw_os_error(r.errno);
     let i = r.index as usize;
     let step = match r.stage {
@@ -924,8 +947,14 @@ pub(crate) fn launch(w: &Workload, detach: Option<&Detach>) -> Result<Container,
         let _ = sys::send_fds(sync_wr.as_raw_fd(), 1, &join_raw);
     }
     drop(join);
-    drop(sync_wr);
     match read_report(&exec_rd) {
+        Ok(None) if detach.is_none() && plan.tty.is_some() => match receive_tty(&sync_wr) {
+            Ok(master) => handle.set_tty(master),
+            Err(e) => {
+                handle.abort();
+                return Err(e.into());
+            }
+        },
         Ok(None) if detach.is_none() => {}
         Ok(Some(r)) if detach.is_some() && r.stage == Stage::Ready as u32 => {}
         Ok(None) => {
@@ -944,7 +973,19 @@ pub(crate) fn launch(w: &Workload, detach: Option<&Detach>) -> Result<Container,
     handle.started(start.elapsed());
     let cgroup = handle.cgroup_mut().map(|c| c.rel_path().to_string());
     match state::register_named(w, Mode::Container, pid, cgroup.as_deref()) {
-        Ok(Some(reg)) => handle.set_registration(reg),
+        Ok(Some(reg)) => {
+            handle.set_registration(reg);
+            // What `isolate exec` needs to harden its process the same way.
+            let cwd = w.cwd.as_deref().unwrap_or(Path::new("/"));
+            let spec = ExecSpec::of(&plan, w.effective_env(), cwd.to_string_lossy().into_owned());
+            match spec.write(w.name.as_deref().unwrap_or_default()) {
+                Ok(f) => handle.set_exec_spec(f),
+                Err(e) => {
+                    handle.abort();
+                    return Err(e);
+                }
+            }
+        }
         Ok(None) => {}
         Err(e) => {
             handle.abort();
@@ -952,6 +993,29 @@ pub(crate) fn launch(w: &Workload, detach: Option<&Detach>) -> Result<Container,
         }
     }
     Ok(handle)
+}
+
+/// The master of the workload's pty, sent by the shim before it started
+/// the application.
+pub(crate) fn receive_tty(sync: &OwnedFd) -> Result<File, ContainerError> {
+    let mut fds = [-1; sys::MAX_FDS];
+    match sys::recv_fds(sync.as_raw_fd(), &mut fds) {
+        // SAFETY: the kernel installed this descriptor for this process.
+        Ok((Some(2), 1)) => Ok(unsafe { File::from_raw_fd(fds[0]) }),
+        Ok((_, n)) => {
+            for fd in &fds[..n] {
+                sys::close(*fd);
+            }
+            Err(ContainerError::host(
+                "receive the pty from the container",
+                std::io::Error::from_raw_os_error(libc::EPROTO),
+            ))
+        }
+        Err(e) => Err(ContainerError::host(
+            "receive the pty from the container",
+            std::io::Error::from_raw_os_error(e),
+        )),
+    }
 }
 
 /// Makes the container's cgroup `isolate/ct-<id>` with the workload's

@@ -705,6 +705,31 @@ pub fn loopback_up() -> Result<(), Errno> {
     isolate_core::sys::loopback_up().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
+/// Sets a terminal's window size (`TIOCSWINSZ`).
+pub fn set_window_size(fd: RawFd, rows: u16, cols: u16, xpixel: u16, ypixel: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: xpixel,
+        ws_ypixel: ypixel,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, valid for the call.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+/// `fchown(2)`.
+pub fn fchown(fd: RawFd, uid: u32, gid: u32) -> Result<(), Errno> {
+    // SAFETY: fchown takes integers only.
+    check(unsafe { libc::fchown(fd, uid, gid) }.into()).map(drop)
+}
+
+/// Makes the terminal on `fd` the calling session leader's controlling
+/// terminal (`TIOCSCTTY`).
+pub fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
+    check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }.into()).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

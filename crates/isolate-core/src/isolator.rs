@@ -5,7 +5,7 @@ use std::fs::File;
 
 use crate::error::Result;
 use crate::outcome::{Outcome, Stats};
-use crate::workload::{Limits, Workload};
+use crate::workload::{Limits, Stdio, User, Workload};
 
 /// The two isolation boundaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -27,6 +27,23 @@ impl Mode {
             Mode::Vm => "vm",
             Mode::Container => "container",
         }
+    }
+}
+
+impl Mode {
+    /// Refuses what this boundary cannot do yet for `w` (checked before
+    /// any host check, so the answer does not depend on the host):
+    /// VM mode has no `--tty` yet.
+    pub fn refuse_unsupported(self, w: &Workload) -> Result<()> {
+        if self == Mode::Vm && w.tty {
+            return Err(crate::Error::Unsupported(
+                "--tty is not available in VM mode yet: the guest init gives the workload \
+                 pipes over the virtio consoles, not a pty (a guest-side pty relayed over the \
+                 console is still to be built); run without -t, or use --mode container -t"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +114,13 @@ pub trait Running: Send + Sync {
         None
     }
 
+    /// The master of the workload's pty, if it was started with
+    /// [`Workload::tty`] (once). Its output ends (`EIO`) once the workload
+    /// has ended; see [`crate::pty`] to relay it.
+    fn take_tty(&self) -> Option<File> {
+        None
+    }
+
     /// Waits for the end and returns the outcome. Called more than once,
     /// later calls return the same outcome.
     fn wait(&self) -> Result<Outcome>;
@@ -114,4 +138,27 @@ pub trait Running: Send + Sync {
 
     /// Changes limits while the workload runs; `None` fields stay as they are.
     fn update(&self, limits: &Limits) -> Result<()>;
+}
+
+/// A second process to run in a running named workload (`isolate exec`):
+/// it gets the workload's hardening (user, capabilities, seccomp) unless
+/// told otherwise here.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Variables set on top of the container's environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory (default: the container's).
+    pub cwd: Option<String>,
+    /// User and group (default: the container's).
+    pub user: Option<User>,
+    /// A pty as controlling terminal and stdio.
+    pub tty: bool,
+    /// Standard streams (without `tty`).
+    pub stdin: Stdio,
+    /// Standard output.
+    pub stdout: Stdio,
+    /// Standard error.
+    pub stderr: Stdio,
 }

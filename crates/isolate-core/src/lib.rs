@@ -33,13 +33,14 @@ mod outcome;
 pub mod parse;
 pub mod paths;
 pub mod protocol;
+pub mod pty;
 mod seccomp;
 pub mod state;
 pub mod sys;
 mod workload;
 
 pub use error::{chain as error_chain, Error, ExecFailure, Result};
-pub use isolator::{Isolator, Mode, Running};
+pub use isolator::{ExecRequest, Isolator, Mode, Running};
 pub use outcome::{Outcome, Stats, Status};
 pub use seccomp::{
     parse_kernel_version, Seccomp, SeccompAction, SeccompArchMap, SeccompArg, SeccompFilter,

@@ -314,6 +314,11 @@ pub struct Workload {
     pub publish: Vec<Publish>,
     /// Wall-clock limit; the workload is killed and reported as timed out.
     pub timeout: Option<Duration>,
+    /// A terminal: the workload's fds 0-2 are a pty, its controlling
+    /// terminal, in place of `stdin`/`stdout`/`stderr`; the master is
+    /// [`Running::take_tty`](crate::Running::take_tty). Container mode only
+    /// for now.
+    pub tty: bool,
     /// Standard input.
     pub stdin: Stdio,
     /// Standard output.

@@ -292,6 +292,7 @@ fn check_network(w: &Workload) -> Result<()> {
 fn prepare(vm: &VmIsolator, w: &Workload) -> Result<Prepared> {
     // Checked before any host check, so the answer does not depend on KVM.
     check_network(w)?;
+    Mode::Vm.refuse_unsupported(w)?;
     let privileges = guest_privileges(w)?;
     let kernel_path = paths::kernel(w.vm.kernel.as_deref())?;
     let info = vm.kernel_info(&kernel_path)?;

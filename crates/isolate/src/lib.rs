@@ -32,6 +32,7 @@
 //! ```
 
 pub mod compare;
+pub mod detached;
 pub mod named;
 
 pub use isolate_core::*;

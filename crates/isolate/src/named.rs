@@ -61,3 +61,28 @@ pub fn kill(name: &str, signo: i32) -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs another process in the running named workload `name` (`isolate
+/// exec`): container mode joins its namespaces and cgroup with the same
+/// hardening as its application. VM mode is refused for now.
+pub fn exec(name: &str, req: &isolate_core::ExecRequest) -> Result<Box<dyn isolate_core::Running>> {
+    let record = state::get_live(name)?;
+    match record.mode {
+        Mode::Vm => Err(Error::Unsupported(format!(
+            "{name} is a VM: exec into a VM is not available yet (the guest init would need a \
+             control channel that starts processes with their own streams, e.g. over vsock); \
+             run the command as part of the workload instead"
+        ))),
+        #[cfg(feature = "container")]
+        Mode::Container => Ok(Box::new(
+            isolate_container::ContainerIsolator::new().exec(name, req)?,
+        )),
+        #[cfg(not(feature = "container"))]
+        Mode::Container => {
+            let _ = req;
+            Err(Error::Unsupported(
+                "this isolate was built without container mode".into(),
+            ))
+        }
+    }
+}

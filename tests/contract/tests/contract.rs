@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "contract/interactive.rs"]
+mod interactive;
 mod network;
 
 /// What a case expects of one `isolate` invocation.
@@ -167,6 +169,40 @@ impl Suite {
     }
 }
 
+impl Suite {
+    /// The multi-step scenarios of `mode` ([`interactive`]); those that
+    /// need a host that runs the mode are skipped with `skip_reason`.
+    fn scenarios(&mut self, mode: &str, tag: &str, host_ok: bool, skip_reason: Option<&str>) {
+        let ctx = interactive::Ctx {
+            bin: self.bin.clone(),
+            mode: mode.to_string(),
+            tag: tag.to_string(),
+        };
+        for (name, needs_host, body) in interactive::scenarios(mode) {
+            let label = format!("{mode}/{name}");
+            if needs_host && !host_ok {
+                println!(
+                    "SKIP {label}: {}",
+                    skip_reason.unwrap_or("the mode cannot run here")
+                );
+                self.skipped += 1;
+                continue;
+            }
+            let start = Instant::now();
+            match body(&ctx) {
+                Ok(()) => {
+                    println!("PASS {label} ({} ms)", start.elapsed().as_millis());
+                    self.passed += 1;
+                }
+                Err(why) => {
+                    println!("FAIL {label}: {why}");
+                    self.failed.push(label);
+                }
+            }
+        }
+    }
+}
+
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
@@ -200,6 +236,23 @@ fn cases(tag: &str) -> Vec<Case> {
     let marker_test = format!("test ! -e /isolate-contract-{tag}");
     let mut v = vec![
         case("exit_code_zero", &["/bin/true"], OK),
+        case(
+            "unknown_option_refused_with_a_suggestion",
+            &["--tyy", "/bin/true"],
+            Expect {
+                code: 125,
+                stderr_has: Some("--tty"),
+                ..OK
+            },
+        ),
+        case(
+            "options_after_the_program_belong_to_it",
+            &["/bin/sh", "-c", "echo \"$0\"", "-t"],
+            Expect {
+                stdout: Some("-t\n"),
+                ..OK
+            },
+        ),
         case(
             "exit_code_mirrored",
             &["/bin/sh", "-c", "exit 3"],
@@ -517,6 +570,7 @@ fn main() {
                 println!("SKIP {mode}/{name}: {mode} mode cannot run on this host (reason above)");
             }
             suite.skipped += table.len() + network::names(mode).len();
+            suite.scenarios(mode, &tag, false, Some(&reason));
             continue;
         }
         let images = std::env::var_os("ISOLATE_HOME")
@@ -544,6 +598,7 @@ fn main() {
             suite.check(&format!("{mode}/{}", c.name), &run, &c.expect);
         }
         network::run(&mut suite, mode, &tag);
+        suite.scenarios(mode, &tag, true, None);
         // The VM boot images made from the rootfs never change either.
         let label = format!("{mode}/boot_images_unchanged");
         let changed: Vec<String> = images_before

@@ -51,14 +51,22 @@ pub struct RunArgs {
     /// (shared kernel, fast start).
     #[arg(long, value_enum, env = "ISOLATE_MODE")]
     pub mode: Option<ModeArg>,
+    /// Keep stdin open (it always is: accepted as docker's -i).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the workload a terminal (a pty) as its controlling terminal and
+    /// stdio; the caller's terminal is put in raw mode while it runs.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Run in the background: print the workload's name and return; see
+    /// isolate logs/wait/stop/inspect/rm.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     #[command(flatten)]
     pub opts: WorkloadOpts,
-    /// The program to run and its arguments.
-    #[arg(
-        value_name = "APP",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    /// The program to run and its arguments. Options go before it: from the
+    /// program (or `--`) on, every word belongs to the workload.
+    #[arg(value_name = "APP", trailing_var_arg = true)]
     pub command: Vec<String>,
 }
 
@@ -162,6 +170,54 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also detached workloads that have ended (until isolate rm).
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Run a command in a running named workload (container mode): its
+    /// namespaces, cgroup and hardening.
+    Exec(ExecArgs),
+    /// Print a detached workload's output (stdout and stderr).
+    Logs {
+        /// The workload's name.
+        name: String,
+        /// Keep printing what it writes until it ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Prefix each line with when it was written (RFC 3339, UTC).
+        #[arg(short, long)]
+        timestamps: bool,
+    },
+    /// Stop a running named workload: SIGTERM, then SIGKILL after a grace period.
+    Stop {
+        /// The workload's name.
+        name: String,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 10)]
+        time: u64,
+    },
+    /// Wait for a detached workload to end; print and exit with its exit code.
+    Wait {
+        /// The workload's name.
+        name: String,
+    },
+    /// Show a detached workload's record as JSON (mode, limits, pid, start,
+    /// status, exit code).
+    Inspect {
+        /// The workload's name.
+        name: String,
+    },
+    /// Remove detached workloads that have ended (their records and logs).
+    Rm {
+        /// The workloads' names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Kill it first if it still runs.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Show a named workload's resource use.
     Stats {
@@ -213,11 +269,31 @@ pub struct CompareArgs {
     #[command(flatten)]
     pub opts: WorkloadOpts,
     /// The program to run and its arguments.
-    #[arg(
-        value_name = "APP",
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(value_name = "APP", required = true, trailing_var_arg = true)]
+    pub command: Vec<String>,
+}
+
+/// `isolate exec [-i] [-t] [-e K=V] [-w DIR] [-u UID[:GID]] NAME CMD...`
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Keep stdin open (it always is: accepted as docker's -i).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// A pty from the workload's own devpts as controlling terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Environment variable KEY=VAL (KEY alone copies isolate's own value).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory inside [default: the workload's].
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User and group inside, numeric [default: the workload's].
+    #[arg(short = 'u', long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// The workload's name.
+    pub name: String,
+    /// The command and its arguments.
+    #[arg(value_name = "CMD", required = true, trailing_var_arg = true)]
     pub command: Vec<String>,
 }

@@ -3,15 +3,17 @@
 
 pub mod args;
 mod compare_view;
+mod detach;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use isolate::{
-    named, parse, Capabilities, Error, Limits, Mode, Network, Result, Seccomp, VmOptions, Workload,
+    named, parse, pty, Capabilities, Error, Limits, Mode, Network, Result, Seccomp, VmOptions,
+    Workload,
 };
 
-use args::{Cli, Command, ModeArg, RunArgs, WorkloadOpts};
+use args::{Cli, Command, ExecArgs, ModeArg, RunArgs, WorkloadOpts};
 
 impl From<ModeArg> for Mode {
     fn from(m: ModeArg) -> Mode {
@@ -121,11 +123,26 @@ fn rename(e: Error, field: &str) -> Error {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
+    // Set (with the workload's name) when this isolate is the supervisor of
+    // a detached workload, started by `isolate -d`.
+    let supervise = std::env::var(detach::SUPERVISE_ENV).ok();
+    std::env::remove_var(detach::SUPERVISE_ENV);
     let result = match cli.command {
-        None => run(cli.run),
-        Some(Command::Run(args)) => run(args),
+        None => run(cli.run, supervise),
+        Some(Command::Run(args)) => run(args, supervise),
         Some(Command::Compare(args)) => compare_view::compare(args),
-        Some(Command::Ps { json }) => ps(json),
+        Some(Command::Ps { json, all }) => ps(json, all),
+        Some(Command::Exec(args)) => exec(args),
+        Some(Command::Logs {
+            name,
+            follow,
+            tail,
+            timestamps,
+        }) => detach::logs(&name, follow, tail, timestamps),
+        Some(Command::Stop { name, time }) => detach::stop(&name, time),
+        Some(Command::Wait { name }) => detach::wait(&name),
+        Some(Command::Inspect { name }) => detach::inspect(&name),
+        Some(Command::Rm { names, force }) => names.iter().try_fold(0, |_, n| detach::rm(n, force)),
         Some(Command::Stats { name, json }) => stats(&name, json),
         Some(Command::Update {
             name,
@@ -154,7 +171,7 @@ const FORWARDED: [i32; 6] = [
     libc::SIGUSR2,
 ];
 
-fn run(args: RunArgs) -> Result<i32> {
+fn run(args: RunArgs, supervise: Option<String>) -> Result<i32> {
     let Some(mode) = args.mode else {
         return Err(Error::invalid(
             "mode",
@@ -167,26 +184,26 @@ fn run(args: RunArgs) -> Result<i32> {
             "no command given: isolate --mode <vm|container> [OPTIONS] <APP> [ARGS]...",
         ));
     }
-    let w = workload(&args.opts, &args.command)?;
+    let mut w = workload(&args.opts, &args.command)?;
+    w.tty = args.tty;
+    Mode::from(mode).refuse_unsupported(&w)?;
+    if let Some(name) = supervise {
+        return detach::supervise(name, mode.into(), w);
+    }
+    if args.detach {
+        if args.tty {
+            return Err(Error::invalid(
+                "detach",
+                "-d with -t needs isolate attach, which does not exist yet; \
+                 run -t in the foreground, or -d without -t (see isolate logs)",
+            ));
+        }
+        return detach::start(&w);
+    }
     let backend = isolate::isolator(mode.into())?;
     backend.check_host()?;
     let running: Arc<dyn isolate::Running> = Arc::from(backend.spawn(&w)?);
-    let mut signals = signal_hook::iterator::Signals::new(FORWARDED)
-        .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))?;
-    let handle = signals.handle();
-    // The forwarder holds the workload weakly and is not joined: it ends
-    // with the process, and the handle is still dropped at the end here.
-    let target = Arc::downgrade(&running);
-    std::thread::spawn(move || {
-        for sig in signals.forever() {
-            if let Some(t) = target.upgrade() {
-                let _ = t.signal(sig);
-            }
-        }
-    });
-    let outcome = running.wait();
-    handle.close();
-    let outcome = outcome?;
+    let outcome = attend(running)?;
     match outcome.status {
         isolate::Status::TimedOut => eprintln!(
             "isolate: the workload ran past its timeout of {} and was killed",
@@ -200,6 +217,98 @@ fn run(args: RunArgs) -> Result<i32> {
     Ok(outcome.exit_code())
 }
 
+/// The window size of the caller's terminal (stdin, else stdout or stderr).
+fn caller_window_size() -> Option<pty::WindowSize> {
+    [0, 1, 2].into_iter().find_map(pty::window_size)
+}
+
+/// Stays with a started workload to its end: forwards signals, relays its
+/// pty (`--tty`) with the caller's terminal in raw mode, and restores the
+/// terminal before returning, whatever happened.
+fn attend(running: Arc<dyn isolate::Running>) -> Result<isolate::Outcome> {
+    let master = running.take_tty();
+    let mut signals = signal_hook::iterator::Signals::new(FORWARDED)
+        .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))?;
+    let handle = signals.handle();
+    // `--tty`: the window size follows the caller's terminal.
+    let resize = match &master {
+        Some(m) => {
+            signals
+                .add_signal(libc::SIGWINCH)
+                .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))?;
+            Some(
+                m.try_clone()
+                    .map_err(|e| Error::io("cannot duplicate", "the pty's master", e))?,
+            )
+        }
+        None => None,
+    };
+    // The forwarder holds the workload weakly and is not joined: it ends
+    // with the process, and the handle is still dropped at the end here.
+    let target = Arc::downgrade(&running);
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if sig == libc::SIGWINCH {
+                if let (Some(m), Some(size)) = (&resize, caller_window_size()) {
+                    let _ = pty::set_window_size(m, size);
+                }
+                continue;
+            }
+            if let Some(t) = target.upgrade() {
+                let _ = t.signal(sig);
+            }
+        }
+    });
+    // The caller's terminal is raw while the workload has the pty, and put
+    // back as it was when `raw` drops: at the end, or on any error below.
+    let mut raw = None;
+    let mut relay = None;
+    if let Some(m) = master {
+        if let Some(size) = caller_window_size() {
+            pty::set_window_size(&m, size)?;
+        }
+        if pty::is_terminal(0) {
+            raw = Some(pty::RawMode::enter(0)?);
+        }
+        relay = Some(
+            pty::Relay::start(m).map_err(|e| Error::io("cannot relay", "the pty's master", e))?,
+        );
+    }
+    let outcome = running.wait();
+    if let Some(r) = relay {
+        r.finish();
+    }
+    drop(raw);
+    handle.close();
+    outcome
+}
+
+/// `isolate exec`.
+fn exec(args: ExecArgs) -> Result<i32> {
+    let mut req = isolate::ExecRequest {
+        argv: args.command,
+        tty: args.tty,
+        cwd: args.workdir,
+        ..Default::default()
+    };
+    if let Some(cwd) = &req.cwd {
+        if !cwd.starts_with('/') {
+            return Err(Error::invalid(
+                "workdir",
+                format!("{cwd:?} is not absolute; give a path from the workload's root"),
+            ));
+        }
+    }
+    for e in &args.env {
+        req.env.push(parse::env(e)?);
+    }
+    if let Some(u) = &args.user {
+        req.user = Some(parse::user(u)?);
+    }
+    let running: Arc<dyn isolate::Running> = Arc::from(named::exec(&args.name, &req)?);
+    Ok(attend(running)?.exit_code())
+}
+
 fn fmt_duration(d: Duration) -> String {
     if d.as_secs() > 0 && d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
@@ -208,29 +317,57 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-fn ps(json: bool) -> Result<i32> {
+fn ps(json: bool, all: bool) -> Result<i32> {
     let list = named::list()?;
+    let ended: Vec<isolate::detached::Record> = if all {
+        isolate::detached::list()
+            .into_iter()
+            .filter(|r| r.status != isolate::detached::Status::Running)
+            .filter(|r| !list.iter().any(|l| l.name == r.name))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if json {
+        let mut v = serde_json::to_value(&list).expect("records serialize");
+        if all {
+            v = serde_json::json!({ "running": v, "ended": ended });
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&list).expect("records serialize")
+            serde_json::to_string_pretty(&v).expect("records serialize")
         );
         return Ok(0);
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = isolate::detached::now_secs();
     println!(
-        "{:<20} {:<10} {:>8} {:>10}  COMMAND",
-        "NAME", "MODE", "PID", "UP"
+        "{:<20} {:<10} {:>8} {:>10}  {:<12} COMMAND",
+        "NAME", "MODE", "PID", "UP", "STATUS"
     );
     for r in list {
         println!(
-            "{:<20} {:<10} {:>8} {:>9}s  {}",
+            "{:<20} {:<10} {:>8} {:>9}s  {:<12} {}",
             r.name,
             r.mode,
             r.pid,
             now.saturating_sub(r.started),
+            "running",
+            r.argv.join(" ")
+        );
+    }
+    for r in ended {
+        let status = match (r.status, r.exit_code) {
+            (isolate::detached::Status::Exited, Some(c)) => format!("exited ({c})"),
+            (isolate::detached::Status::Exited, None) => "exited".to_string(),
+            _ => "dead".to_string(),
+        };
+        println!(
+            "{:<20} {:<10} {:>8} {:>10}  {:<12} {}",
+            r.name,
+            r.mode,
+            "-",
+            "-",
+            status,
             r.argv.join(" ")
         );
     }
@@ -294,7 +431,7 @@ fn update(name: &str, memory: Option<&str>, cpus: Option<f64>, pids: Option<u64>
     Ok(0)
 }
 
-fn signal_number(s: &str) -> Result<i32> {
+pub(crate) fn signal_number(s: &str) -> Result<i32> {
     if let Ok(n) = s.parse::<i32>() {
         if (1..=64).contains(&n) {
             return Ok(n);
@@ -351,6 +488,102 @@ mod tests {
         assert_eq!(cli.run.command, ["/bin/ls", "-l", "--all"]);
         let w = workload(&cli.run.opts, &cli.run.command).unwrap();
         assert_eq!(w.limits.memory, Some(64 << 20));
+    }
+
+    #[test]
+    fn unknown_option_before_the_program_is_refused() {
+        let e = Cli::try_parse_from(["isolate", "--mode", "container", "--tyy", "/bin/sh"])
+            .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{e}");
+        assert!(e.to_string().contains("--tty"), "no suggestion: {e}");
+        let e =
+            Cli::try_parse_from(["isolate", "--mode", "container", "-x", "/bin/sh"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{e}");
+    }
+
+    #[test]
+    fn interactive_tty_and_detach_are_options() {
+        let cli = parse(&["isolate", "--mode", "container", "-it", "/bin/sh"]);
+        assert!(cli.run.interactive && cli.run.tty && !cli.run.detach);
+        assert_eq!(cli.run.command, ["/bin/sh"]);
+        let cli = parse(&["isolate", "--mode", "container", "-d", "sleep", "9"]);
+        assert!(cli.run.detach);
+        assert_eq!(cli.run.command, ["sleep", "9"]);
+    }
+
+    #[test]
+    fn words_after_the_program_or_dashdash_belong_to_it() {
+        let cli = parse(&[
+            "isolate",
+            "--mode",
+            "container",
+            "/bin/sh",
+            "-c",
+            "echo hi",
+            "-t",
+        ]);
+        assert!(!cli.run.tty);
+        assert_eq!(cli.run.command, ["/bin/sh", "-c", "echo hi", "-t"]);
+        let cli = parse(&["isolate", "--mode", "container", "--", "-weird", "-x"]);
+        assert_eq!(cli.run.command, ["-weird", "-x"]);
+    }
+
+    #[test]
+    fn exec_takes_its_options_before_the_name() {
+        let cli = parse(&[
+            "isolate",
+            "exec",
+            "-it",
+            "-e",
+            "A=b",
+            "-w",
+            "/tmp",
+            "-u",
+            "1000:1000",
+            "web",
+            "/bin/sh",
+            "-c",
+            "echo -t",
+        ]);
+        match cli.command {
+            Some(Command::Exec(e)) => {
+                assert!(e.tty && e.interactive);
+                assert_eq!(e.name, "web");
+                assert_eq!(e.env, ["A=b"]);
+                assert_eq!(e.command, ["/bin/sh", "-c", "echo -t"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn detached_subcommands_parse() {
+        let cli = parse(&[
+            "isolate",
+            "logs",
+            "-f",
+            "--tail",
+            "3",
+            "--timestamps",
+            "web",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Logs {
+                follow: true,
+                tail: Some(3),
+                timestamps: true,
+                ..
+            })
+        ));
+        let cli = parse(&["isolate", "stop", "-t", "4", "web"]);
+        assert!(matches!(cli.command, Some(Command::Stop { time: 4, .. })));
+        let cli = parse(&["isolate", "ps", "-a"]);
+        assert!(matches!(cli.command, Some(Command::Ps { all: true, .. })));
+        let cli = parse(&["isolate", "rm", "-f", "a", "b"]);
+        assert!(
+            matches!(cli.command, Some(Command::Rm { force: true, ref names }) if names.len() == 2)
+        );
     }
 
     #[test]
