@@ -19,25 +19,26 @@ use crate::runtime::{self, CreateOptions};
 use crate::state::{Root, DEFAULT_ROOT};
 
 /// Verbs only runc has.
-const RUNC_ONLY: [&str; 14] = [
+const RUNC_ONLY: [&str; 12] = [
     "create",
     "start",
     "state",
     "delete",
-    "run",
     "pause",
     "resume",
     "features",
     "spec",
-    "exec",
     "list",
     "events",
     "checkpoint",
     "restore",
 ];
 
-/// Verbs isolate also has as subcommands of its own.
-const SHARED: [&str; 3] = ["kill", "ps", "update"];
+/// Verbs isolate also has as subcommands of its own (`isolate run`,
+/// `isolate exec NAME CMD`, ...): runc's only after a runc global option,
+/// or when one of the words after the verb is a container under the
+/// state root (`run` makes one, so it is runc's only after a global option).
+const SHARED: [&str; 5] = ["kill", "ps", "update", "exec", "run"];
 
 /// Global options that take a value.
 const GLOBAL_WITH_VALUE: [&str; 5] = ["root", "log", "log-format", "criu", "rootless"];
@@ -94,9 +95,11 @@ pub fn is_runc_invocation(args: &[OsString]) -> bool {
         if global {
             return true;
         }
-        let id = args[i + 1..].iter().find(|a| !a.starts_with('-'));
-        return id.is_some_and(|id| {
-            crate::state::check_id(id).is_ok() && root.join(id).join("state.json").exists()
+        // Any word, not only the first: `exec --process FILE ID`.
+        return args[i + 1..].iter().any(|id| {
+            !id.starts_with('-')
+                && crate::state::check_id(id).is_ok()
+                && root.join(id).join("state.json").exists()
         });
     }
     RUNC_ONLY.contains(&verb.as_str())
@@ -546,6 +549,9 @@ mod tests {
         assert!(!is_runc_invocation(&args("--mode container create")));
         assert!(!is_runc_invocation(&args("/bin/echo start")));
         assert!(!is_runc_invocation(&args("kill job1")));
+        assert!(!is_runc_invocation(&args("exec job1 /bin/hostname")));
+        assert!(!is_runc_invocation(&args("run /bin/true")));
+        assert!(is_runc_invocation(&args("--root /run/x exec c1 /bin/true")));
         assert!(!is_runc_invocation(&args("--memory 64m state")));
     }
 
