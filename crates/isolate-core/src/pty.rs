@@ -149,15 +149,38 @@ impl RawMode {
         if unsafe { libc::tcsetattr(fd, libc::TCSADRAIN, &raw) } != 0 {
             return Err(last_os("put the terminal in raw mode", fd));
         }
+        restore_on_panic(fd, saved);
         Ok(RawMode { fd, saved })
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
+        *crate::sys::lock(&SAVED) = None;
         // SAFETY: tcsetattr reads `saved`, the settings read in `enter`.
         unsafe { libc::tcsetattr(self.fd, libc::TCSADRAIN, &self.saved) };
     }
+}
+
+/// The settings to put back if isolate panics while a terminal is raw
+/// (release builds abort on panic, so no `Drop` runs then).
+static SAVED: std::sync::Mutex<Option<(RawFd, libc::termios)>> = std::sync::Mutex::new(None);
+
+fn restore_on_panic(fd: RawFd, saved: libc::termios) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    *crate::sys::lock(&SAVED) = Some((fd, saved));
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Ok(mut g) = SAVED.try_lock() {
+                if let Some((fd, t)) = g.take() {
+                    // SAFETY: tcsetattr reads `t`, a copy of the saved settings.
+                    unsafe { libc::tcsetattr(fd, libc::TCSADRAIN, &t) };
+                }
+            }
+            previous(info);
+        }));
+    });
 }
 
 /// Size of one copy.

@@ -153,6 +153,14 @@ pub fn list() -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let p = entry.path();
+        // A container's exec spec (`NAME.exec`) goes with its record: one
+        // left by a run killed with SIGKILL is removed here.
+        if p.extension().and_then(|e| e.to_str()) == Some("exec") {
+            if !p.with_extension("json").exists() {
+                let _ = std::fs::remove_file(&p);
+            }
+            continue;
+        }
         if p.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
         }
@@ -163,6 +171,7 @@ pub fn list() -> Result<Vec<Record>> {
             Some(r) if r.alive() => out.push(r),
             _ => {
                 let _ = std::fs::remove_file(&p);
+                let _ = std::fs::remove_file(p.with_extension("exec"));
             }
         }
     }

@@ -111,27 +111,30 @@ pub fn dir(name: &str) -> Result<PathBuf> {
     Ok(root().join(name))
 }
 
-/// Claims `name` for a new detached workload: its directory is made, or
-/// the name is refused while a running or stopped one holds it.
-pub fn claim(name: &str) -> Result<PathBuf> {
+/// Claims `name` for a new detached workload: its directory, and its lock,
+/// taken here and handed down to the supervisor (a `flock` belongs to the
+/// open file, which the supervisor inherits), so that two claims of one
+/// name can never both succeed. A running or stopped workload of that name
+/// refuses the claim; a directory left without a record by a supervisor
+/// that died before writing one is taken over.
+pub fn claim(name: &str) -> Result<(PathBuf, SupervisorLock)> {
     let d = dir(name)?;
     paths::private_dir(&root()).map_err(|e| Error::io("cannot create", root(), e))?;
-    match std::fs::create_dir(&d) {
-        Ok(()) => Ok(d),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            match read(name) {
-                Ok(r) if r.status == Status::Running => Err(Error::NameInUse(name.to_string())),
-                Ok(_) => Err(Error::invalid(
-                    "name",
-                    format!("a stopped workload named {name:?} exists; remove it first with isolate rm {name}"),
-                )),
-                // A directory without a record: a supervisor that died
-                // before it wrote one. Take it over.
-                Err(_) => Ok(d),
-            }
-        }
-        Err(e) => Err(Error::io("cannot create", d, e)),
+    let fresh = match std::fs::create_dir(&d) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(Error::io("cannot create", d, e)),
+    };
+    let lock = SupervisorLock::take(name)?;
+    if !fresh && d.join("record.json").exists() {
+        return Err(Error::invalid(
+            "name",
+            format!(
+                "a stopped workload named {name:?} exists; remove it first with isolate rm {name}"
+            ),
+        ));
     }
+    Ok((d, lock))
 }
 
 /// Whether the supervisor of `name` holds its lock.
@@ -198,11 +201,32 @@ pub fn list() -> Vec<Record> {
 
 /// The supervisor's lock on `name`, held until dropped (the process's end).
 #[derive(Debug)]
-pub struct SupervisorLock(#[allow(dead_code)] File);
+pub struct SupervisorLock(File);
 
 impl SupervisorLock {
-    /// Takes the lock (it is free: the name was just claimed).
-    pub fn take(name: &str) -> Result<SupervisorLock> {
+    /// The descriptor, to hand down to the supervisor.
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Adopts the lock inherited on descriptor `fd` (the supervisor).
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be an open descriptor this process owns and nothing else
+    /// uses: the lock file handed down by [`claim`]'s caller.
+    pub unsafe fn adopt(fd: std::os::fd::RawFd) -> std::io::Result<SupervisorLock> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the caller guarantees `fd` is open and owned by no one else.
+        let f = unsafe { File::from_raw_fd(fd) };
+        // Away from a fixed number, and closed on exec of any helper.
+        let moved = f.try_clone()?;
+        drop(f);
+        Ok(SupervisorLock(moved))
+    }
+
+    /// Takes the lock, or fails with [`Error::NameInUse`] if it is held.
+    fn take(name: &str) -> Result<SupervisorLock> {
         let path = dir(name)?.join("lock");
         let f = OpenOptions::new()
             .create(true)
@@ -471,11 +495,15 @@ pub fn workload_pid(name: &str) -> Option<u32> {
 mod tests {
     use super::*;
 
+    /// Tests that point `ISOLATE_STATE` somewhere run one at a time.
+    static STATE_ENV: Mutex<()> = Mutex::new(());
+
     #[test]
     fn entries_round_trip_with_partial_lines() {
+        let _one = isolate_core::sys::lock(&STATE_ENV);
         let dir = tempfile::tempdir().unwrap();
         std::env::set_var("ISOLATE_STATE", dir.path());
-        claim("logtest").unwrap();
+        let _claimed = claim("logtest").unwrap();
         let w = LogWriter::open("logtest").unwrap();
         w.append(Stream::Out, b"one\ntwo\npart");
         w.append(Stream::Err, b"err\n");
@@ -493,6 +521,23 @@ mod tests {
         w.append(Stream::Out, b"later\n");
         assert_eq!(r.more()[0].data, b"later\n");
         assert!(r.more().is_empty());
+    }
+
+    #[test]
+    fn a_name_is_claimed_once() {
+        let _one = isolate_core::sys::lock(&STATE_ENV);
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("ISOLATE_STATE", dir.path());
+        let held = claim("once").unwrap();
+        assert!(matches!(claim("once"), Err(Error::NameInUse(_))));
+        drop(held);
+        // Left without a record (its supervisor died early): taken over.
+        let again = claim("once").unwrap();
+        let mut r = Record::new("once", Mode::Container, &[], &Limits::default());
+        r.status = Status::Exited;
+        write(&r).unwrap();
+        drop(again);
+        assert!(matches!(claim("once"), Err(Error::Invalid { .. })));
     }
 
     #[test]

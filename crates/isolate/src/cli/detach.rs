@@ -25,6 +25,9 @@ use isolate::{named, Error, Mode, Result, Stdio, Workload};
 /// detached workload it names.
 pub const SUPERVISE_ENV: &str = "ISOLATE_SUPERVISE";
 
+/// The descriptor on which the supervisor inherits its name's lock.
+const LOCK_FD: i32 = 3;
+
 /// A fresh name for an unnamed detached workload.
 fn auto_name() -> String {
     let mut b = [0u8; 4];
@@ -42,17 +45,29 @@ fn auto_name() -> String {
 /// `isolate -d`: claims the name, starts the supervisor, prints the name.
 pub fn start(w: &Workload) -> Result<i32> {
     let name = w.name.clone().unwrap_or_else(auto_name);
-    let dir = detached::claim(&name)?;
+    let (dir, lock) = detached::claim(&name)?;
+    let lock_fd = lock.as_raw_fd();
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.args(std::env::args_os().skip(1))
         .env(SUPERVISE_ENV, &name)
         .stdin(ProcStdio::null())
         .stdout(ProcStdio::piped())
         .stderr(ProcStdio::piped());
-    // SAFETY: the closure only calls setsid(2), which is async-signal-safe.
+    // SAFETY: the closure only calls setsid(2) and dup2(2), which are
+    // async-signal-safe; `lock_fd` stays open in this process meanwhile.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
+            // The lock goes down to the supervisor on a known number,
+            // without close-on-exec (dup2 onto itself would keep it).
+            let rc = if lock_fd == LOCK_FD {
+                libc::fcntl(LOCK_FD, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(lock_fd, LOCK_FD)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -67,6 +82,7 @@ pub fn start(w: &Workload) -> Result<i32> {
     if let Some(mut out) = child.stdout.take() {
         let _ = out.read_to_string(&mut said);
     }
+    drop(lock); // the supervisor holds it now, or has ended
     if said == "ok\n" {
         println!("{name}");
         return Ok(0);
@@ -115,18 +131,25 @@ fn detach_stdio() -> std::io::Result<(std::fs::File, std::fs::File)> {
 
 /// The supervisor: runs `w` as the detached workload `name`.
 pub fn supervise(name: String, mode: Mode, mut w: Workload) -> Result<i32> {
+    // First, before any descriptor is opened: descriptor 3 is the lock.
+    // SAFETY: descriptor 3 is the lock `start` handed down (pre_exec
+    // above); nothing else in this process uses it.
+    let lock = unsafe { SupervisorLock::adopt(LOCK_FD) };
     let (mut report, mut errors) = detach_stdio()
         .map_err(|e| Error::io("cannot detach the standard streams of", "isolate", e))?;
+    let lock = match lock {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(errors, "isolate: cannot take over the lock of {name}: {e}");
+            return Ok(125);
+        }
+    };
     let fail = |errors: &mut std::fs::File, e: Error| {
         let _ = writeln!(errors, "isolate: {}", e.chain());
         if let Ok(d) = detached::dir(&name) {
             let _ = std::fs::remove_dir_all(d);
         }
         Ok(e.exit_code())
-    };
-    let lock = match SupervisorLock::take(&name) {
-        Ok(l) => l,
-        Err(e) => return fail(&mut errors, e),
     };
     w.name = Some(name.clone());
     w.stdin = Stdio::Null;
