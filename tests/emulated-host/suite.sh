@@ -152,6 +152,16 @@ done
 } >"$tmp/suite.sh"
 payload+=(--exec bash)
 [[ ! -x $repeat ]] || payload+=(--exec "$repeat:/usr/local/bin/repeat")
+# Container networking (--network bridge, -p): the bridge, veth and the
+# nftables pieces of isolate's table, and the nft command that loads it.
+for m in bridge veth nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_ipv4; do
+    payload+=(--module "$m")
+done
+if command -v nft >/dev/null; then
+    payload+=(--exec "$(command -v nft)")
+else
+    echo "emulated-host suite: no nft command here (Debian's nftables): the bridge cases will fail" >&2
+fi
 for prog in probe hostile-init; do
     if ! cc -static -O2 -o "$tmp/$prog" "$root/tests/security/$prog.c"; then
         echo "emulated-host suite: cannot build tests/security/$prog.c (cc -static)" >&2
