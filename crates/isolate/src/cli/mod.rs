@@ -202,8 +202,11 @@ fn run(args: RunArgs, supervise: Option<String>) -> Result<i32> {
     }
     let backend = isolate::isolator(mode.into())?;
     backend.check_host()?;
+    // Handlers first: a signal that comes while the workload starts is
+    // held, then forwarded, instead of killing isolate mid-start.
+    let signals = forwarded_signals()?;
     let running: Arc<dyn isolate::Running> = Arc::from(backend.spawn(&w)?);
-    let outcome = attend(running)?;
+    let outcome = attend(running, signals)?;
     match outcome.status {
         isolate::Status::TimedOut => eprintln!(
             "isolate: the workload ran past its timeout of {} and was killed",
@@ -222,13 +225,21 @@ fn caller_window_size() -> Option<pty::WindowSize> {
     [0, 1, 2].into_iter().find_map(pty::window_size)
 }
 
+/// The handlers of the signals isolate forwards, installed before the
+/// workload starts (the container's shim resets them in its child).
+fn forwarded_signals() -> Result<signal_hook::iterator::Signals> {
+    signal_hook::iterator::Signals::new(FORWARDED)
+        .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))
+}
+
 /// Stays with a started workload to its end: forwards signals, relays its
 /// pty (`--tty`) with the caller's terminal in raw mode, and restores the
 /// terminal before returning, whatever happened.
-fn attend(running: Arc<dyn isolate::Running>) -> Result<isolate::Outcome> {
+fn attend(
+    running: Arc<dyn isolate::Running>,
+    mut signals: signal_hook::iterator::Signals,
+) -> Result<isolate::Outcome> {
     let master = running.take_tty();
-    let mut signals = signal_hook::iterator::Signals::new(FORWARDED)
-        .map_err(|e| Error::io("cannot install signal handlers for", "isolate", e))?;
     let handle = signals.handle();
     // `--tty`: the window size follows the caller's terminal.
     let resize = match &master {
@@ -305,8 +316,9 @@ fn exec(args: ExecArgs) -> Result<i32> {
     if let Some(u) = &args.user {
         req.user = Some(parse::user(u)?);
     }
+    let signals = forwarded_signals()?;
     let running: Arc<dyn isolate::Running> = Arc::from(named::exec(&args.name, &req)?);
-    Ok(attend(running)?.exit_code())
+    Ok(attend(running, signals)?.exit_code())
 }
 
 fn fmt_duration(d: Duration) -> String {

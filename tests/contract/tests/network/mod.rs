@@ -587,7 +587,13 @@ fn publish_reached_from_host(
 /// one's namespace (`--network container:NAME`) and reaches it on lo.
 fn two_workloads(suite: &mut Suite, mode: &str, tag: &str, m: &dyn Fn(&[&str]) -> Vec<String>) {
     let name = format!("net-a-{tag}");
-    let listen = "ip -4 addr show eth0 | awk '/inet / {split($2, a, \"/\"); print \"addr \" a[1]}'; nc -l -p 7000; nc -l -p 7001";
+    // Each listener takes connections until one brings the expected line
+    // (a client may connect before its data is written, or a probe may
+    // come first), then says what it got.
+    let listen =
+        "ip -4 addr show eth0 | awk '/inet / {split($2, a, \"/\"); print \"addr \" a[1]}'; \
+        until nc -l -p 7000 | grep -q hello-from-b; do :; done; echo got hello-from-b; \
+        until nc -l -p 7001 | grep -q hello-from-c; do :; done; echo got hello-from-c";
     let mut a = start(
         suite,
         &m(&["--network", "bridge", "--name", &name, "sh", "-c", listen]),
@@ -614,9 +620,14 @@ fn two_workloads(suite: &mut Suite, mode: &str, tag: &str, m: &dyn Fn(&[&str]) -
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let to_b = format!("echo hello-from-b | nc -w 5 {addr} 7000");
+    // Sent again and again for a while: busybox nc may end with 0 having
+    // delivered nothing, and A listens again until the line arrives.
+    let to_b = format!(
+        "for i in $(seq 20); do echo hello-from-b | nc -w 2 {addr} 7000; sleep 0.3; done; exit 0"
+    );
     let run_b = send(m(&["--network", "bridge", "sh", "-c", &to_b]));
-    let to_c = "echo hello-from-c | nc -w 5 127.0.0.1 7001".to_string();
+    let to_c = "for i in $(seq 20); do echo hello-from-c | nc -w 2 127.0.0.1 7001; sleep 0.3; done; exit 0"
+        .to_string();
     let shared = format!("container:{name}");
     let run_c = send(m(&["--network", &shared, "sh", "-c", &to_c]));
     let code = wait_for(&mut a, Duration::from_secs(20));
