@@ -124,6 +124,8 @@ impl Root {
 
     /// Reads container `id`'s record.
     pub fn load(&self, id: &str) -> Result<Record> {
+        // An id is a name under the root, never a path out of it.
+        check_id(id)?;
         let path = self.dir(id).join("state.json");
         let text = match std::fs::read(&path) {
             Ok(t) => t,
@@ -330,5 +332,6 @@ mod tests {
         assert!(matches!(root.make("c1"), Err(OciError::Exists(_))));
         root.remove("c1").unwrap();
         assert!(matches!(root.load("c1"), Err(OciError::NotFound(_))));
+        assert!(matches!(root.load("../c1"), Err(OciError::Usage(_))));
     }
 }
